@@ -1,0 +1,1 @@
+//! aws-lc-rs backend (to be written).

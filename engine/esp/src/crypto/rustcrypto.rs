@@ -1,0 +1,1 @@
+//! RustCrypto backend (to be written).

@@ -1,0 +1,1 @@
+//! Anti-replay window and ESN inference (to be written).

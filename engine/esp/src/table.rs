@@ -1,0 +1,1 @@
+//! Lock-free SA tables (to be written).

@@ -1,0 +1,2 @@
+//! The packet engine (placeholder).
+#![forbid(unsafe_code)]
