@@ -64,7 +64,10 @@ impl Cipher {
 
     /// Whether this is an AEAD (then no separate integrity transform is used).
     pub const fn is_aead(self) -> bool {
-        matches!(self, Cipher::AesGcm128 | Cipher::AesGcm192 | Cipher::AesGcm256)
+        matches!(
+            self,
+            Cipher::AesGcm128 | Cipher::AesGcm192 | Cipher::AesGcm256
+        )
     }
 
     /// Length of the cipher key proper (without the GCM salt).
@@ -222,6 +225,11 @@ pub enum CryptoError {
     AuthFailed,
     /// A buffer length did not fit the algorithm (e.g. not a multiple of the block size).
     BadLength,
+    /// The key is a known weak or semi-weak DES key, or a 3DES key whose three DES keys are not
+    /// pairwise distinct (it would degrade to single DES or 2-key 3DES). See [`Cipher::DesCbc`].
+    WeakKey,
+    /// The system random number generator failed.
+    Rng,
 }
 
 impl fmt::Display for CryptoError {
@@ -233,6 +241,8 @@ impl fmt::Display for CryptoError {
             CryptoError::Unsupported => f.write_str("algorithm not supported by this provider"),
             CryptoError::AuthFailed => f.write_str("authentication failed"),
             CryptoError::BadLength => f.write_str("buffer length does not fit the algorithm"),
+            CryptoError::WeakKey => f.write_str("weak DES/3DES key rejected"),
+            CryptoError::Rng => f.write_str("system random number generator failed"),
         }
     }
 }
@@ -243,11 +253,21 @@ impl std::error::Error for CryptoError {}
 pub trait AeadKey: Send + Sync {
     /// Encrypts `in_out[..len - 16]` in place and writes the tag into the last 16 bytes.
     /// Fails with [`CryptoError::BadLength`] if `in_out` is shorter than the tag.
-    fn seal(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError>;
+    fn seal(
+        &self,
+        nonce: &[u8; AEAD_NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<(), CryptoError>;
 
     /// Verifies the tag in the last 16 bytes of `in_out` and decrypts the rest in place.
     /// On [`CryptoError::AuthFailed`] the contents of `in_out` are unspecified.
-    fn open(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError>;
+    fn open(
+        &self,
+        nonce: &[u8; AEAD_NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<(), CryptoError>;
 
     /// Seals a burst of packets under this key. Backends with multi-buffer code override it.
     fn seal_burst(&self, jobs: &mut [AeadJob<'_>]) {
@@ -343,28 +363,50 @@ pub struct CryptoProvider {
 
 impl fmt::Debug for CryptoProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CryptoProvider").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("CryptoProvider")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl CryptoProvider {
     /// Expands an AES-GCM key. `key` excludes the 4-byte salt.
     pub fn aead_key(&self, cipher: Cipher, key: &[u8]) -> Result<Box<dyn AeadKey>, CryptoError> {
-        let alg = self.aeads.iter().find(|a| a.cipher() == cipher).ok_or(CryptoError::Unsupported)?;
+        let alg = self
+            .aeads
+            .iter()
+            .find(|a| a.cipher() == cipher)
+            .ok_or(CryptoError::Unsupported)?;
         check_len(cipher.key_len(), key.len())?;
         alg.new_key(key)
     }
 
     /// Expands a CBC cipher key.
-    pub fn cipher_key(&self, cipher: Cipher, key: &[u8]) -> Result<Box<dyn CipherKey>, CryptoError> {
-        let alg = self.ciphers.iter().find(|a| a.cipher() == cipher).ok_or(CryptoError::Unsupported)?;
+    pub fn cipher_key(
+        &self,
+        cipher: Cipher,
+        key: &[u8],
+    ) -> Result<Box<dyn CipherKey>, CryptoError> {
+        let alg = self
+            .ciphers
+            .iter()
+            .find(|a| a.cipher() == cipher)
+            .ok_or(CryptoError::Unsupported)?;
         check_len(cipher.key_len(), key.len())?;
         alg.new_key(key)
     }
 
     /// Expands an HMAC key.
-    pub fn mac_key(&self, integrity: Integrity, key: &[u8]) -> Result<Box<dyn MacKey>, CryptoError> {
-        let alg = self.macs.iter().find(|a| a.integrity() == integrity).ok_or(CryptoError::Unsupported)?;
+    pub fn mac_key(
+        &self,
+        integrity: Integrity,
+        key: &[u8],
+    ) -> Result<Box<dyn MacKey>, CryptoError> {
+        let alg = self
+            .macs
+            .iter()
+            .find(|a| a.integrity() == integrity)
+            .ok_or(CryptoError::Unsupported)?;
         check_len(integrity.key_len(), key.len())?;
         alg.new_key(key)
     }
@@ -378,7 +420,12 @@ impl CryptoProvider {
             .iter()
             .find(|a| a.cipher() == cipher)
             .map(|a| a.backend())
-            .or_else(|| self.ciphers.iter().find(|a| a.cipher() == cipher).map(|a| a.backend()))
+            .or_else(|| {
+                self.ciphers
+                    .iter()
+                    .find(|a| a.cipher() == cipher)
+                    .map(|a| a.backend())
+            })
     }
 
     /// Which backend implements `integrity` in this provider, if any.
@@ -386,7 +433,22 @@ impl CryptoProvider {
         if integrity == Integrity::None {
             return Some("none");
         }
-        self.macs.iter().find(|a| a.integrity() == integrity).map(|a| a.backend())
+        self.macs
+            .iter()
+            .find(|a| a.integrity() == integrity)
+            .map(|a| a.backend())
+    }
+}
+
+/// Weak-key policy shared by every backend's DES and 3DES (so that a key is accepted or refused
+/// the same way whichever backend a provider picks): rejects the weak, semi-weak and possibly-weak
+/// DES keys (RFC 2405 §5 and RFC 2451 §2.3 discuss them) and 3DES keys whose three DES keys are
+/// not pairwise distinct (degenerate to single DES or 2-key 3DES; SP 800-67 keying option 1).
+/// aws-lc-rs would refuse most of these anyway. Keys of other lengths are left to the length check.
+pub(crate) fn check_des_key(key: &[u8]) -> Result<(), CryptoError> {
+    match key.len() {
+        8 | 24 => des::weak_key_test(key).map_err(|_| CryptoError::WeakKey),
+        _ => Ok(()),
     }
 }
 
@@ -397,3 +459,91 @@ fn check_len(expected: usize, got: usize) -> Result<(), CryptoError> {
         Err(CryptoError::KeyLength { expected, got })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Default provider
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "aws-lc")]
+mod default_set {
+    use super::{aws_lc, rustcrypto, AeadAlgorithm, CipherAlgorithm, MacAlgorithm};
+
+    #[cfg(not(feature = "rustcrypto-gcm"))]
+    pub(super) static AEADS: &[&dyn AeadAlgorithm] = &[
+        aws_lc::AES_128_GCM,
+        aws_lc::AES_192_GCM,
+        aws_lc::AES_256_GCM,
+    ];
+    #[cfg(feature = "rustcrypto-gcm")]
+    pub(super) static AEADS: &[&dyn AeadAlgorithm] = &[
+        rustcrypto::AES_128_GCM,
+        rustcrypto::AES_192_GCM,
+        rustcrypto::AES_256_GCM,
+    ];
+
+    pub(super) static CIPHERS: &[&dyn CipherAlgorithm] = &[
+        aws_lc::DES_CBC,
+        aws_lc::TRIPLE_DES_CBC,
+        aws_lc::AES_128_CBC,
+        aws_lc::AES_192_CBC,
+        aws_lc::AES_256_CBC,
+    ];
+
+    pub(super) static MACS: &[&dyn MacAlgorithm] = &[
+        rustcrypto::HMAC_MD5,
+        aws_lc::HMAC_SHA1,
+        aws_lc::HMAC_SHA256,
+        aws_lc::HMAC_SHA384,
+        aws_lc::HMAC_SHA512,
+    ];
+}
+
+#[cfg(feature = "aws-lc")]
+static DEFAULT: CryptoProvider = CryptoProvider {
+    name: "default",
+    aeads: default_set::AEADS,
+    ciphers: default_set::CIPHERS,
+    macs: default_set::MACS,
+    random: aws_lc::RANDOM,
+};
+
+#[cfg(not(feature = "aws-lc"))]
+static DEFAULT: CryptoProvider = CryptoProvider {
+    name: "default",
+    ..rustcrypto::PROVIDER
+};
+
+/// The provider the gateway uses unless configured otherwise: for each algorithm, the backend
+/// measured fastest on our reference machine.
+///
+/// TODO(measurements)
+pub fn default_provider() -> &'static CryptoProvider {
+    &DEFAULT
+}
+
+/// Looks a provider up by its configuration name: `"default"`, `"aws-lc-rs"` (only with the
+/// `aws-lc` feature) or `"rustcrypto"`.
+pub fn provider_by_name(name: &str) -> Option<&'static CryptoProvider> {
+    match name {
+        "default" => Some(default_provider()),
+        #[cfg(feature = "aws-lc")]
+        "aws-lc-rs" => Some(&aws_lc::PROVIDER),
+        "rustcrypto" => Some(&rustcrypto::PROVIDER),
+        _ => None,
+    }
+}
+
+static BACKENDS: &[&CryptoProvider] = &[
+    #[cfg(feature = "aws-lc")]
+    &aws_lc::PROVIDER,
+    &rustcrypto::PROVIDER,
+];
+
+/// The provider of every compiled-in backend (each made only of that backend's algorithms), for
+/// tests and benchmarks that compare backends.
+pub fn backend_providers() -> &'static [&'static CryptoProvider] {
+    BACKENDS
+}
+
+#[cfg(test)]
+mod tests;
