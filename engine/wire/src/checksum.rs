@@ -79,12 +79,7 @@ pub fn pseudo_header_v4(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: IpProtocol, le
 /// Sum of the IPv6 pseudo-header (RFC 8200 §8.1): source, destination, 32-bit upper-layer
 /// length, three zero bytes, next header.
 #[inline]
-pub fn pseudo_header_v6(
-    src: &Ipv6Addr,
-    dst: &Ipv6Addr,
-    next_header: IpProtocol,
-    length: u32,
-) -> u16 {
+pub fn pseudo_header_v6(src: &Ipv6Addr, dst: &Ipv6Addr, next_header: IpProtocol, length: u32) -> u16 {
     let (s, d) = (src.octets(), dst.octets());
     let mut acc = u64::from(length) + u64::from(next_header.0);
     for i in (0..16).step_by(4) {
@@ -186,10 +181,7 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
-        assert_eq!(
-            data(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            0xddf2
-        );
+        assert_eq!(data(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0xddf2);
         assert_eq!(data(&[]), 0);
         assert_eq!(data(&[0xab]), 0xab00);
         assert_eq!(data(&[0xff, 0xff]), 0xffff);
@@ -255,9 +247,7 @@ mod tests {
         for _ in 0..1000 {
             let mut s = [0u8; 16];
             let mut d = [0u8; 16];
-            s.iter_mut()
-                .chain(d.iter_mut())
-                .for_each(|b| *b = rng.byte());
+            s.iter_mut().chain(d.iter_mut()).for_each(|b| *b = rng.byte());
             let len = rng.next() as u32;
             let nh = rng.byte();
             let mut ph = [0u8; 40];
@@ -291,11 +281,7 @@ mod tests {
                 continue;
             }
             let old = u16::from_be_bytes([hdr[w], hdr[w + 1]]);
-            let new = if rng.next() % 8 == 0 {
-                !old
-            } else {
-                rng.next() as u16
-            };
+            let new = if rng.next() % 8 == 0 { !old } else { rng.next() as u16 };
             let new = if w == 0 { 0x4500 | (new & 0xff) } else { new };
             hdr[w..w + 2].copy_from_slice(&new.to_be_bytes());
             let inc = update_u16(c, old, new);

@@ -155,11 +155,7 @@ impl<'a> EspParts<'a> {
         }
         let (iv, rest) = payload.split_at(iv_len);
         let (ciphertext, icv) = rest.split_at(rest.len() - icv_len);
-        Ok(EspParts {
-            iv,
-            ciphertext,
-            icv,
-        })
+        Ok(EspParts { iv, ciphertext, icv })
     }
 }
 
@@ -175,10 +171,7 @@ pub struct Repr {
 impl Repr {
     /// Read a checked packet's header.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Repr {
-        Repr {
-            spi: packet.spi(),
-            seq_no: packet.seq_no(),
-        }
+        Repr { spi: packet.spi(), seq_no: packet.seq_no() }
     }
 
     /// Header length (8).
@@ -223,10 +216,7 @@ pub fn verify_padding(plaintext: &[u8], pad_len: u8) -> bool {
     let Some(start) = end.checked_sub(pad_len) else {
         return false;
     };
-    plaintext[start..end]
-        .iter()
-        .zip(1u8..=255)
-        .all(|(&b, expected)| b == expected)
+    plaintext[start..end].iter().zip(1u8..=255).all(|(&b, expected)| b == expected)
 }
 
 /// Read and check the trailer and return `(inner_payload, next_header)`: the plaintext with
@@ -261,10 +251,7 @@ pub const fn pad_len_for(payload_len: usize, align: usize) -> u8 {
 /// `n > 255`.
 #[inline]
 pub fn write_trailer(trailer: &mut [u8], next_header: IpProtocol) -> Result<(), Error> {
-    let n = trailer
-        .len()
-        .checked_sub(TRAILER_LEN)
-        .ok_or(Error::Truncated)?;
+    let n = trailer.len().checked_sub(TRAILER_LEN).ok_or(Error::Truncated)?;
     let pad_len = u8::try_from(n).map_err(|_| Error::Malformed)?;
     for (b, v) in trailer[..n].iter_mut().zip(1u8..=255) {
         *b = v;
@@ -326,9 +313,8 @@ mod tests {
     /// A decrypted tunnel-mode plaintext: an inner IPv4 header stub, then RFC 4303 padding
     /// 1..=6, pad length 6, next header 4 (IPv4).
     static PLAINTEXT: [u8; 32] = [
-        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x3f, 0x11, 0x00, 0x00, 0x0a, 0x00, 0x00,
-        0x01, 0x0a, 0x00, 0x00, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
-        0x06, 0x04,
+        0x45, 0x00, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x3f, 0x11, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01, 0x0a, 0x00,
+        0x00, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x06, 0x04,
     ];
 
     #[test]
@@ -350,15 +336,9 @@ mod tests {
         assert_eq!(p.split_payload(40, 41).err(), Some(Error::Truncated));
         assert_eq!(p.split_payload(usize::MAX, 1).err(), Some(Error::Truncated));
         let all_iv = p.split_payload(80, 0).unwrap();
-        assert_eq!(
-            (all_iv.iv.len(), all_iv.ciphertext.len(), all_iv.icv.len()),
-            (80, 0, 0)
-        );
+        assert_eq!((all_iv.iv.len(), all_iv.ciphertext.len(), all_iv.icv.len()), (80, 0, 0));
         let no_iv = p.split_payload(0, 80).unwrap();
-        assert_eq!(
-            (no_iv.iv.len(), no_iv.ciphertext.len(), no_iv.icv.len()),
-            (0, 0, 80)
-        );
+        assert_eq!((no_iv.iv.len(), no_iv.ciphertext.len(), no_iv.icv.len()), (0, 0, 80));
     }
 
     #[test]
@@ -378,21 +358,12 @@ mod tests {
     #[test]
     fn truncations_and_zero_spi() {
         for len in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&esp()[..len]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&esp()[..len]).err(), Some(Error::Truncated));
         }
         for len in HEADER_LEN..=esp().len() {
-            assert_eq!(
-                Packet::new_checked(&esp()[..len]).unwrap().payload().len(),
-                len - 8
-            );
+            assert_eq!(Packet::new_checked(&esp()[..len]).unwrap().payload().len(), len - 8);
         }
-        assert_eq!(
-            Packet::new_checked(&[0, 0, 0, 0, 0, 0, 0, 1][..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Packet::new_checked(&[0, 0, 0, 0, 0, 0, 0, 1][..]).err(), Some(Error::Malformed));
     }
 
     #[test]
@@ -450,14 +421,8 @@ mod tests {
         assert_eq!(pad, 6);
         write_trailer(&mut b[24..], IpProtocol::IPV4).unwrap();
         assert_eq!(b, PLAINTEXT);
-        assert_eq!(
-            write_trailer(&mut [0u8; 1], IpProtocol::IPV4),
-            Err(Error::Truncated)
-        );
-        assert_eq!(
-            write_trailer(&mut [0u8; 258], IpProtocol::IPV4),
-            Err(Error::Malformed)
-        );
+        assert_eq!(write_trailer(&mut [0u8; 1], IpProtocol::IPV4), Err(Error::Truncated));
+        assert_eq!(write_trailer(&mut [0u8; 258], IpProtocol::IPV4), Err(Error::Malformed));
     }
 
     #[test]
@@ -475,20 +440,14 @@ mod tests {
     #[test]
     fn classify() {
         assert_eq!(classify_udp_encap(&[0xff]), UdpEncap::NatKeepalive);
-        assert_eq!(
-            classify_udp_encap(&KEEPALIVE_FRAME[42..43]),
-            UdpEncap::NatKeepalive
-        );
+        assert_eq!(classify_udp_encap(&KEEPALIVE_FRAME[42..43]), UdpEncap::NatKeepalive);
         assert_eq!(classify_udp_encap(&[0xff, 0xff]), UdpEncap::Invalid);
         assert_eq!(classify_udp_encap(&[]), UdpEncap::Invalid);
         assert_eq!(classify_udp_encap(&[0; 4]), UdpEncap::Invalid);
         assert_eq!(classify_udp_encap(&[0; 31]), UdpEncap::Invalid);
         assert_eq!(classify_udp_encap(&[0; 32]), UdpEncap::Ike);
         assert_eq!(classify_udp_encap(&[0, 0, 0, 1, 0, 0, 0, 1]), UdpEncap::Esp);
-        assert_eq!(
-            classify_udp_encap(&[1, 0, 0, 0, 0, 0, 0]),
-            UdpEncap::Invalid
-        );
+        assert_eq!(classify_udp_encap(&[1, 0, 0, 0, 0, 0, 0]), UdpEncap::Invalid);
         assert_eq!(classify_udp_encap(esp()), UdpEncap::Esp);
         assert_eq!(UdpEncap::Ike.offset(), Some(4));
         assert_eq!(UdpEncap::Esp.offset(), Some(0));
@@ -496,23 +455,14 @@ mod tests {
         // Whatever is classified as ESP parses as ESP.
         for len in 0..esp().len() {
             let c = classify_udp_encap(&esp()[..len]);
-            assert_eq!(
-                c == UdpEncap::Esp,
-                Packet::new_checked(&esp()[..len]).is_ok()
-            );
+            assert_eq!(c == UdpEncap::Esp, Packet::new_checked(&esp()[..len]).is_ok());
         }
     }
 
     #[test]
     fn emit_round_trip_writes_every_byte() {
         let repr = Repr::parse(&Packet::new_checked(esp()).unwrap());
-        assert_eq!(
-            repr,
-            Repr {
-                spi: 0xcb4a_7e12,
-                seq_no: 42
-            }
-        );
+        assert_eq!(repr, Repr { spi: 0xcb4a_7e12, seq_no: 42 });
         let mut b = [0xa5u8; 8];
         repr.emit(&mut Packet::new_unchecked(&mut b[..]));
         assert_eq!(&b[..], &esp()[..8]);

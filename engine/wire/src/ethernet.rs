@@ -291,9 +291,7 @@ pub fn l3_info(frame: &[u8]) -> Result<L3Info, Error> {
         if tags == MAX_VLAN_TAGS {
             return Err(Error::TooManyHeaders);
         }
-        let tag = frame
-            .get(offset..offset + VLAN_TAG_LEN)
-            .ok_or(Error::Truncated)?;
+        let tag = frame.get(offset..offset + VLAN_TAG_LEN).ok_or(Error::Truncated)?;
         let tag = VlanTag::new_unchecked(tag);
         outer_vlan_id = vlan_id;
         vlan_id = Some(tag.vlan_id());
@@ -301,12 +299,7 @@ pub fn l3_info(frame: &[u8]) -> Result<L3Info, Error> {
         offset += VLAN_TAG_LEN;
         tags += 1;
     }
-    Ok(L3Info {
-        ethertype,
-        offset,
-        vlan_id,
-        outer_vlan_id,
-    })
+    Ok(L3Info { ethertype, offset, vlan_id, outer_vlan_id })
 }
 
 /// High-level representation of an (untagged) Ethernet II header, for emitting.
@@ -323,11 +316,7 @@ pub struct Repr {
 impl Repr {
     /// Read the header of a frame.
     pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Repr {
-        Repr {
-            src_addr: frame.src_addr(),
-            dst_addr: frame.dst_addr(),
-            ethertype: frame.ethertype(),
-        }
+        Repr { src_addr: frame.src_addr(), dst_addr: frame.dst_addr(), ethertype: frame.ethertype() }
     }
 
     /// Header length.
@@ -361,15 +350,7 @@ mod tests {
         assert_eq!(f.payload(), &PING_FRAME[14..]);
         assert_eq!(f.payload()[0], 0x45);
         let l3 = f.l3_info().unwrap();
-        assert_eq!(
-            l3,
-            L3Info {
-                ethertype: EtherType::IPV4,
-                offset: 14,
-                vlan_id: None,
-                outer_vlan_id: None
-            }
-        );
+        assert_eq!(l3, L3Info { ethertype: EtherType::IPV4, offset: 14, vlan_id: None, outer_vlan_id: None });
     }
 
     #[test]
@@ -414,10 +395,7 @@ mod tests {
     #[test]
     fn truncations() {
         for len in 0..HEADER_LEN {
-            assert_eq!(
-                Frame::new_checked(&PING_FRAME[..len]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Frame::new_checked(&PING_FRAME[..len]).err(), Some(Error::Truncated));
             assert_eq!(l3_info(&PING_FRAME[..len]), Err(Error::Truncated));
         }
         assert!(Frame::new_checked(&PING_FRAME[..HEADER_LEN]).is_ok());

@@ -223,11 +223,7 @@ pub struct Repr {
 impl Repr {
     /// Read a checked message's header.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Repr {
-        Repr {
-            msg_type: packet.msg_type(),
-            msg_code: packet.msg_code(),
-            rest_of_header: packet.rest_of_header(),
-        }
+        Repr { msg_type: packet.msg_type(), msg_code: packet.msg_code(), rest_of_header: packet.rest_of_header() }
     }
 
     /// Header length (8).
@@ -264,10 +260,7 @@ mod tests {
         assert_eq!(p.rest_of_header(), 0x0d2a_0001);
         assert_eq!(p.next_hop_mtu(), None);
         assert_eq!(p.data().len(), 56);
-        assert_eq!(
-            &p.data()[16..],
-            &core::array::from_fn::<u8, 40, _>(|i| 0x10 + i as u8)
-        );
+        assert_eq!(&p.data()[16..], &core::array::from_fn::<u8, 40, _>(|i| 0x10 + i as u8));
         assert!(p.verify_checksum());
     }
 
@@ -307,10 +300,7 @@ mod tests {
     #[test]
     fn every_truncation_rejected() {
         for len in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&echo()[..len]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&echo()[..len]).err(), Some(Error::Truncated));
         }
         for len in HEADER_LEN..=echo().len() {
             let p = Packet::new_checked(&echo()[..len]).unwrap();

@@ -237,11 +237,7 @@ pub struct Repr {
 impl Repr {
     /// Read a checked message's header.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Repr {
-        Repr {
-            msg_type: packet.msg_type(),
-            msg_code: packet.msg_code(),
-            rest_of_header: packet.rest_of_header(),
-        }
+        Repr { msg_type: packet.msg_type(), msg_code: packet.msg_code(), rest_of_header: packet.rest_of_header() }
     }
 
     /// Header length (8).
@@ -287,10 +283,7 @@ mod tests {
         // The invoking packet is the start of one of our ESP packets.
         let inner = ipv6::Packet::new_unchecked(p.data());
         assert_eq!(inner.next_header(), IpProtocol::ESP);
-        assert_eq!(
-            inner.dst_addr(),
-            Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x20)
-        );
+        assert_eq!(inner.dst_addr(), Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x20));
         assert_eq!(&p.data()[40..44], &[0x10, 0x00, 0xa0, 0xb2]); // inner SPI
     }
 
@@ -310,10 +303,7 @@ mod tests {
     fn every_truncation_rejected() {
         let icmp = &V6_PTB[40..];
         for len in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&icmp[..len]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&icmp[..len]).err(), Some(Error::Truncated));
         }
         for len in HEADER_LEN..icmp.len() {
             let p = Packet::new_checked(&icmp[..len]).unwrap();
@@ -325,14 +315,7 @@ mod tests {
     fn emit_round_trip_writes_every_byte() {
         let icmp = &V6_PTB[40..];
         let repr = Repr::parse(&Packet::new_checked(icmp).unwrap());
-        assert_eq!(
-            repr,
-            Repr {
-                msg_type: Message::PACKET_TOO_BIG,
-                msg_code: 0,
-                rest_of_header: 1400
-            }
-        );
+        assert_eq!(repr, Repr { msg_type: Message::PACKET_TOO_BIG, msg_code: 0, rest_of_header: 1400 });
         let mut b = [0xa5u8; 88];
         assert_eq!(b.len(), icmp.len());
         b[8..].copy_from_slice(&icmp[8..]);

@@ -426,9 +426,7 @@ impl Repr {
             src_addr: packet.src_addr(),
             dst_addr: packet.dst_addr(),
             next_header: packet.next_header(),
-            payload_len: packet
-                .total_len()
-                .saturating_sub(packet.header_len() as u16),
+            payload_len: packet.total_len().saturating_sub(packet.header_len() as u16),
             ttl: packet.ttl(),
             dscp: packet.dscp(),
             ecn: packet.ecn(),
@@ -544,18 +542,9 @@ mod tests {
 
     #[test]
     fn every_truncation_rejected() {
-        for buf in [
-            ping(),
-            &IGMP_WITH_OPTIONS[..],
-            &DNS_QUERY[..],
-            &ESP_IN_UDP[..],
-        ] {
+        for buf in [ping(), &IGMP_WITH_OPTIONS[..], &DNS_QUERY[..], &ESP_IN_UDP[..]] {
             for len in 0..buf.len() {
-                assert_eq!(
-                    Packet::new_checked(&buf[..len]).err(),
-                    Some(Error::Truncated),
-                    "len {len}"
-                );
+                assert_eq!(Packet::new_checked(&buf[..len]).err(), Some(Error::Truncated), "len {len}");
             }
             assert!(Packet::new_checked(buf).is_ok());
         }

@@ -141,8 +141,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn upper_layer(&self) -> Result<(IpProtocol, usize, Option<FragmentInfo>), Error> {
         let (start, end) = self.payload_range();
-        let (proto, off, frag) =
-            skip_extension_headers(self.next_header(), &self.buffer.as_ref()[start..end])?;
+        let (proto, off, frag) = skip_extension_headers(self.next_header(), &self.buffer.as_ref()[start..end])?;
         Ok((proto, HEADER_LEN + off, frag))
     }
 
@@ -322,10 +321,7 @@ pub fn skip_extension_headers(
 pub fn emit_fragment_header(buf: &mut [u8], next_header: IpProtocol, info: FragmentInfo) {
     buf[0] = next_header.0;
     buf[1] = 0;
-    write_u16(
-        &mut buf[2..4],
-        (info.offset & 0xfff8) | u16::from(info.more_fragments),
-    );
+    write_u16(&mut buf[2..4], (info.offset & 0xfff8) | u16::from(info.more_fragments));
     write_u32(&mut buf[4..8], info.ident);
 }
 
@@ -369,9 +365,7 @@ impl Repr {
 
     /// Write all 40 header bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) {
-        packet.set_ver_tc_flow(
-            (6 << 28) | (u32::from(self.traffic_class) << 20) | (self.flow_label & 0x000f_ffff),
-        );
+        packet.set_ver_tc_flow((6 << 28) | (u32::from(self.traffic_class) << 20) | (self.flow_label & 0x000f_ffff));
         packet.set_payload_len(self.payload_len);
         packet.set_next_header(self.next_header);
         packet.set_hop_limit(self.hop_limit);
@@ -396,10 +390,7 @@ mod tests {
         assert_eq!(p.payload_len(), 36);
         assert_eq!(p.next_header(), IpProtocol::HOP_BY_HOP);
         assert_eq!(p.hop_limit(), 1);
-        assert_eq!(
-            p.src_addr(),
-            Ipv6Addr::new(0xfe80, 0, 0, 0, 0x021a, 0x2bff, 0xfe3c, 0x4d5e)
-        );
+        assert_eq!(p.src_addr(), Ipv6Addr::new(0xfe80, 0, 0, 0, 0x021a, 0x2bff, 0xfe3c, 0x4d5e));
         assert_eq!(p.dst_addr(), Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16));
         assert_eq!(p.payload().len(), 36);
         let (proto, off, frag) = skip_extension_headers(p.next_header(), p.payload()).unwrap();
@@ -417,23 +408,12 @@ mod tests {
         assert_eq!(p.next_header(), IpProtocol::IPV6_FRAG);
         assert_eq!(p.src_addr(), FRAG_SRC);
         assert_eq!(p.dst_addr(), FRAG_DST);
-        let first = FragmentInfo {
-            offset: 0,
-            more_fragments: true,
-            ident: 0x8a61_c0de,
-        };
+        let first = FragmentInfo { offset: 0, more_fragments: true, ident: 0x8a61_c0de };
         assert_eq!(p.upper_layer().unwrap(), (IpProtocol::UDP, 48, Some(first)));
 
         let p = Packet::new_checked(&V6_FRAG_SECOND[..]).unwrap();
-        let second = FragmentInfo {
-            offset: 24,
-            more_fragments: false,
-            ident: 0x8a61_c0de,
-        };
-        assert_eq!(
-            skip_extension_headers(p.next_header(), p.payload()).unwrap(),
-            (IpProtocol::UDP, 8, Some(second))
-        );
+        let second = FragmentInfo { offset: 24, more_fragments: false, ident: 0x8a61_c0de };
+        assert_eq!(skip_extension_headers(p.next_header(), p.payload()).unwrap(), (IpProtocol::UDP, 8, Some(second)));
 
         // Reassembling the two fragment payloads gives the original UDP datagram.
         let mut whole = [0u8; 48];
@@ -447,10 +427,7 @@ mod tests {
         let p = Packet::new_checked(&V6_ESP[..]).unwrap();
         assert_eq!(p.upper_layer().unwrap(), (IpProtocol::ESP, 40, None));
         for proto in [51u8, 6, 17, 58, 59, 135, 253] {
-            assert_eq!(
-                skip_extension_headers(IpProtocol(proto), &[]).unwrap(),
-                (IpProtocol(proto), 0, None)
-            );
+            assert_eq!(skip_extension_headers(IpProtocol(proto), &[]).unwrap(), (IpProtocol(proto), 0, None));
         }
     }
 
@@ -464,24 +441,12 @@ mod tests {
         b[9] = 1;
         b[24] = 44;
         b[25] = 2;
-        emit_fragment_header(
-            &mut b[48..],
-            IpProtocol::AH,
-            FragmentInfo {
-                offset: 0,
-                more_fragments: false,
-                ident: 9,
-            },
-        );
+        emit_fragment_header(&mut b[48..], IpProtocol::AH, FragmentInfo { offset: 0, more_fragments: false, ident: 9 });
         let (proto, off, frag) = skip_extension_headers(IpProtocol::HOP_BY_HOP, &b).unwrap();
         assert_eq!((proto, off), (IpProtocol::AH, 56));
         assert_eq!(frag.unwrap().ident, 9);
         for len in 0..b.len() {
-            assert_eq!(
-                skip_extension_headers(IpProtocol::HOP_BY_HOP, &b[..len]),
-                Err(Error::Truncated),
-                "len {len}"
-            );
+            assert_eq!(skip_extension_headers(IpProtocol::HOP_BY_HOP, &b[..len]), Err(Error::Truncated), "len {len}");
         }
     }
 
@@ -493,45 +458,26 @@ mod tests {
             b[i * 8 + 1] = 0;
         }
         b[7 * 8] = 17;
-        assert_eq!(
-            skip_extension_headers(IpProtocol::IPV6_OPTS, &b[..64]).unwrap(),
-            (IpProtocol::UDP, 64, None)
-        );
+        assert_eq!(skip_extension_headers(IpProtocol::IPV6_OPTS, &b[..64]).unwrap(), (IpProtocol::UDP, 64, None));
         b[7 * 8] = 60;
         b[8 * 8] = 17;
-        assert_eq!(
-            skip_extension_headers(IpProtocol::IPV6_OPTS, &b),
-            Err(Error::TooManyHeaders)
-        );
+        assert_eq!(skip_extension_headers(IpProtocol::IPV6_OPTS, &b), Err(Error::TooManyHeaders));
         // Hop-by-Hop after another header.
         let c = [0u8; 16];
-        assert_eq!(
-            skip_extension_headers(IpProtocol::IPV6_OPTS, &c),
-            Err(Error::Malformed)
-        );
+        assert_eq!(skip_extension_headers(IpProtocol::IPV6_OPTS, &c), Err(Error::Malformed));
         // Two Fragment headers.
         let mut d = [0u8; 16];
         d[0] = 44;
-        assert_eq!(
-            skip_extension_headers(IpProtocol::IPV6_FRAG, &d),
-            Err(Error::Malformed)
-        );
+        assert_eq!(skip_extension_headers(IpProtocol::IPV6_FRAG, &d), Err(Error::Malformed));
         // A large header length on a short buffer.
-        assert_eq!(
-            skip_extension_headers(IpProtocol::IPV6_ROUTE, &[17, 255, 0, 0]),
-            Err(Error::Truncated)
-        );
+        assert_eq!(skip_extension_headers(IpProtocol::IPV6_ROUTE, &[17, 255, 0, 0]), Err(Error::Truncated));
     }
 
     #[test]
     fn every_truncation_rejected() {
         for cap in [&MLD_HBH[..], &V6_FRAG_FIRST[..], &V6_PTB[..], &V6_ESP[..]] {
             for len in 0..cap.len() {
-                assert_eq!(
-                    Packet::new_checked(&cap[..len]).err(),
-                    Some(Error::Truncated),
-                    "len {len}"
-                );
+                assert_eq!(Packet::new_checked(&cap[..len]).err(), Some(Error::Truncated), "len {len}");
             }
             assert!(Packet::new_checked(cap).is_ok());
         }
@@ -587,11 +533,7 @@ mod tests {
         emit_fragment_header(
             &mut fh,
             IpProtocol::UDP,
-            FragmentInfo {
-                offset: 24,
-                more_fragments: false,
-                ident: 0x8a61_c0de,
-            },
+            FragmentInfo { offset: 24, more_fragments: false, ident: 0x8a61_c0de },
         );
         assert_eq!(&fh, &V6_FRAG_SECOND[40..48]);
     }

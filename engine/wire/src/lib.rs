@@ -275,10 +275,7 @@ impl IpSummary {
         if p.len() < 4 {
             return None;
         }
-        Some((
-            u16::from_be_bytes([p[0], p[1]]),
-            u16::from_be_bytes([p[2], p[3]]),
-        ))
+        Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
     }
 }
 
@@ -380,8 +377,7 @@ impl<'a> IpPacket<'a> {
                 })
             }
             IpPacket::V6(p) => {
-                let (protocol, offset, fragment) =
-                    ipv6::skip_extension_headers(p.next_header(), p.payload())?;
+                let (protocol, offset, fragment) = ipv6::skip_extension_headers(p.next_header(), p.payload())?;
                 Ok(IpSummary {
                     version: IpVersion::V6,
                     src: IpAddr::V6(p.src_addr()),
@@ -447,10 +443,7 @@ mod tests {
     fn error_display_and_source() {
         assert_eq!(Error::Truncated.to_string(), "truncated packet");
         assert_eq!(Error::Malformed.to_string(), "malformed packet");
-        assert_eq!(
-            Error::TooManyHeaders.to_string(),
-            "too many stacked headers"
-        );
+        assert_eq!(Error::TooManyHeaders.to_string(), "too many stacked headers");
         let e: &dyn core::error::Error = &Error::Truncated;
         assert!(e.source().is_none());
     }
@@ -507,10 +500,7 @@ mod tests {
         let p = IpPacket::new_checked(&MLD_HBH).unwrap();
         assert_eq!(p.version(), IpVersion::V6);
         assert_eq!(p.next_header(), IpProtocol::HOP_BY_HOP);
-        assert_eq!(
-            p.dst_addr(),
-            IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16))
-        );
+        assert_eq!(p.dst_addr(), IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16)));
         let s = p.summary().unwrap();
         assert_eq!(s.protocol, IpProtocol::ICMPV6);
         assert_eq!(s.payload_offset, 48);
@@ -537,14 +527,7 @@ mod tests {
         p.set_frag_offset(8);
         p.fill_checksum();
         let s = parse_ip(&b).unwrap();
-        assert_eq!(
-            s.fragment,
-            Some(FragmentInfo {
-                offset: 8,
-                more_fragments: false,
-                ident: 0xa7d3
-            })
-        );
+        assert_eq!(s.fragment, Some(FragmentInfo { offset: 8, more_fragments: false, ident: 0xa7d3 }));
         assert_eq!(s.ports(&b), None);
     }
 

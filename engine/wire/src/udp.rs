@@ -251,9 +251,7 @@ mod tests {
         assert!(!p.verify_checksum(V6_SRC, Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x21)));
         let mut b = V6_UDP_WHOLE;
         b[20] ^= 0x40;
-        assert!(!Packet::new_checked(&b[..])
-            .unwrap()
-            .verify_checksum(V6_SRC, V6_DST));
+        assert!(!Packet::new_checked(&b[..]).unwrap().verify_checksum(V6_SRC, V6_DST));
     }
 
     #[test]
@@ -262,16 +260,11 @@ mod tests {
         let p = Packet::new_checked(esp_udp).unwrap();
         assert_eq!(p.checksum(), 0);
         assert_eq!((p.src_port(), p.dst_port()), (4500, 4500));
-        assert!(p.verify_checksum(
-            Ipv4Addr::new(198, 51, 100, 7),
-            Ipv4Addr::new(203, 0, 113, 20)
-        ));
+        assert!(p.verify_checksum(Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(203, 0, 113, 20)));
         let mut b = V6_UDP_WHOLE;
         b[6] = 0;
         b[7] = 0;
-        assert!(!Packet::new_checked(&b[..])
-            .unwrap()
-            .verify_checksum(V6_SRC, V6_DST));
+        assert!(!Packet::new_checked(&b[..]).unwrap().verify_checksum(V6_SRC, V6_DST));
     }
 
     #[test]
@@ -298,12 +291,7 @@ mod tests {
         let dst = Ipv4Addr::new(10, 0, 0, 2);
         let mut b = [0u8; 12];
         let mut p = Packet::new_unchecked(&mut b[..]);
-        Repr {
-            src_port: 0,
-            dst_port: 9,
-            payload_len: 4,
-        }
-        .emit(&mut p);
+        Repr { src_port: 0, dst_port: 9, payload_len: 4 }.emit(&mut p);
         p.fill_checksum(src, dst);
         let c = p.checksum();
         // Adding the checksum value to the source port makes the sum 0xffff, i.e. checksum 0.
@@ -317,11 +305,7 @@ mod tests {
     fn every_truncation_rejected() {
         for cap in [dns(), &V6_UDP_WHOLE[..], &ESP_IN_UDP[20..]] {
             for len in 0..cap.len() {
-                assert_eq!(
-                    Packet::new_checked(&cap[..len]).err(),
-                    Some(Error::Truncated),
-                    "len {len}"
-                );
+                assert_eq!(Packet::new_checked(&cap[..len]).err(), Some(Error::Truncated), "len {len}");
             }
             assert!(Packet::new_checked(cap).is_ok());
         }
@@ -338,10 +322,7 @@ mod tests {
         let p = Packet::new_checked(ip).unwrap();
         assert_eq!(p.len(), 9);
         assert_eq!(p.payload(), &[0xff]);
-        assert!(p.verify_checksum(
-            Ipv4Addr::new(192, 168, 1, 100),
-            Ipv4Addr::new(203, 0, 113, 20)
-        ));
+        assert!(p.verify_checksum(Ipv4Addr::new(192, 168, 1, 100), Ipv4Addr::new(203, 0, 113, 20)));
         let mut b = [0u8; 12];
         b[4..6].copy_from_slice(&8u16.to_be_bytes());
         let p = Packet::new_checked(&b[..]).unwrap();
@@ -351,14 +332,7 @@ mod tests {
     #[test]
     fn emit_round_trip_writes_every_byte() {
         let repr = Repr::parse(&Packet::new_checked(dns()).unwrap());
-        assert_eq!(
-            repr,
-            Repr {
-                src_port: 51234,
-                dst_port: 53,
-                payload_len: 28
-            }
-        );
+        assert_eq!(repr, Repr { src_port: 51234, dst_port: 53, payload_len: 28 });
         let mut b = [0xa5u8; 36];
         b[8..].copy_from_slice(&dns()[8..]);
         let mut p = Packet::new_unchecked(&mut b[..]);
