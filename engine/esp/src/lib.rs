@@ -36,7 +36,7 @@ pub mod table;
 mod worker;
 
 pub use counters::{DropReason, SaCounters, WorkerCounters};
-pub use crypto::{Cipher, CryptoProvider, Integrity};
+pub use crypto::{default_provider, Cipher, CryptoProvider, Integrity};
 pub use decap::ecn_decap;
 pub use encap::{SEQ_SOFT_MARGIN_32, SEQ_SOFT_MARGIN_64};
 pub use events::{Direction, EventQueue, LimitKind, SaEvent};
