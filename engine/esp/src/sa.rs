@@ -124,7 +124,7 @@ impl SaConfig {
             integrity,
             auth_key: Zeroizing::new(auth_key.to_vec()),
             esn: false,
-            replay_window: ReplayWindow::DEFAULT_WINDOW,
+            replay_window: crate::replay::DEFAULT_WINDOW,
             local,
             remote,
             encap: None,
@@ -191,7 +191,7 @@ impl fmt::Display for SaError {
             SaError::AeadWithIntegrity => f.write_str("an AEAD cipher must not be combined with a separate integrity algorithm"),
             SaError::NoIntegrity => f.write_str("encryption without integrity is refused; choose an integrity algorithm"),
             SaError::MixedOuterFamilies => f.write_str("local and remote tunnel addresses must be of the same family"),
-            SaError::BadReplayWindow(w) => write!(f, "replay window {w} out of range (0 or 32..={})", ReplayWindow::MAX_WINDOW),
+            SaError::BadReplayWindow(w) => write!(f, "replay window {w} out of range (0 or 32..={})", crate::replay::MAX_WINDOW),
             SaError::BadDscp(d) => write!(f, "DSCP {d} out of range 0-63"),
             SaError::ZeroTtl => f.write_str("outer TTL must be at least 1"),
         }
