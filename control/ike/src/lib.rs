@@ -1,0 +1,7 @@
+#![forbid(unsafe_code)]
+pub mod crypto;
+pub mod message;
+pub mod transforms;
+
+#[cfg(test)]
+mod test_util;
