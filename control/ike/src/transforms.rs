@@ -344,39 +344,50 @@ pub struct ProposalSpec {
 }
 
 impl ProposalSpec {
-    /// Builds the Proposal substructure offering every listed algorithm.
-    ///
-    /// When this spec mixes AEAD and non-AEAD ciphers the offer is still emitted as one proposal;
-    /// callers that care should split it (RFC 7296 §3.3 discourages the mix).
+    /// Builds the Proposal substructures offering every listed algorithm: one proposal, or two
+    /// when the spec mixes AEAD and non-AEAD ciphers (RFC 7296 §3.3: a combined-mode cipher is
+    /// offered without integrity algorithms, so it gets its own proposal, listed first).
     #[must_use]
-    pub fn to_proposal(&self, number: u8, spi: Vec<u8>) -> Proposal {
-        let mut transforms = Vec::new();
-        transforms.extend(self.encr.iter().map(|e| e.to_transform()));
-        transforms.extend(self.prf.iter().map(|p| p.to_transform()));
-        transforms.extend(self.integ.iter().map(|i| i.to_transform()));
-        transforms.extend(
-            self.dh
-                .iter()
-                .map(|d| Transform::new(TransformType::DH, d.id())),
-        );
-        transforms.extend(self.esn.iter().map(|e| e.to_transform()));
-        Proposal {
-            number,
-            protocol_id: self.protocol,
-            spi,
-            transforms,
+    pub fn to_proposals(&self, first_number: u8, spi: &[u8]) -> Vec<Proposal> {
+        let (aead, plain): (Vec<EncrAlg>, Vec<EncrAlg>) =
+            self.encr.iter().partition(|e| e.is_aead());
+        let mut out = Vec::new();
+        let mut number = first_number;
+        for (encrs, integs) in [(aead, &[][..]), (plain, &self.integ[..])] {
+            if encrs.is_empty() {
+                continue;
+            }
+            let mut transforms = Vec::new();
+            transforms.extend(encrs.iter().map(|e| e.to_transform()));
+            transforms.extend(self.prf.iter().map(|p| p.to_transform()));
+            transforms.extend(integs.iter().map(|i| i.to_transform()));
+            transforms.extend(
+                self.dh
+                    .iter()
+                    .map(|d| Transform::new(TransformType::DH, d.id())),
+            );
+            transforms.extend(self.esn.iter().map(|e| e.to_transform()));
+            out.push(Proposal {
+                number,
+                protocol_id: self.protocol,
+                spi: spi.to_vec(),
+                transforms,
+            });
+            number = number.wrapping_add(1);
         }
+        out
     }
 }
 
-/// Builds an SA offer: one proposal per spec, numbered from 1, all with the same SPI.
+/// Builds an SA offer from our specs, numbering proposals from 1, all with the same SPI.
 #[must_use]
 pub fn build_offer(specs: &[ProposalSpec], spi: &[u8]) -> Vec<Proposal> {
-    specs
-        .iter()
-        .zip(1u8..)
-        .map(|(s, n)| s.to_proposal(n, spi.to_vec()))
-        .collect()
+    let mut out: Vec<Proposal> = Vec::new();
+    for s in specs {
+        let next = out.last().map_or(1, |p| p.number.wrapping_add(1));
+        out.extend(s.to_proposals(next, spi));
+    }
+    out
 }
 
 /// The result of proposal selection: one algorithm per transform type.
@@ -440,9 +451,10 @@ impl std::error::Error for SelectError {}
 ///
 /// A proposal is unacceptable if it has a transform type we do not know (RFC 7296 §3.3.6), lacks
 /// a mandatory type (§3.3.3: IKE needs ENCR, PRF, INTEG unless AEAD, and DH; ESP needs ENCR and
-/// ESN, INTEG unless AEAD), has the wrong SPI size (IKE: 0 or 8, ESP: 4), or offers AEAD with an
-/// integrity algorithm. Transforms with unknown IDs or attributes (e.g. an unsupported key length)
-/// are skipped, not fatal.
+/// ESN, INTEG unless AEAD), or has the wrong SPI size (IKE: 0 or 8, ESP: 4). An AEAD cipher is
+/// chosen only if the proposal offers no integrity algorithm other than NONE; a non-AEAD cipher
+/// only together with an acceptable integrity algorithm. Transforms with unknown IDs or attributes
+/// (e.g. an unsupported key length) are skipped, not fatal.
 ///
 /// # Errors
 /// [`SelectError::NoProposalChosen`] if nothing is acceptable.
@@ -488,26 +500,25 @@ fn match_proposal(p: &Proposal, spec: &ProposalSpec) -> Option<ChosenProposal> {
         return None;
     }
 
-    let encr = of(TransformType::ENCR)
-        .filter_map(EncrAlg::from_transform)
-        .find(|e| spec.encr.contains(e))?;
-
+    // Peer's order of ciphers; an AEAD cipher is usable only if the proposal has no integrity
+    // algorithm other than NONE, a non-AEAD one only with an acceptable integrity algorithm.
     let integ_offered: Vec<&Transform> = of(TransformType::INTEG).collect();
-    let integ = if encr.is_aead() {
-        // Only INTEG NONE (or no INTEG at all) may accompany a combined-mode cipher.
-        if integ_offered.iter().any(|t| t.transform_id != INTEG_NONE) {
-            return None;
-        }
-        None
-    } else {
-        Some(
-            integ_offered
-                .iter()
-                .filter(|t| t.attributes.is_empty())
-                .filter_map(|t| IntegAlg::from_id(t.transform_id))
-                .find(|i| spec.integ.contains(i))?,
-        )
-    };
+    let real_integ_offered = integ_offered.iter().any(|t| t.transform_id != INTEG_NONE);
+    let integ_pick = integ_offered
+        .iter()
+        .filter(|t| t.attributes.is_empty())
+        .filter_map(|t| IntegAlg::from_id(t.transform_id))
+        .find(|i| spec.integ.contains(i));
+    let (encr, integ) = of(TransformType::ENCR)
+        .filter_map(EncrAlg::from_transform)
+        .filter(|e| spec.encr.contains(e))
+        .find_map(|e| {
+            if e.is_aead() {
+                (!real_integ_offered).then_some((e, None))
+            } else {
+                integ_pick.map(|i| (e, Some(i)))
+            }
+        })?;
 
     let dh_offered: Vec<&Transform> = of(TransformType::DH).collect();
     let dh = if spec.dh.is_empty() {
@@ -562,4 +573,375 @@ fn match_proposal(p: &Proposal, spec: &ProposalSpec) -> Option<ChosenProposal> {
         dh,
         esn,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::TransformAttribute;
+
+    fn ike_spec() -> ProposalSpec {
+        ProposalSpec {
+            protocol: ProtocolId::IKE,
+            encr: vec![
+                EncrAlg::AES128_CBC,
+                EncrAlg::AES256_CBC,
+                EncrAlg::AES256_GCM16,
+            ],
+            prf: vec![PrfAlg::HmacSha256, PrfAlg::HmacSha384],
+            integ: vec![IntegAlg::HmacSha256_128],
+            dh: vec![DhGroup::Ecp256, DhGroup::Modp2048],
+            esn: vec![],
+        }
+    }
+
+    fn esp_spec(pfs: Vec<DhGroup>) -> ProposalSpec {
+        ProposalSpec {
+            protocol: ProtocolId::ESP,
+            encr: vec![EncrAlg::AES128_GCM16, EncrAlg::AES128_CBC],
+            prf: vec![],
+            integ: vec![IntegAlg::HmacSha256_128],
+            dh: pfs,
+            esn: vec![Esn::No, Esn::Yes],
+        }
+    }
+
+    fn t(tt: TransformType, id: u16) -> Transform {
+        Transform::new(tt, id)
+    }
+
+    fn ike_proposal(number: u8, transforms: Vec<Transform>) -> Proposal {
+        Proposal {
+            number,
+            protocol_id: ProtocolId::IKE,
+            spi: vec![],
+            transforms,
+        }
+    }
+
+    #[test]
+    fn ids_round_trip_through_transforms() {
+        for e in [
+            EncrAlg::Des,
+            EncrAlg::TripleDes,
+            EncrAlg::AesCbc { key_bits: 128 },
+            EncrAlg::AesCbc { key_bits: 192 },
+            EncrAlg::AesCbc { key_bits: 256 },
+            EncrAlg::AesGcm16 { key_bits: 128 },
+            EncrAlg::AesGcm16 { key_bits: 192 },
+            EncrAlg::AesGcm16 { key_bits: 256 },
+        ] {
+            assert_eq!(EncrAlg::from_transform(&e.to_transform()), Some(e));
+        }
+        assert_eq!(
+            [
+                EncrAlg::Des.id(),
+                EncrAlg::TripleDes.id(),
+                EncrAlg::AES128_CBC.id(),
+                EncrAlg::AES128_GCM16.id()
+            ],
+            [2, 3, 12, 20]
+        );
+        for p in [
+            PrfAlg::HmacMd5,
+            PrfAlg::HmacSha1,
+            PrfAlg::HmacSha256,
+            PrfAlg::HmacSha384,
+            PrfAlg::HmacSha512,
+        ] {
+            assert_eq!(PrfAlg::from_id(p.id()), Some(p));
+        }
+        assert_eq!(
+            [1, 2, 5, 6, 7].map(|i| PrfAlg::from_id(i).map(PrfAlg::output_len)),
+            [Some(16), Some(20), Some(32), Some(48), Some(64)]
+        );
+        for i in [
+            IntegAlg::HmacMd5_96,
+            IntegAlg::HmacSha1_96,
+            IntegAlg::HmacSha256_128,
+            IntegAlg::HmacSha384_192,
+            IntegAlg::HmacSha512_256,
+        ] {
+            assert_eq!(IntegAlg::from_id(i.id()), Some(i));
+        }
+        assert_eq!(
+            [1, 2, 12, 13, 14].map(|i| IntegAlg::from_id(i).map(IntegAlg::icv_len)),
+            [Some(12), Some(12), Some(16), Some(24), Some(32)]
+        );
+        assert_eq!(IntegAlg::from_id(INTEG_NONE), None);
+        assert_eq!(
+            DhGroup::ALL.map(DhGroup::id),
+            [1, 2, 5, 14, 24, 19, 20, 21, 31]
+        );
+        assert_eq!(
+            (Esn::from_id(0), Esn::from_id(1), Esn::from_id(2)),
+            (Some(Esn::No), Some(Esn::Yes), None)
+        );
+        // Key length attribute rules.
+        assert_eq!(
+            EncrAlg::from_transform(&t(TransformType::ENCR, 12)),
+            None,
+            "AES needs a key length"
+        );
+        assert_eq!(
+            EncrAlg::from_transform(&Transform::with_key_length(TransformType::ENCR, 12, 512)),
+            None
+        );
+        assert_eq!(
+            EncrAlg::from_transform(&Transform::with_key_length(TransformType::ENCR, 3, 192)),
+            None,
+            "3DES must not carry a key length"
+        );
+        let mut two = Transform::with_key_length(TransformType::ENCR, 12, 128);
+        two.attributes.push(two.attributes[0].clone());
+        assert_eq!(EncrAlg::from_transform(&two), None);
+        let tlv = Transform {
+            transform_type: TransformType::ENCR,
+            transform_id: 12,
+            attributes: vec![TransformAttribute {
+                attr_type: ATTR_KEY_LENGTH,
+                value: AttributeValue::Tlv(vec![0, 128]),
+            }],
+        };
+        assert_eq!(EncrAlg::from_transform(&tlv), None);
+    }
+
+    #[test]
+    fn selects_first_acceptable_peer_proposal_in_peer_order() {
+        let peer = vec![
+            // Not acceptable: 3DES / SHA1 / MODP1024.
+            ike_proposal(
+                1,
+                vec![
+                    t(TransformType::ENCR, 3),
+                    t(TransformType::PRF, 2),
+                    t(TransformType::INTEG, 2),
+                    t(TransformType::DH, 2),
+                ],
+            ),
+            // Acceptable: peer prefers AES-256 and group 14, then AES-128 and group 19.
+            ike_proposal(
+                2,
+                vec![
+                    Transform::with_key_length(TransformType::ENCR, 12, 256),
+                    Transform::with_key_length(TransformType::ENCR, 12, 128),
+                    t(TransformType::PRF, 6),
+                    t(TransformType::PRF, 5),
+                    t(TransformType::INTEG, 2),
+                    t(TransformType::INTEG, 12),
+                    t(TransformType::DH, 14),
+                    t(TransformType::DH, 19),
+                ],
+            ),
+            // Also acceptable, but later.
+            ike_proposal(
+                3,
+                vec![
+                    Transform::with_key_length(TransformType::ENCR, 12, 128),
+                    t(TransformType::PRF, 5),
+                    t(TransformType::INTEG, 12),
+                    t(TransformType::DH, 19),
+                ],
+            ),
+        ];
+        let c = select_proposal(&peer, &[ike_spec()]).unwrap();
+        assert_eq!(c.number, 2);
+        assert_eq!(c.encr, EncrAlg::AES256_CBC);
+        assert_eq!(c.prf, Some(PrfAlg::HmacSha384));
+        assert_eq!(c.integ, Some(IntegAlg::HmacSha256_128));
+        assert_eq!(c.dh, Some(DhGroup::Modp2048));
+        assert_eq!(c.esn, None);
+        // The reply proposal has one transform per type and echoes the number.
+        let reply = c.to_proposal(vec![]);
+        assert_eq!(reply.number, 2);
+        assert_eq!(reply.transforms.len(), 4);
+        assert_eq!(reply.transforms[0].key_length(), Some(256));
+        // The initiator accepts the reply as is (select again on it).
+        assert_eq!(select_proposal(&[reply], &[ike_spec()]).unwrap(), c);
+    }
+
+    #[test]
+    fn key_length_attribute_is_respected() {
+        let mut spec = ike_spec();
+        spec.encr = vec![EncrAlg::AES128_CBC];
+        let offer = |bits: u16| {
+            vec![ike_proposal(
+                1,
+                vec![
+                    Transform::with_key_length(TransformType::ENCR, 12, bits),
+                    t(TransformType::PRF, 5),
+                    t(TransformType::INTEG, 12),
+                    t(TransformType::DH, 19),
+                ],
+            )]
+        };
+        assert!(select_proposal(&offer(128), std::slice::from_ref(&spec)).is_ok());
+        assert_eq!(
+            select_proposal(&offer(256), std::slice::from_ref(&spec)).unwrap_err(),
+            SelectError::NoProposalChosen
+        );
+        assert!(select_proposal(&offer(192), &[ike_spec()]).is_err());
+    }
+
+    #[test]
+    fn unacceptable_proposals() {
+        let base = vec![
+            Transform::with_key_length(TransformType::ENCR, 12, 128),
+            t(TransformType::PRF, 5),
+            t(TransformType::INTEG, 12),
+            t(TransformType::DH, 19),
+        ];
+        let spec = [ike_spec()];
+        assert!(select_proposal(&[ike_proposal(1, base.clone())], &spec).is_ok());
+        // Missing each mandatory type in turn.
+        for skip in 0..4 {
+            let mut v = base.clone();
+            v.remove(skip);
+            assert!(
+                select_proposal(&[ike_proposal(1, v)], &spec).is_err(),
+                "without #{skip}"
+            );
+        }
+        // Unknown transform type: the proposal is rejected, the next one chosen.
+        let mut v = base.clone();
+        v.push(t(TransformType(9), 1));
+        let c =
+            select_proposal(&[ike_proposal(1, v), ike_proposal(2, base.clone())], &spec).unwrap();
+        assert_eq!(c.number, 2);
+        // Unknown transform ID of a known type is only skipped.
+        let mut v = base.clone();
+        v.insert(0, t(TransformType::ENCR, 999));
+        assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_ok());
+        // ESN in an IKE proposal.
+        let mut v = base.clone();
+        v.push(t(TransformType::ESN, 0));
+        assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_err());
+        // Wrong SPI size for IKE.
+        let mut p = ike_proposal(1, base.clone());
+        p.spi = vec![1, 2, 3, 4];
+        assert!(select_proposal(&[p.clone()], &spec).is_err());
+        p.spi = vec![1; 8];
+        assert!(
+            select_proposal(&[p], &spec).is_ok(),
+            "8-octet SPI when rekeying"
+        );
+        // Wrong protocol.
+        let mut p = ike_proposal(1, base);
+        p.protocol_id = ProtocolId::AH;
+        assert!(select_proposal(&[p], &spec).is_err());
+    }
+
+    #[test]
+    fn aead_and_integrity() {
+        let spec = [ike_spec()];
+        let gcm = Transform::with_key_length(TransformType::ENCR, 20, 256);
+        let rest = [t(TransformType::PRF, 5), t(TransformType::DH, 19)];
+        // GCM without INTEG, or with INTEG NONE: accepted, no integrity chosen.
+        for integ in [vec![], vec![t(TransformType::INTEG, INTEG_NONE)]] {
+            let mut v = vec![gcm.clone()];
+            v.extend(integ);
+            v.extend(rest.clone());
+            let c = select_proposal(&[ike_proposal(1, v)], &spec).unwrap();
+            assert_eq!((c.encr, c.integ), (EncrAlg::AES256_GCM16, None));
+            assert_eq!(c.to_proposal(vec![]).transforms.len(), 3);
+        }
+        // GCM with a real integrity algorithm is a mixed proposal: rejected.
+        let mut v = vec![gcm, t(TransformType::INTEG, 12)];
+        v.extend(rest.clone());
+        assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_err());
+        // A single proposal mixing GCM and CBC with an integrity algorithm: CBC is chosen.
+        let v = vec![
+            Transform::with_key_length(TransformType::ENCR, 20, 256),
+            Transform::with_key_length(TransformType::ENCR, 12, 128),
+            t(TransformType::INTEG, 12),
+            t(TransformType::PRF, 5),
+            t(TransformType::DH, 19),
+        ];
+        let c = select_proposal(&[ike_proposal(1, v)], &spec).unwrap();
+        assert_eq!(
+            (c.encr, c.integ),
+            (EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128))
+        );
+        // CBC with only INTEG NONE: rejected.
+        let mut v = vec![
+            Transform::with_key_length(TransformType::ENCR, 12, 128),
+            t(TransformType::INTEG, INTEG_NONE),
+        ];
+        v.extend(rest);
+        assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_err());
+    }
+
+    #[test]
+    fn esp_selection_esn_and_pfs() {
+        let esp = |transforms: Vec<Transform>| Proposal {
+            number: 1,
+            protocol_id: ProtocolId::ESP,
+            spi: vec![0, 0, 0, 1],
+            transforms,
+        };
+        let base = vec![
+            Transform::with_key_length(TransformType::ENCR, 20, 128),
+            t(TransformType::ESN, 1),
+            t(TransformType::ESN, 0),
+        ];
+        let c = select_proposal(&[esp(base.clone())], &[esp_spec(vec![])]).unwrap();
+        assert_eq!(c.encr, EncrAlg::AES128_GCM16);
+        assert_eq!(c.esn, Some(Esn::Yes), "peer's order");
+        assert_eq!((c.prf, c.integ, c.dh), (None, None, None));
+        assert_eq!(c.spi, vec![0, 0, 0, 1]);
+        // ESN is mandatory for ESP.
+        assert!(select_proposal(&[esp(base[..1].to_vec())], &[esp_spec(vec![])]).is_err());
+        // ESP SPI must be 4 octets.
+        let mut p = esp(base.clone());
+        p.spi = vec![];
+        assert!(select_proposal(&[p], &[esp_spec(vec![])]).is_err());
+        // PRF in ESP is not allowed.
+        let mut v = base.clone();
+        v.push(t(TransformType::PRF, 5));
+        assert!(select_proposal(&[esp(v)], &[esp_spec(vec![])]).is_err());
+        // Peer wants PFS with group 19; we have no PFS: rejected unless it also offers NONE.
+        let mut v = base.clone();
+        v.push(t(TransformType::DH, 19));
+        assert!(select_proposal(&[esp(v.clone())], &[esp_spec(vec![])]).is_err());
+        let c = select_proposal(&[esp(v.clone())], &[esp_spec(vec![DhGroup::Ecp256])]).unwrap();
+        assert_eq!(c.dh, Some(DhGroup::Ecp256));
+        v.push(t(TransformType::DH, 0));
+        assert_eq!(
+            select_proposal(&[esp(v)], &[esp_spec(vec![])]).unwrap().dh,
+            None
+        );
+        // We require PFS; the peer offers none.
+        assert!(select_proposal(&[esp(base)], &[esp_spec(vec![DhGroup::Ecp256])]).is_err());
+    }
+
+    #[test]
+    fn offer_numbering_and_second_spec() {
+        let specs = [ike_spec(), esp_spec(vec![])];
+        // The IKE spec mixes GCM with CBC: two proposals, GCM first without INTEG.
+        let offer = build_offer(&specs[..1], &[]);
+        assert_eq!(offer.len(), 2);
+        assert_eq!(offer[0].number, 1);
+        assert_eq!(offer[0].transforms.len(), 1 + 2 + 2);
+        assert_eq!(offer[1].number, 2);
+        assert_eq!(offer[1].transforms.len(), 2 + 2 + 1 + 2);
+        let four = build_offer(&[ike_spec(), ike_spec()], &[]);
+        assert_eq!(
+            four.iter().map(|p| p.number).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        // Our own offer is acceptable to ourselves; the second of our specs matches when the
+        // first does not.
+        let c = select_proposal(&offer, &specs).unwrap();
+        assert_eq!(
+            (c.number, c.encr, c.integ),
+            (1, EncrAlg::AES256_GCM16, None)
+        );
+        let c = select_proposal(&offer[1..], &specs).unwrap();
+        assert_eq!(c.encr, EncrAlg::AES128_CBC);
+        let esp_offer = build_offer(&specs[1..], &[0, 0, 0, 9]);
+        let c = select_proposal(&esp_offer, &specs).unwrap();
+        assert_eq!(c.protocol, ProtocolId::ESP);
+        assert_eq!(c.encr, EncrAlg::AES128_GCM16);
+        assert_eq!(c.integ, None);
+    }
 }
