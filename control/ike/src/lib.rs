@@ -5,7 +5,7 @@
 //! * **No I/O, no threads, no clock.** Nothing in this crate opens a socket, spawns a thread,
 //!   sleeps or reads the time. Bytes come in as slices and go out as `Vec<u8>`; randomness is
 //!   drawn only from a [`rand_core::CryptoRng`] the caller passes in (so tests are deterministic
-//!   and the daemon chooses its entropy source). The state machine built on these layers will take
+//!   and the daemon chooses its entropy source). The state machine ([`ike_sa`]) takes
 //!   `now: Instant` in every entry point, quinn-proto style.
 //! * **Untrusted input never panics.** [`message::Message::parse`] and everything under it are
 //!   bounds-checked and return errors that map to the notification RFC 7296 prescribes
@@ -24,6 +24,9 @@
 //!   construction, and proposal selection as responder.
 //! * [`crypto`]: PRF/prf+, SKEYSEED and the SK_* keys, Child SA KEYMAT, PSK AUTH, SK payload
 //!   encryption/integrity (CBC+HMAC and AES-GCM-16), and the DH groups.
+//! * [`ike_sa`]: the first state machine on top: IKE_SA_INIT + IKE_AUTH with a PSK, initiator and
+//!   responder, establishing the IKE SA and its first Child SA. Every entry point takes `now`;
+//!   outputs are pulled (`poll_transmit`, `poll_timeout`, `poll_event`).
 //!
 //! # Dependencies and why
 //!
@@ -48,6 +51,7 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod ike_sa;
 pub mod message;
 pub mod transforms;
 
