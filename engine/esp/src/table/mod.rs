@@ -8,7 +8,10 @@
 //!   even an `Arc` clone, which would bounce the SA's reference-count cache line between cores).
 //! * **Writers are the control side.** Every single operation (`insert`, `replace`, `remove`,
 //!   [`TunnelTable::set_sa`], [`RouteTable::add_route`], …) is atomic to readers: a reader sees
-//!   the old or the new value, never a mix and never a transient hole.
+//!   the old or the new value, never a mix and never a transient hole. SPI and tunnel writes are
+//!   lock-free; route and flow writes of one table are serialised among themselves by a mutex
+//!   that readers never touch (it keeps the prefix-length bookkeeping exact, see `prefix.rs`).
+//!   Writers may allocate.
 //! * **Generic over the SA type** `V` (anything `Send + Sync + 'static`); tables store `Arc<V>` so
 //!   the control side can keep its own handle to an SA (lifetimes, counters) next to the table's.
 //! * Removed values are dropped once no reader can still hold them, i.e. after every guard that
@@ -46,8 +49,9 @@
 //! could not share one per-burst guard with the other tables as cleanly.
 //!
 //! Hashing uses [`foldhash`] (the hasher behind `hashbrown`) with a per-process random seed: the
-//! keys are chosen by us or by authenticated peers (SPIs we allocate, configured prefixes), an
-//! attacker can only make lookups *miss*, and SipHash would cost ~3× more per lookup.
+//! keys are chosen by us or by authenticated peers (SPIs we allocate, configured prefixes), so an
+//! attacker cannot place colliding keys and can only make lookups *miss*; SipHash's extra rounds
+//! would buy nothing here. IPv4 SPI keys are hashed as one 64-bit word.
 //!
 //! # Layout
 //!
