@@ -43,8 +43,9 @@
 //! * replaces the slot's block by a **newer** one (tags compared with wrapping arithmetic).
 //!
 //! A slot whose bitmap is 0 has never been written (every write sets a bit) and counts as older
-//! than any block, so the initial all-zero ring needs no special tag. So each slot holds a
-//! non-decreasing sequence of blocks and, while it holds a block, its bits
+//! than any block, so the initial all-zero ring needs no special tag.
+//!
+//! So each slot holds a non-decreasing sequence of blocks and, while it holds a block, its bits
 //! only get set. Consequences:
 //!
 //! * *Exactly once.* For `accept(s)` to succeed, its CAS must either set bit `s` in block `b(s)`
@@ -56,9 +57,9 @@
 //! * *No lost bits.* A bit of block `b` can only disappear when the slot moves to a newer block
 //!   `b' >= b + slots`, i.e. when a number `>= 32 b + W + 32` was accepted: every number of `b` is
 //!   then too old anyway, which is exactly what the CAS reports.
-//! * `top` is advanced with `fetch_max` after the slot CAS. It only sharpens the "too old" test;
-//!   correctness of the exactly-once property rests on the slot CAS alone, so the two words need
-//!   no common lock or ordering.
+//! * `top` is advanced with `fetch_max` after the slot CAS (skipped when it is already higher).
+//!   It only sharpens the "too old" test; correctness of the exactly-once property rests on the
+//!   slot CAS alone, so the two words need no common lock or ordering.
 //!
 //! Run sequentially, the window decides exactly like the textbook window (a set of the accepted
 //! numbers in `(top - W, top]`); the tests check that against such a reference model.
@@ -67,7 +68,8 @@
 //! `top` advanced by `2^36` or more sequence numbers could be misread. Without ESN `top < 2^32`,
 //! so this cannot happen; with ESN it needs an *authenticated* peer to skip `2^36` numbers, and the
 //! wrapping comparison then errs towards dropping (a false [`ReplayError::TooOld`] or
-//! [`ReplayError::Replayed`]), never towards accepting a number twice within the window.
+//! [`ReplayError::Replayed`]); a number left of the window is still refused by the exact 64-bit
+//! comparison with `top`.
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -243,7 +245,8 @@ impl ReplayWindow {
         if seq == 0 {
             return Err(ReplayError::ZeroSeq);
         }
-        if self.is_too_old(seq, self.top.load(Ordering::Acquire)) {
+        let top = self.top.load(Ordering::Acquire);
+        if self.is_too_old(seq, top) {
             return Err(ReplayError::TooOld);
         }
         let block = seq >> BLOCK_SHIFT;
@@ -270,7 +273,11 @@ impl ReplayWindow {
                 Err(current) => word = current,
             }
         }
-        self.top.fetch_max(seq, Ordering::AcqRel);
+        // `top` only grows: if it was already past `seq`, skip the read-modify-write (it would
+        // bounce the cache line between workers for every reordered packet).
+        if seq > top {
+            self.top.fetch_max(seq, Ordering::AcqRel);
+        }
         Ok(())
     }
 
