@@ -5,8 +5,8 @@
 //! stay within a sane memory budget per entry. Numbers are printed (`--nocapture`):
 //! "table" = bytes the table itself allocates per entry (the SA value excluded), "with SA" adds
 //! the `Arc<FakeSa>` allocation (256-byte stand-in for an SA, plus the Arc's two counters).
-//! Bytes are the sizes *requested* from the allocator; the process RSS growth, which includes
-//! malloc's per-chunk overhead, is printed next to them.
+//! Bytes are the sizes *requested* from the allocator; malloc adds its per-chunk overhead on top
+//! (glibc: 8 bytes and rounding to 16, so a 16-byte table entry occupies a 32-byte chunk).
 //!
 //! The 1M case runs in the default test run when it is fast enough; `scale_100k` is a smaller
 //! copy that always runs.
@@ -32,14 +32,6 @@ struct FakeSa {
 fn live_bytes() -> i64 {
     let s = GLOBAL.stats();
     s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
-}
-
-/// Resident set size in bytes (Linux), 0 elsewhere.
-fn rss() -> i64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
-        .map_or(0, |pages| pages * 4096)
 }
 
 /// A bijection on u32 (odd multiplier), so SPIs are distinct and spread.
@@ -87,9 +79,9 @@ fn run(n: u32, presize: bool) {
     // One domain per table: reclamation of one table's garbage does not blur another's numbers.
     let domain = Domain::new();
     let mut sas = Vec::with_capacity(n as usize);
-    let (b0, r0) = (live_bytes(), rss());
+    let b0 = live_bytes();
     make_sas(&mut sas, n);
-    let (b1, r1) = (live_bytes(), rss());
+    let b1 = live_bytes();
     let inbound: SpiTable<FakeSa> = SpiTable::with_capacity(&domain, cap);
     let start = std::time::Instant::now();
     for (i, sa) in sas.iter().enumerate() {
@@ -99,7 +91,7 @@ fn run(n: u32, presize: bool) {
             .unwrap();
     }
     let insert_time = start.elapsed();
-    let (b2, r2) = (live_bytes(), rss());
+    let b2 = live_bytes();
     assert_eq!(inbound.len(), n as usize);
     {
         let g = domain.pin();
@@ -116,11 +108,9 @@ fn run(n: u32, presize: bool) {
     let sa_bytes = per_entry(b1 - b0, n);
     let table_bytes = per_entry(b2 - b1, n);
     println!(
-        "inbound SpiTable ({mode}), {n} SAs: table {table_bytes:.1} B/entry (RSS {:.1}), with SA {:.1} B/entry \
-         (RSS {:.1}); Arc<FakeSa> alone {sa_bytes:.1} B; insert {:?}/entry",
-        per_entry(r2 - r1, n),
+        "inbound SpiTable ({mode}), {n} SAs: table {table_bytes:.1} B/entry, with SA {:.1} B/entry \
+         (Arc<FakeSa> alone {sa_bytes:.1} B); insert {:?}/entry",
         table_bytes + sa_bytes,
-        per_entry(r2 - r0, n),
         insert_time / n,
     );
     drop(sas);
@@ -128,7 +118,6 @@ fn run(n: u32, presize: bool) {
     // ---- Outbound: 1M /32 routes -> tunnel, tunnel -> Arc<FakeSa> ----
     let route_domain = Domain::new();
     let b3 = live_bytes();
-    let r3 = rss();
     let routes = RouteTable::new(&route_domain);
     let start = std::time::Instant::now();
     for i in 0..n {
@@ -136,17 +125,17 @@ fn run(n: u32, presize: bool) {
         assert_eq!(routes.add_route(p, TunnelId(i)), None);
     }
     let route_time = start.elapsed();
-    let (b4, r4) = (live_bytes(), rss());
+    let b4 = live_bytes();
     let tunnel_domain = Domain::new();
     let mut out_sas = Vec::with_capacity(n as usize);
     let b4a = live_bytes();
     make_sas(&mut out_sas, n);
-    let (b5, r5) = (live_bytes(), rss());
+    let b5 = live_bytes();
     let tunnels: TunnelTable<FakeSa> = TunnelTable::with_capacity(&tunnel_domain, cap);
     for (i, sa) in out_sas.iter().enumerate() {
         tunnels.set_sa(TunnelId(i as u32), Arc::clone(sa));
     }
-    let (b6, r6) = (live_bytes(), rss());
+    let b6 = live_bytes();
     assert_eq!(routes.len(), n as usize);
     assert_eq!(tunnels.len(), n as usize);
     {
@@ -171,13 +160,11 @@ fn run(n: u32, presize: bool) {
     let tunnel_bytes = per_entry(b6 - b5, n);
     let out_sa_bytes = per_entry(b5 - b4a, n);
     println!(
-        "RouteTable, {n} /32 routes: {route_bytes:.1} B/route (RSS {:.1}); insert {:?}/route",
-        per_entry(r4 - r3, n),
+        "RouteTable, {n} /32 routes: {route_bytes:.1} B/route; insert {:?}/route",
         route_time / n,
     );
     println!(
-        "TunnelTable ({mode}), {n} tunnels: table {tunnel_bytes:.1} B/entry (RSS {:.1}), with SA {:.1} B/entry",
-        per_entry(r6 - r5, n),
+        "TunnelTable ({mode}), {n} tunnels: table {tunnel_bytes:.1} B/entry, with SA {:.1} B/entry",
         tunnel_bytes + out_sa_bytes,
     );
     println!(
