@@ -1,1 +1,0 @@
-//! Lock-free SA tables (to be written).
