@@ -46,13 +46,7 @@ fn aead(c: &mut Criterion) {
 }
 
 fn cbc(c: &mut Criterion) {
-    for cipher in [
-        Cipher::AesCbc128,
-        Cipher::AesCbc192,
-        Cipher::AesCbc256,
-        Cipher::TripleDesCbc,
-        Cipher::DesCbc,
-    ] {
+    for cipher in [Cipher::AesCbc128, Cipher::AesCbc192, Cipher::AesCbc256, Cipher::TripleDesCbc, Cipher::DesCbc] {
         let mut group = c.benchmark_group(format!("cbc_encrypt/{cipher}"));
         for size in SIZES {
             let size = size.next_multiple_of(16);

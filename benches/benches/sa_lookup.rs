@@ -53,9 +53,7 @@ fn host_of(i: u32) -> Ipv4Addr {
 
 fn random_indexes(n: u32, seed: u64) -> Vec<u32> {
     let mut rng = XorShift(seed);
-    (0..KEYS)
-        .map(|_| (rng.next() % u64::from(n)) as u32)
-        .collect()
+    (0..KEYS).map(|_| (rng.next() % u64::from(n)) as u32).collect()
 }
 
 fn inbound(c: &mut Criterion) {
@@ -66,9 +64,7 @@ fn inbound(c: &mut Criterion) {
         let domain = Domain::new();
         let table: SpiTable<FakeSa> = SpiTable::with_capacity(&domain, n as usize);
         for i in 0..n {
-            let sa = Arc::new(FakeSa {
-                state: [u64::from(i); 32],
-            });
+            let sa = Arc::new(FakeSa { state: [u64::from(i); 32] });
             table.insert(spi_of(i), local, sa).unwrap();
         }
         let keys: Vec<Spi> = random_indexes(n, 0x1234).into_iter().map(spi_of).collect();
@@ -81,9 +77,7 @@ fn inbound(c: &mut Criterion) {
                 for &spi in burst {
                     // The table's cost only: the SA itself is not dereferenced (the resolve
                     // benchmark below does touch it).
-                    acc ^= table
-                        .get(spi, local, &g)
-                        .map_or(0, |sa| Arc::as_ptr(sa) as u64);
+                    acc ^= table.get(spi, local, &g).map_or(0, |sa| Arc::as_ptr(sa) as u64);
                 }
                 black_box(acc)
             });
@@ -104,10 +98,7 @@ fn outbound(c: &mut Criterion) {
             let p = IpNet::V4(Ipv4Net::new(host_of(i), 32).unwrap());
             routes.add_route(p, TunnelId(i));
         }
-        let keys: Vec<IpAddr> = random_indexes(n, 0x5678)
-            .into_iter()
-            .map(|i| IpAddr::V4(host_of(i)))
-            .collect();
+        let keys: Vec<IpAddr> = random_indexes(n, 0x5678).into_iter().map(|i| IpAddr::V4(host_of(i))).collect();
         group.bench_with_input(BenchmarkId::from_parameter(n), &keys, |b, keys| {
             let mut chunks = keys.chunks_exact(BATCH).cycle();
             b.iter(|| {
@@ -132,16 +123,11 @@ fn outbound(c: &mut Criterion) {
         for i in 0..n {
             let p = IpNet::V4(Ipv4Net::new(host_of(i), 32).unwrap());
             out.routes.add_route(p, TunnelId(i));
-            let sa = Arc::new(FakeSa {
-                state: [u64::from(i); 32],
-            });
+            let sa = Arc::new(FakeSa { state: [u64::from(i); 32] });
             out.tunnels.set_sa(TunnelId(i), sa);
         }
         let src = IpAddr::V4(Ipv4Addr::new(172, 16, 0, 1));
-        let keys: Vec<IpAddr> = random_indexes(n, 0x9ABC)
-            .into_iter()
-            .map(|i| IpAddr::V4(host_of(i)))
-            .collect();
+        let keys: Vec<IpAddr> = random_indexes(n, 0x9ABC).into_iter().map(|i| IpAddr::V4(host_of(i))).collect();
         group.bench_with_input(BenchmarkId::from_parameter(n), &keys, |b, keys| {
             let mut chunks = keys.chunks_exact(BATCH).cycle();
             b.iter(|| {

@@ -19,18 +19,14 @@ use std::time::{Duration, Instant};
 use rand_core::CryptoRng;
 
 use crate::crypto::dh::DhPrivate;
-use crate::crypto::keys::{
-    child_keymat, psk_auth, signed_octets, verify_psk_auth, ChildKeys, IkeSaKeys, IkeSuite,
-};
+use crate::crypto::keys::{child_keymat, psk_auth, signed_octets, verify_psk_auth, ChildKeys, IkeSaKeys, IkeSuite};
 use crate::crypto::sk::SkCipher;
 use crate::crypto::SecretBytes;
 use crate::message::{
-    AddressRange, AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identification, KePayload,
-    Message, NotifyPayload, NotifyType, Payload, Proposal, ProtocolId, SaPayload, TrafficSelector,
+    AddressRange, AuthMethod, AuthPayload, ExchangeType, Flags, Header, Identification, KePayload, Message,
+    NotifyPayload, NotifyType, Payload, Proposal, ProtocolId, SaPayload, TrafficSelector,
 };
-use crate::transforms::{
-    build_offer, select_proposal, ChosenProposal, EncrAlg, Esn, IntegAlg, ProposalSpec,
-};
+use crate::transforms::{build_offer, select_proposal, ChosenProposal, EncrAlg, Esn, IntegAlg, ProposalSpec};
 
 /// Configuration of one IKE SA (one peer).
 #[derive(Clone, Debug)]
@@ -98,14 +94,9 @@ pub enum Event {
 
 enum State {
     ExpectSaInitRequest,
-    ExpectSaInitResponse {
-        dh: DhPrivate,
-    },
+    ExpectSaInitResponse { dh: DhPrivate },
     ExpectAuthRequest,
-    ExpectAuthResponse {
-        esp_offer: Vec<Proposal>,
-        esp_spi: u32,
-    },
+    ExpectAuthResponse { esp_offer: Vec<Proposal>, esp_spi: u32 },
     Established,
     Failed,
 }
@@ -183,11 +174,8 @@ impl IkeSa {
     /// # Panics
     /// If the configuration has no IKE proposal with a DH group.
     pub fn initiate<R: CryptoRng + ?Sized>(config: Config, now: Instant, rng: &mut R) -> Self {
-        let group = config
-            .ike_proposals
-            .iter()
-            .find_map(|p| p.dh.first().copied())
-            .expect("an IKE proposal needs a DH group");
+        let group =
+            config.ike_proposals.iter().find_map(|p| p.dh.first().copied()).expect("an IKE proposal needs a DH group");
         let spi_i = nonzero_u64(rng);
         let (dh, public) = group.generate(rng);
         let ni = nonce(rng);
@@ -195,13 +183,8 @@ impl IkeSa {
         let msg = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, 0, false),
             payloads: vec![
-                Payload::Sa(SaPayload {
-                    proposals: build_offer(&sa.config.ike_proposals, &[]),
-                }),
-                Payload::Ke(KePayload {
-                    dh_group: group.id(),
-                    data: public,
-                }),
+                Payload::Sa(SaPayload { proposals: build_offer(&sa.config.ike_proposals, &[]) }),
+                Payload::Ke(KePayload { dh_group: group.id(), data: public }),
                 Payload::Nonce(ni.clone()),
             ],
         };
@@ -327,9 +310,7 @@ impl IkeSa {
             State::ExpectSaInitRequest => self.on_sa_init_request(now, datagram, rng),
             State::ExpectSaInitResponse { dh } => self.on_sa_init_response(now, datagram, dh, rng),
             State::ExpectAuthRequest => self.on_auth_request(now, datagram, rng),
-            State::ExpectAuthResponse { esp_offer, esp_spi } => {
-                self.on_auth_response(datagram, esp_offer, esp_spi)
-            }
+            State::ExpectAuthResponse { esp_offer, esp_spi } => self.on_auth_response(datagram, esp_offer, esp_spi),
             s @ (State::Established | State::Failed) => s,
         };
     }
@@ -337,22 +318,13 @@ impl IkeSa {
     // ------------------------------------------------------------------------------------------
     // Responder
 
-    fn on_sa_init_request<R: CryptoRng + ?Sized>(
-        &mut self,
-        _now: Instant,
-        bytes: &[u8],
-        rng: &mut R,
-    ) -> State {
+    fn on_sa_init_request<R: CryptoRng + ?Sized>(&mut self, _now: Instant, bytes: &[u8], rng: &mut R) -> State {
         let keep = State::ExpectSaInitRequest;
         let Ok(m) = Message::parse(bytes) else {
             return keep;
         };
         let h = m.header;
-        if h.exchange_type != ExchangeType::IKE_SA_INIT
-            || h.flags.response
-            || h.message_id != 0
-            || h.spi_r != 0
-        {
+        if h.exchange_type != ExchangeType::IKE_SA_INIT || h.flags.response || h.message_id != 0 || h.spi_r != 0 {
             return keep;
         }
         self.spi_i = h.spi_i;
@@ -375,11 +347,7 @@ impl IkeSa {
             return keep;
         };
         if ke.dh_group != group.id() {
-            self.reply_error_unprotected(
-                h,
-                NotifyType::INVALID_KE_PAYLOAD,
-                group.id().to_be_bytes().to_vec(),
-            );
+            self.reply_error_unprotected(h, NotifyType::INVALID_KE_PAYLOAD, group.id().to_be_bytes().to_vec());
             return keep;
         }
         let (dh, public) = group.generate(rng);
@@ -391,18 +359,10 @@ impl IkeSa {
         self.ni.clone_from(ni);
         self.nr = nonce(rng);
         let resp = Message {
-            header: Header {
-                spi_r: self.spi_r,
-                ..self.header(ExchangeType::IKE_SA_INIT, 0, true)
-            },
+            header: Header { spi_r: self.spi_r, ..self.header(ExchangeType::IKE_SA_INIT, 0, true) },
             payloads: vec![
-                Payload::Sa(SaPayload {
-                    proposals: vec![chosen.to_proposal(vec![])],
-                }),
-                Payload::Ke(KePayload {
-                    dh_group: group.id(),
-                    data: public,
-                }),
+                Payload::Sa(SaPayload { proposals: vec![chosen.to_proposal(vec![])] }),
+                Payload::Ke(KePayload { dh_group: group.id(), data: public }),
                 Payload::Nonce(self.nr.clone()),
             ],
         };
@@ -418,12 +378,7 @@ impl IkeSa {
         State::ExpectAuthRequest
     }
 
-    fn on_auth_request<R: CryptoRng + ?Sized>(
-        &mut self,
-        _now: Instant,
-        bytes: &[u8],
-        rng: &mut R,
-    ) -> State {
+    fn on_auth_request<R: CryptoRng + ?Sized>(&mut self, _now: Instant, bytes: &[u8], rng: &mut R) -> State {
         let keep = State::ExpectAuthRequest;
         let Some(inbound) = self.inbound.as_ref() else {
             return keep;
@@ -449,36 +404,17 @@ impl IkeSa {
             Some(Payload::Sa(sa)),
             Some(Payload::TsI(tsi)),
             Some(Payload::TsR(tsr)),
-        ) = (
-            find(T::IDI),
-            find(T::AUTH),
-            find(T::SA),
-            find(T::TSI),
-            find(T::TSR),
-        )
+        ) = (find(T::IDI), find(T::AUTH), find(T::SA), find(T::TSI), find(T::TSR))
         else {
             self.reply_error_protected(h.message_id, NotifyType::INVALID_SYNTAX, rng);
             return State::Failed;
         };
-        let keys = self
-            .keys
-            .as_ref()
-            .map(|k| (k.suite.prf, k.sk_pi.clone(), k.sk_pr.clone()));
+        let keys = self.keys.as_ref().map(|k| (k.suite.prf, k.sk_pi.clone(), k.sk_pr.clone()));
         let Some((prf, sk_pi, sk_pr)) = keys else {
             return keep;
         };
-        let octets = signed_octets(
-            prf,
-            &self.sa_init_request,
-            &self.nr,
-            &sk_pi,
-            &idi.body_bytes(),
-        );
-        let id_ok = self
-            .config
-            .remote_id
-            .as_ref()
-            .is_none_or(|want| want == idi);
+        let octets = signed_octets(prf, &self.sa_init_request, &self.nr, &sk_pi, &idi.body_bytes());
+        let id_ok = self.config.remote_id.as_ref().is_none_or(|want| want == idi);
         if auth.method != AuthMethod::SHARED_KEY_MIC
             || !id_ok
             || !verify_psk_auth(prf, &self.config.psk, &octets, &auth.data)
@@ -507,28 +443,16 @@ impl IkeSa {
         };
         let esp_spi = nonzero_u32(rng);
         let idr = self.config.local_id.clone();
-        let octets_r = signed_octets(
-            prf,
-            &self.sa_init_response,
-            &self.ni,
-            &sk_pr,
-            &idr.body_bytes(),
-        );
+        let octets_r = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
         let auth_r = psk_auth(prf, &self.config.psk, &octets_r);
         let inner = vec![
             Payload::IdR(idr),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth_r,
-            }),
-            Payload::Sa(SaPayload {
-                proposals: vec![chosen.to_proposal(esp_spi.to_be_bytes().to_vec())],
-            }),
+            Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth_r }),
+            Payload::Sa(SaPayload { proposals: vec![chosen.to_proposal(esp_spi.to_be_bytes().to_vec())] }),
             Payload::TsI(tsi.clone()),
             Payload::TsR(tsr.clone()),
         ];
-        let Some(child) = self.child_sa(&chosen, spi_i_esp, esp_spi, tsi.clone(), tsr.clone())
-        else {
+        let Some(child) = self.child_sa(&chosen, spi_i_esp, esp_spi, tsi.clone(), tsr.clone()) else {
             return State::Failed;
         };
         let header = self.header(ExchangeType::IKE_AUTH, 1, true);
@@ -585,9 +509,7 @@ impl IkeSa {
             [p] => select_proposal(std::slice::from_ref(p), &self.config.ike_proposals).ok(),
             _ => None,
         };
-        let Some(chosen) =
-            chosen.filter(|c| c.dh == Some(dh.group()) && ke.dh_group == dh.group().id())
-        else {
+        let Some(chosen) = chosen.filter(|c| c.dh == Some(dh.group()) && ke.dh_group == dh.group().id()) else {
             self.fail(Failure::LocalError(NotifyType::NO_PROPOSAL_CHOSEN));
             return State::Failed;
         };
@@ -610,25 +532,14 @@ impl IkeSa {
             return State::Failed;
         };
         let idi = self.config.local_id.clone();
-        let octets = signed_octets(
-            prf,
-            &self.sa_init_request,
-            &self.nr,
-            &sk_pi,
-            &idi.body_bytes(),
-        );
+        let octets = signed_octets(prf, &self.sa_init_request, &self.nr, &sk_pi, &idi.body_bytes());
         let auth = psk_auth(prf, &self.config.psk, &octets);
         let esp_spi = nonzero_u32(rng);
         let esp_offer = build_offer(&self.config.esp_proposals, &esp_spi.to_be_bytes());
         let inner = vec![
             Payload::IdI(idi),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth,
-            }),
-            Payload::Sa(SaPayload {
-                proposals: esp_offer.clone(),
-            }),
+            Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth }),
+            Payload::Sa(SaPayload { proposals: esp_offer.clone() }),
             Payload::TsI(self.config.ts_i.clone()),
             Payload::TsR(self.config.ts_r.clone()),
         ];
@@ -649,10 +560,7 @@ impl IkeSa {
     }
 
     fn on_auth_response(&mut self, bytes: &[u8], esp_offer: Vec<Proposal>, esp_spi: u32) -> State {
-        let keep = |o, s| State::ExpectAuthResponse {
-            esp_offer: o,
-            esp_spi: s,
-        };
+        let keep = |o, s| State::ExpectAuthResponse { esp_offer: o, esp_spi: s };
         let Some(inbound) = self.inbound.as_ref() else {
             return keep(esp_offer, esp_spi);
         };
@@ -684,13 +592,7 @@ impl IkeSa {
             Some(Payload::Sa(sa)),
             Some(Payload::TsI(tsi)),
             Some(Payload::TsR(tsr)),
-        ) = (
-            find(T::IDR),
-            find(T::AUTH),
-            find(T::SA),
-            find(T::TSI),
-            find(T::TSR),
-        )
+        ) = (find(T::IDR), find(T::AUTH), find(T::SA), find(T::TSI), find(T::TSR))
         else {
             self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
             return State::Failed;
@@ -698,18 +600,8 @@ impl IkeSa {
         let Some((prf, sk_pr)) = self.keys.as_ref().map(|k| (k.suite.prf, k.sk_pr.clone())) else {
             return State::Failed;
         };
-        let octets = signed_octets(
-            prf,
-            &self.sa_init_response,
-            &self.ni,
-            &sk_pr,
-            &idr.body_bytes(),
-        );
-        let id_ok = self
-            .config
-            .remote_id
-            .as_ref()
-            .is_none_or(|want| want == idr);
+        let octets = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
+        let id_ok = self.config.remote_id.as_ref().is_none_or(|want| want == idr);
         if auth.method != AuthMethod::SHARED_KEY_MIC
             || !id_ok
             || !verify_psk_auth(prf, &self.config.psk, &octets, &auth.data)
@@ -728,16 +620,14 @@ impl IkeSa {
             self.fail(Failure::LocalError(NotifyType::NO_PROPOSAL_CHOSEN));
             return State::Failed;
         };
-        let Ok(spi_r_esp) = <[u8; 4]>::try_from(chosen.spi.as_slice()).map(u32::from_be_bytes)
-        else {
+        let Ok(spi_r_esp) = <[u8; 4]>::try_from(chosen.spi.as_slice()).map(u32::from_be_bytes) else {
             return State::Failed;
         };
         if !ts_within(tsi, &self.config.ts_i) || !ts_within(tsr, &self.config.ts_r) {
             self.fail(Failure::LocalError(NotifyType::TS_UNACCEPTABLE));
             return State::Failed;
         }
-        let Some(child) = self.child_sa(&chosen, esp_spi, spi_r_esp, tsi.clone(), tsr.clone())
-        else {
+        let Some(child) = self.child_sa(&chosen, esp_spi, spi_r_esp, tsi.clone(), tsr.clone()) else {
             return State::Failed;
         };
         self.events.push_back(Event::Established(child));
@@ -753,11 +643,7 @@ impl IkeSa {
             spi_r: self.spi_r,
             minor_version: 0,
             exchange_type,
-            flags: Flags {
-                initiator: self.initiator,
-                version: false,
-                response,
-            },
+            flags: Flags { initiator: self.initiator, version: false, response },
             message_id,
         }
     }
@@ -766,19 +652,9 @@ impl IkeSa {
         let Some(prf) = chosen.prf else {
             return false;
         };
-        let suite = IkeSuite {
-            encr: chosen.encr,
-            prf,
-            integ: chosen.integ,
-        };
-        let Ok(keys) = IkeSaKeys::derive_initial(
-            suite,
-            g_ir.expose(),
-            &self.ni,
-            &self.nr,
-            self.spi_i,
-            self.spi_r,
-        ) else {
+        let suite = IkeSuite { encr: chosen.encr, prf, integ: chosen.integ };
+        let Ok(keys) = IkeSaKeys::derive_initial(suite, g_ir.expose(), &self.ni, &self.nr, self.spi_i, self.spi_r)
+        else {
             return false;
         };
         match (keys.outbound(self.initiator), keys.inbound(self.initiator)) {
@@ -801,37 +677,14 @@ impl IkeSa {
         ts_r: Vec<TrafficSelector>,
     ) -> Option<ChildSa> {
         let k = self.keys.as_ref()?;
-        let keys = child_keymat(
-            k.suite.prf,
-            &k.sk_d,
-            None,
-            &self.ni,
-            &self.nr,
-            chosen.encr,
-            chosen.integ,
-        )
-        .ok()?;
-        Some(ChildSa {
-            spi_i,
-            spi_r,
-            encr: chosen.encr,
-            integ: chosen.integ,
-            esn: chosen.esn?,
-            keys,
-            ts_i,
-            ts_r,
-        })
+        let keys = child_keymat(k.suite.prf, &k.sk_d, None, &self.ni, &self.nr, chosen.encr, chosen.integ).ok()?;
+        Some(ChildSa { spi_i, spi_r, encr: chosen.encr, integ: chosen.integ, esn: chosen.esn?, keys, ts_i, ts_r })
     }
 
     fn send_request(&mut self, bytes: Vec<u8>, now: Instant) {
         let interval = self.config.retransmit_initial;
         self.transmits.push_back(bytes.clone());
-        self.pending = Some(Retransmit {
-            bytes,
-            next: now + interval,
-            interval,
-            count: 0,
-        });
+        self.pending = Some(Retransmit { bytes, next: now + interval, interval, count: 0 });
     }
 
     fn send_response(&mut self, message_id: u32, bytes: Vec<u8>) {
@@ -841,14 +694,7 @@ impl IkeSa {
 
     fn reply_error_unprotected(&mut self, req: Header, t: NotifyType, data: Vec<u8>) {
         let m = Message {
-            header: Header {
-                flags: Flags {
-                    initiator: false,
-                    version: false,
-                    response: true,
-                },
-                ..req
-            },
+            header: Header { flags: Flags { initiator: false, version: false, response: true }, ..req },
             payloads: vec![Payload::Notify(NotifyPayload::new(t, data))],
         };
         if let Ok(b) = m.emit() {
@@ -857,12 +703,7 @@ impl IkeSa {
         }
     }
 
-    fn reply_error_protected<R: CryptoRng + ?Sized>(
-        &mut self,
-        mid: u32,
-        t: NotifyType,
-        rng: &mut R,
-    ) {
+    fn reply_error_protected<R: CryptoRng + ?Sized>(&mut self, mid: u32, t: NotifyType, rng: &mut R) {
         let header = self.header(ExchangeType::IKE_AUTH, mid, true);
         let inner = [Payload::Notify(NotifyPayload::new(t, vec![]))];
         let Some(out) = self.outbound.as_mut() else {
@@ -882,10 +723,7 @@ impl IkeSa {
 
 /// Whether every selector of `offered` lies inside one of `allowed`.
 fn ts_within(offered: &[TrafficSelector], allowed: &[TrafficSelector]) -> bool {
-    !offered.is_empty()
-        && offered
-            .iter()
-            .all(|o| allowed.iter().any(|a| ts_contains(a, o)))
+    !offered.is_empty() && offered.iter().all(|o| allowed.iter().any(|a| ts_contains(a, o)))
 }
 
 fn ts_contains(outer: &TrafficSelector, inner: &TrafficSelector) -> bool {
@@ -942,20 +780,13 @@ mod tests {
             ip_protocol: 0,
             start_port: 0,
             end_port: 0xffff,
-            range: AddressRange::V4 {
-                start: Ipv4Addr::new(10, a, 0, 0),
-                end: Ipv4Addr::new(10, a, 255, 255),
-            },
+            range: AddressRange::V4 { start: Ipv4Addr::new(10, a, 0, 0), end: Ipv4Addr::new(10, a, 255, 255) },
         }
     }
 
     fn config(local: &str, remote: &str, psk: &[u8]) -> Config {
         Config {
-            ike_proposals: vec![ike_spec(
-                EncrAlg::AES256_CBC,
-                Some(IntegAlg::HmacSha256_128),
-                vec![DhGroup::Ecp256],
-            )],
+            ike_proposals: vec![ike_spec(EncrAlg::AES256_CBC, Some(IntegAlg::HmacSha256_128), vec![DhGroup::Ecp256])],
             esp_proposals: vec![esp_spec()],
             local_id: Identification::Fqdn(local.as_bytes().to_vec()),
             remote_id: Some(Identification::Fqdn(remote.as_bytes().to_vec())),
@@ -985,15 +816,7 @@ mod tests {
             let now = Instant::now();
             let mut rng = rng(42);
             let i = IkeSa::initiate(ci, now, &mut rng);
-            Pair {
-                now,
-                rng,
-                i,
-                r: IkeSa::respond(cr),
-                to_r: Vec::new(),
-                to_i: Vec::new(),
-                drop_to_i: None,
-            }
+            Pair { now, rng, i, r: IkeSa::respond(cr), to_r: Vec::new(), to_i: Vec::new(), drop_to_i: None }
         }
 
         /// Delivers datagrams both ways until neither side has anything to send.
@@ -1081,16 +904,7 @@ mod tests {
         assert!(!p.to_r[1].windows(13).any(|w| w == b"alice.example"));
         // Independent check of the Child SA keys from the IKE SA keys.
         let k = p.i.keys().unwrap();
-        let want = child_keymat(
-            k.suite.prf,
-            &k.sk_d,
-            None,
-            &p.i.ni,
-            &p.i.nr,
-            EncrAlg::AES128_GCM16,
-            None,
-        )
-        .unwrap();
+        let want = child_keymat(k.suite.prf, &k.sk_d, None, &p.i.ni, &p.i.nr, EncrAlg::AES128_GCM16, None).unwrap();
         assert_eq!(ci.keys, want);
     }
 
@@ -1098,16 +912,8 @@ mod tests {
     fn pair_with_other_suites() {
         for (encr, integ, group) in [
             (EncrAlg::AES128_GCM16, None, DhGroup::Curve25519),
-            (
-                EncrAlg::AES128_CBC,
-                Some(IntegAlg::HmacSha1_96),
-                DhGroup::Modp2048,
-            ),
-            (
-                EncrAlg::TripleDes,
-                Some(IntegAlg::HmacSha512_256),
-                DhGroup::Ecp384,
-            ),
+            (EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha1_96), DhGroup::Modp2048),
+            (EncrAlg::TripleDes, Some(IntegAlg::HmacSha512_256), DhGroup::Ecp384),
         ] {
             let mut ci = config("a", "b", b"k");
             let mut cr = config("b", "a", b"k");
@@ -1127,39 +933,20 @@ mod tests {
 
     #[test]
     fn wrong_psk_fails_on_both_sides() {
-        let mut p = Pair::new(
-            config("alice.example", "bob.example", b"one"),
-            config("bob.example", "alice.example", b"two"),
-        );
+        let mut p =
+            Pair::new(config("alice.example", "bob.example", b"one"), config("bob.example", "alice.example", b"two"));
         p.drive();
-        assert_eq!(
-            p.r.poll_event(),
-            Some(Event::Failed(Failure::LocalError(
-                NotifyType::AUTHENTICATION_FAILED
-            )))
-        );
-        assert_eq!(
-            p.i.poll_event(),
-            Some(Event::Failed(Failure::PeerError(
-                NotifyType::AUTHENTICATION_FAILED
-            )))
-        );
+        assert_eq!(p.r.poll_event(), Some(Event::Failed(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED))));
+        assert_eq!(p.i.poll_event(), Some(Event::Failed(Failure::PeerError(NotifyType::AUTHENTICATION_FAILED))));
         assert_eq!(p.i.state_name(), "Failed");
     }
 
     #[test]
     fn unexpected_peer_identity_fails() {
-        let mut p = Pair::new(
-            config("mallory.example", "bob.example", b"k"),
-            config("bob.example", "alice.example", b"k"),
-        );
+        let mut p =
+            Pair::new(config("mallory.example", "bob.example", b"k"), config("bob.example", "alice.example", b"k"));
         p.drive();
-        assert_eq!(
-            p.r.poll_event(),
-            Some(Event::Failed(Failure::LocalError(
-                NotifyType::AUTHENTICATION_FAILED
-            )))
-        );
+        assert_eq!(p.r.poll_event(), Some(Event::Failed(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED))));
     }
 
     #[test]
@@ -1169,17 +956,8 @@ mod tests {
         cr.ike_proposals[0].encr = vec![EncrAlg::AES128_CBC];
         let mut p = Pair::new(ci, cr);
         p.drive();
-        assert_eq!(
-            p.i.poll_event(),
-            Some(Event::Failed(Failure::PeerError(
-                NotifyType::NO_PROPOSAL_CHOSEN
-            )))
-        );
-        assert_eq!(
-            p.r.state_name(),
-            "ExpectSaInitRequest",
-            "responder keeps no state"
-        );
+        assert_eq!(p.i.poll_event(), Some(Event::Failed(Failure::PeerError(NotifyType::NO_PROPOSAL_CHOSEN))));
+        assert_eq!(p.r.state_name(), "ExpectSaInitRequest", "responder keeps no state");
     }
 
     #[test]
@@ -1193,12 +971,7 @@ mod tests {
         let resp = Message::parse(&p.to_i[0]).unwrap();
         let n: Vec<_> = resp.notifies(NotifyType::INVALID_KE_PAYLOAD).collect();
         assert_eq!(n[0].data, 31u16.to_be_bytes());
-        assert_eq!(
-            p.i.poll_event(),
-            Some(Event::Failed(Failure::PeerError(
-                NotifyType::INVALID_KE_PAYLOAD
-            )))
-        );
+        assert_eq!(p.i.poll_event(), Some(Event::Failed(Failure::PeerError(NotifyType::INVALID_KE_PAYLOAD))));
     }
 
     #[test]
@@ -1207,12 +980,7 @@ mod tests {
         ci.ts_r = vec![net(3)];
         let mut p = Pair::new(ci, config("b", "a", b"k"));
         p.drive();
-        assert_eq!(
-            p.i.poll_event(),
-            Some(Event::Failed(Failure::PeerError(
-                NotifyType::TS_UNACCEPTABLE
-            )))
-        );
+        assert_eq!(p.i.poll_event(), Some(Event::Failed(Failure::PeerError(NotifyType::TS_UNACCEPTABLE))));
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl EspWorker {
     /// `lookup(spi, outer_dst)` finds the inbound SA; it is called once per change of that pair
     /// along the burst. On return `verdicts[i]` says whether `pkts[i]` now holds the inner IP
     /// packet (`start`/`len` updated) or was dropped (counters updated).
+    // Several per-packet arrays are indexed in step: an index loop is clearer than zips.
+    #[allow(clippy::needless_range_loop)]
     pub fn decap_burst<'s>(
         &mut self,
         now: Instant,
@@ -152,7 +154,8 @@ impl EspWorker {
         let (esp_off, udp_dst) = match s.protocol {
             IpProtocol::ESP => (s.payload_offset, None),
             IpProtocol::UDP => {
-                let u = udp::Packet::new_checked(&data[s.payload_offset..end]).map_err(|_| err(DropReason::Malformed))?;
+                let u =
+                    udp::Packet::new_checked(&data[s.payload_offset..end]).map_err(|_| err(DropReason::Malformed))?;
                 let payload = u.payload();
                 // Non-ESP marker (IKE) or NAT keepalive: not for the ESP core (RFC 3948 §2.2/2.3).
                 if payload.len() < 8 || payload[..4] == [0, 0, 0, 0] {
@@ -332,7 +335,15 @@ fn replay_reason(e: ReplayError) -> DropReason {
 }
 
 /// Verifies the HMAC ICV at `buf[ct_end..ct_end+icv]` over `buf[esp..ct_end]` (+ ESN high bits).
-fn verify(mac: &dyn crate::crypto::MacKey, buf: &[u8], esp: usize, ct_end: usize, icv: usize, seq: u64, esn: bool) -> bool {
+fn verify(
+    mac: &dyn crate::crypto::MacKey,
+    buf: &[u8],
+    esp: usize,
+    ct_end: usize,
+    icv: usize,
+    seq: u64,
+    esn: bool,
+) -> bool {
     let hi = ((seq >> 32) as u32).to_be_bytes();
     let data = &buf[esp..ct_end];
     let expected = &buf[ct_end..ct_end + icv];

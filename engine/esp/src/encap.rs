@@ -57,6 +57,9 @@ struct Meta {
     flow_label: u32,
 }
 
+/// One-entry cache of the last resolution, keyed by (inner source, inner destination).
+type ResolveCache<'s> = Option<((IpAddr, IpAddr), Result<&'s OutboundSa, DropReason>)>;
+
 /// A run of packets (indices `start..end`, skipping dropped ones) sharing one SA.
 struct Run<'s> {
     start: usize,
@@ -73,6 +76,8 @@ impl EspWorker {
     ///
     /// On return `verdicts[i]` says whether `pkts[i]` now holds an outer ESP packet (its `start`
     /// and `len` updated) or was dropped (buffer contents unspecified, counters updated).
+    // Several per-packet arrays are indexed in step: an index loop is clearer than zips.
+    #[allow(clippy::needless_range_loop)]
     pub fn encap_burst<'s>(
         &mut self,
         now: Instant,
@@ -87,7 +92,7 @@ impl EspWorker {
         let mut sas: [Option<&'s OutboundSa>; MAX_BURST] = [None; MAX_BURST];
 
         // Pass 1a: parse, resolve, check.
-        let mut cache: Option<((IpAddr, IpAddr), Result<&'s OutboundSa, DropReason>)> = None;
+        let mut cache: ResolveCache<'s> = None;
         for i in 0..n {
             verdicts[i] = self.prepare_one(&pkts[i], &mut meta[i], &mut cache, &mut resolve).map(|sa| {
                 sas[i] = Some(sa);
@@ -150,7 +155,11 @@ impl EspWorker {
                 }
                 let m = &meta[i];
                 let p = &mut pkts[i];
-                let total = (m.esp_off - m.outer_start) as usize + 8 + sa.core.layout.iv_len as usize + m.ct_len as usize + sa.core.layout.icv_len as usize;
+                let total = (m.esp_off - m.outer_start) as usize
+                    + 8
+                    + sa.core.layout.iv_len as usize
+                    + m.ct_len as usize
+                    + sa.core.layout.icv_len as usize;
                 p.start = m.outer_start as usize;
                 p.len = total;
                 if m.is_v6 && sa.core.encap.is_some() {
@@ -173,7 +182,7 @@ impl EspWorker {
         &mut self,
         pkt: &PacketBuf<'_>,
         m: &mut Meta,
-        cache: &mut Option<((IpAddr, IpAddr), Result<&'s OutboundSa, DropReason>)>,
+        cache: &mut ResolveCache<'s>,
         resolve: &mut impl FnMut(IpAddr, IpAddr) -> Result<&'s OutboundSa, DropReason>,
     ) -> Result<&'s OutboundSa, DropReason> {
         let ip = match IpPacket::new_checked(pkt.data()) {
@@ -409,7 +418,13 @@ impl EspWorker {
     }
 
     /// Records a drop for packet `i`: verdict, worker and SA counters, and takes it out of its run.
-    pub(crate) fn fail<S>(&self, verdict: &mut Verdict, slot: &mut Option<S>, sa: &crate::counters::SaCounters, reason: DropReason) {
+    pub(crate) fn fail<S>(
+        &self,
+        verdict: &mut Verdict,
+        slot: &mut Option<S>,
+        sa: &crate::counters::SaCounters,
+        reason: DropReason,
+    ) {
         *verdict = Err(reason);
         *slot = None;
         self.counters.count_drop(reason);

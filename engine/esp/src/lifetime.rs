@@ -60,6 +60,26 @@ impl Lifetime {
 const SOFT_RAISED: u8 = 1;
 const EXPIRED: u8 = 2;
 const EXPIRED_EVENT_SENT: u8 = 4;
+/// Bits 4-5 remember which limit expired the SA, so a deferred event can be raised again.
+const KIND_SHIFT: u8 = 4;
+
+fn kind_bits(kind: LimitKind) -> u8 {
+    (match kind {
+        LimitKind::Time => 0,
+        LimitKind::Bytes => 1,
+        LimitKind::Packets => 2,
+        LimitKind::Sequence => 3,
+    }) << KIND_SHIFT
+}
+
+fn kind_from_bits(flags: u8) -> LimitKind {
+    match (flags >> KIND_SHIFT) & 3 {
+        0 => LimitKind::Time,
+        1 => LimitKind::Bytes,
+        2 => LimitKind::Packets,
+        _ => LimitKind::Sequence,
+    }
+}
 
 /// Runtime lifetime state of one SA.
 #[derive(Debug)]
@@ -92,6 +112,14 @@ impl LifetimeState {
     /// if the SA is (now) expired.
     #[inline]
     pub fn check(&self, ctx: EventCtx<'_>, now: Instant, packets: u64, bytes: u64) -> bool {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & EXPIRED != 0 {
+            if flags & EXPIRED_EVENT_SENT == 0 {
+                // The expiry event was deferred by a full queue: try again.
+                self.expire(ctx, kind_from_bits(flags));
+            }
+            return false;
+        }
         let age = now.saturating_duration_since(self.installed_at);
         if let Some(kind) = ctx.lifetime.hard.exceeded(age, packets, bytes) {
             self.expire(ctx, kind);
@@ -121,7 +149,11 @@ impl LifetimeState {
     /// Stops the SA and raises an expiry event once.
     pub fn expire(&self, ctx: EventCtx<'_>, limit: LimitKind) {
         let old = self.flags.fetch_or(EXPIRED | EXPIRED_EVENT_SENT, Ordering::AcqRel);
+        if old & EXPIRED == 0 {
+            self.flags.fetch_or(kind_bits(limit), Ordering::AcqRel);
+        }
         if old & EXPIRED_EVENT_SENT == 0 {
+            let limit = if old & EXPIRED == 0 { limit } else { kind_from_bits(old) };
             let ev = SaEvent::Expired { spi: ctx.spi, direction: ctx.direction, limit };
             if !ctx.events.try_push(ev) {
                 // Stay expired, but let a later packet or poll raise the event again.

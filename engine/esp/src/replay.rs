@@ -117,11 +117,7 @@ pub struct InvalidWindowSize(pub u32);
 
 impl fmt::Display for InvalidWindowSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "anti-replay window size {} is not in 1..={MAX_WINDOW}",
-            self.0
-        )
+        write!(f, "anti-replay window size {} is not in 1..={MAX_WINDOW}", self.0)
     }
 }
 
@@ -162,12 +158,7 @@ impl ReplayWindow {
         }
         let size = u64::from(size).next_multiple_of(BLOCK_BITS);
         let slots = (size / BLOCK_BITS + 1) as usize;
-        Ok(Self {
-            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            top: AtomicU64::new(0),
-            size,
-            esn,
-        })
+        Ok(Self { slots: (0..slots).map(|_| AtomicU64::new(0)).collect(), top: AtomicU64::new(0), size, esn })
     }
 
     /// [`ReplayWindow::new`] with [`DEFAULT_WINDOW`].
@@ -202,11 +193,7 @@ impl ReplayWindow {
     /// left of the window, [`ReplayError::Replayed`] when it was already accepted.
     pub fn check(&self, seq_low: u32) -> Result<u64, ReplayError> {
         let top = self.top.load(Ordering::Acquire);
-        let seq = if self.esn {
-            infer_esn(top, seq_low, self.size)
-        } else {
-            u64::from(seq_low)
-        };
+        let seq = if self.esn { infer_esn(top, seq_low, self.size) } else { u64::from(seq_low) };
         if seq == 0 {
             return Err(ReplayError::ZeroSeq);
         }
@@ -387,19 +374,13 @@ impl SeqCounter {
         let n = u64::from(n);
         if n == 0 {
             let last = self.0.load(Ordering::Acquire);
-            return if last < limit {
-                Ok(last + 1)
-            } else {
-                Err(SeqExhausted)
-            };
+            return if last < limit { Ok(last + 1) } else { Err(SeqExhausted) };
         }
         // A plain fetch_add could carry the counter past u64::MAX (ESN) and wrap; the CAS checks
         // the limit before anything is published.
         let res = self
             .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                last.checked_add(n).filter(|&end| end <= limit)
-            });
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| last.checked_add(n).filter(|&end| end <= limit));
         match res {
             Ok(last) => Ok(last + 1),
             Err(_) => {
@@ -457,19 +438,10 @@ mod tests {
         assert_eq!(ReplayWindow::new(1, false).unwrap().window_size(), 32);
         assert_eq!(ReplayWindow::new(33, false).unwrap().window_size(), 64);
         assert_eq!(ReplayWindow::new(1024, true).unwrap().window_size(), 1024);
-        assert_eq!(
-            ReplayWindow::new(MAX_WINDOW, true).unwrap().window_size(),
-            MAX_WINDOW
-        );
-        assert_eq!(
-            ReplayWindow::new(0, false).unwrap_err(),
-            InvalidWindowSize(0)
-        );
+        assert_eq!(ReplayWindow::new(MAX_WINDOW, true).unwrap().window_size(), MAX_WINDOW);
+        assert_eq!(ReplayWindow::new(0, false).unwrap_err(), InvalidWindowSize(0));
         assert!(ReplayWindow::new(MAX_WINDOW + 1, false).is_err());
-        assert_eq!(
-            ReplayWindow::with_default_size(false).window_size(),
-            DEFAULT_WINDOW
-        );
+        assert_eq!(ReplayWindow::with_default_size(false).window_size(), DEFAULT_WINDOW);
         let w = ReplayWindow::new(1024, false).unwrap();
         assert_eq!(w.slots.len(), 33);
     }
@@ -696,11 +668,7 @@ mod tests {
 
     fn model_run(size: u32, esn: bool, start: u64, steps: usize, seed: u64) {
         let w = ReplayWindow::new(size, esn).unwrap();
-        let mut m = Model {
-            seen: BTreeSet::new(),
-            top: 0,
-            w: u64::from(w.window_size()),
-        };
+        let mut m = Model { seen: BTreeSet::new(), top: 0, w: u64::from(w.window_size()) };
         if start > 0 {
             // The SA has been running for a while: both sides have seen `start`.
             w.accept(start).unwrap();
@@ -727,11 +695,7 @@ mod tests {
             let inferred = m.infer(low, esn);
             let got = w.check(low);
             // ICV oracle: authentication only succeeds with the right high bits.
-            let expected = if inferred != seq {
-                None
-            } else {
-                Some(m.recv(seq))
-            };
+            let expected = if inferred != seq { None } else { Some(m.recv(seq)) };
             match (got, expected) {
                 (Ok(s), None) => {
                     assert_eq!(s, inferred, "inference differs for {seq:#x}");
@@ -758,11 +722,7 @@ mod tests {
                     auth_fail += 1;
                     // The model would have computed other high bits: the impl must agree that
                     // the number is not acceptable as the inferred value either.
-                    let mut probe = Model {
-                        seen: m.seen.clone(),
-                        top: m.top,
-                        w: m.w,
-                    };
+                    let mut probe = Model { seen: m.seen.clone(), top: m.top, w: m.w };
                     assert_eq!(Err(e), probe.recv(inferred), "check {inferred:#x}");
                 }
             }
@@ -770,10 +730,7 @@ mod tests {
         }
         assert!(accepted > steps / 4, "accepted {accepted}");
         if esn {
-            assert!(
-                m.top >> 32 > start >> 32,
-                "the run did not cross a 2^32 boundary"
-            );
+            assert!(m.top >> 32 > start >> 32, "the run did not cross a 2^32 boundary");
         }
         // With ESN, numbers left of the window are read as the next subspace and fail the ICV.
         let old = if esn { auth_fail } else { old };
@@ -845,10 +802,7 @@ mod tests {
                 }
             }
             let twice: Vec<usize> = (0..count.len()).filter(|&i| count[i] > 1).collect();
-            assert!(
-                twice.is_empty(),
-                "accepted twice: {twice:?} threads {threads} size {size}"
-            );
+            assert!(twice.is_empty(), "accepted twice: {twice:?} threads {threads} size {size}");
             if exact {
                 assert_eq!(total_ok as u64, N, "threads {threads} size {size}");
                 assert_eq!(w.top(), N);
@@ -938,17 +892,10 @@ mod tests {
         let handles: Vec<_> = (0..3)
             .map(|_| {
                 let c = Arc::clone(&c);
-                std::thread::spawn(move || {
-                    (0..2_000)
-                        .map(|_| c.reserve(32, false).unwrap())
-                        .collect::<Vec<_>>()
-                })
+                std::thread::spawn(move || (0..2_000).map(|_| c.reserve(32, false).unwrap()).collect::<Vec<_>>())
             })
             .collect();
-        let mut firsts: Vec<u64> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+        let mut firsts: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
         firsts.sort_unstable();
         let expect: Vec<u64> = (0..6_000).map(|i| 1 + 32 * i).collect();
         assert_eq!(firsts, expect);

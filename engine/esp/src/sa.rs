@@ -110,7 +110,15 @@ impl fmt::Debug for SaConfig {
 impl SaConfig {
     /// A config with the defaults an operator would expect: 1024-packet replay window, no ESN,
     /// no UDP encapsulation, selectors "any", DF copied, DSCP copied, TTL 64, no lifetime.
-    pub fn new(spi: u32, cipher: Cipher, enc_key: &[u8], integrity: Integrity, auth_key: &[u8], local: IpAddr, remote: IpAddr) -> Self {
+    pub fn new(
+        spi: u32,
+        cipher: Cipher,
+        enc_key: &[u8],
+        integrity: Integrity,
+        auth_key: &[u8],
+        local: IpAddr,
+        remote: IpAddr,
+    ) -> Self {
         let any = |a: IpAddr| -> IpNet {
             match a {
                 IpAddr::V4(_) => "0.0.0.0/0".parse().expect("literal"),
@@ -128,8 +136,14 @@ impl SaConfig {
             local,
             remote,
             encap: None,
-            local_ts: vec![any(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), any(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))],
-            remote_ts: vec![any(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), any(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))],
+            local_ts: vec![
+                any(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                any(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            ],
+            remote_ts: vec![
+                any(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                any(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            ],
             lifetime: Lifetime::default(),
             df: DfPolicy::Copy,
             dscp: DscpPolicy::Copy,
@@ -149,10 +163,16 @@ impl SaConfig {
             return Err(SaError::NoIntegrity);
         }
         if self.enc_key.len() != self.cipher.keymat_len() {
-            return Err(SaError::Crypto(CryptoError::KeyLength { expected: self.cipher.keymat_len(), got: self.enc_key.len() }));
+            return Err(SaError::Crypto(CryptoError::KeyLength {
+                expected: self.cipher.keymat_len(),
+                got: self.enc_key.len(),
+            }));
         }
         if self.auth_key.len() != self.integrity.key_len() {
-            return Err(SaError::Crypto(CryptoError::KeyLength { expected: self.integrity.key_len(), got: self.auth_key.len() }));
+            return Err(SaError::Crypto(CryptoError::KeyLength {
+                expected: self.integrity.key_len(),
+                got: self.auth_key.len(),
+            }));
         }
         if self.local.is_ipv4() != self.remote.is_ipv4() {
             return Err(SaError::MixedOuterFamilies);
@@ -188,10 +208,16 @@ impl fmt::Display for SaError {
         match self {
             SaError::Crypto(e) => write!(f, "crypto: {e}"),
             SaError::ReservedSpi(s) => write!(f, "SPI {s} is reserved (must be >= 256)"),
-            SaError::AeadWithIntegrity => f.write_str("an AEAD cipher must not be combined with a separate integrity algorithm"),
-            SaError::NoIntegrity => f.write_str("encryption without integrity is refused; choose an integrity algorithm"),
+            SaError::AeadWithIntegrity => {
+                f.write_str("an AEAD cipher must not be combined with a separate integrity algorithm")
+            }
+            SaError::NoIntegrity => {
+                f.write_str("encryption without integrity is refused; choose an integrity algorithm")
+            }
             SaError::MixedOuterFamilies => f.write_str("local and remote tunnel addresses must be of the same family"),
-            SaError::BadReplayWindow(w) => write!(f, "replay window {w} out of range (0 or 32..={})", crate::replay::MAX_WINDOW),
+            SaError::BadReplayWindow(w) => {
+                write!(f, "replay window {w} out of range (0 or 32..={})", crate::replay::MAX_WINDOW)
+            }
             SaError::BadDscp(d) => write!(f, "DSCP {d} out of range 0-63"),
             SaError::ZeroTtl => f.write_str("outer TTL must be at least 1"),
         }
@@ -208,10 +234,18 @@ impl From<CryptoError> for SaError {
 
 /// Expanded keys of one SA.
 pub(crate) enum Transform {
-    Aead { key: Box<dyn AeadKey>, salt: [u8; GCM_SALT_LEN] },
-    Cbc { key: Box<dyn CipherKey>, mac: Box<dyn MacKey> },
+    Aead {
+        key: Box<dyn AeadKey>,
+        salt: [u8; GCM_SALT_LEN],
+    },
+    Cbc {
+        key: Box<dyn CipherKey>,
+        mac: Box<dyn MacKey>,
+    },
     /// NULL encryption with an integrity check (RFC 2410; tests and baselines).
-    NullAuth { mac: Box<dyn MacKey> },
+    NullAuth {
+        mac: Box<dyn MacKey>,
+    },
     /// NULL encryption and no integrity: only for tests.
     Null,
 }
@@ -316,7 +350,13 @@ pub struct OutboundSa {
 impl OutboundSa {
     /// Builds the SA, expanding its keys with `provider`. `now` starts its lifetime clock.
     pub fn new(cfg: &SaConfig, provider: &CryptoProvider, now: Instant) -> Result<Self, SaError> {
-        Ok(OutboundSa { core: SaCore::new(cfg, provider, now)?, seq: SeqCounter::new(), df: cfg.df, dscp: cfg.dscp, ttl: cfg.ttl })
+        Ok(OutboundSa {
+            core: SaCore::new(cfg, provider, now)?,
+            seq: SeqCounter::new(),
+            df: cfg.df,
+            dscp: cfg.dscp,
+            ttl: cfg.ttl,
+        })
     }
 
     pub fn spi(&self) -> u32 {

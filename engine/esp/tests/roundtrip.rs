@@ -343,10 +343,10 @@ fn bad_padding_and_next_header_are_dropped() {
     let cfg = config(Cipher::Null, Integrity::None, false);
     let inner = inner_packet(false, 19, 0); // 47 bytes + 2 -> 52: padding 3 bytes (1, 2, 3)
     let cases: [(usize, u8, DropReason); 4] = [
-        (3, 9, DropReason::BadPadding),        // a padding byte is wrong
-        (1, 200, DropReason::BadPadding),      // pad length beyond the payload
-        (0, 6, DropReason::BadNextHeader),     // next header TCP: not tunnel mode
-        (0, 59, DropReason::DummyPacket),      // next header "no next header": a dummy packet
+        (3, 9, DropReason::BadPadding),    // a padding byte is wrong
+        (1, 200, DropReason::BadPadding),  // pad length beyond the payload
+        (0, 6, DropReason::BadNextHeader), // next header TCP: not tunnel mode
+        (0, 59, DropReason::DummyPacket),  // next header "no next header": a dummy packet
     ];
     for (back, value, want) in cases {
         let mut pair = Pair::new(&cfg);
@@ -489,7 +489,10 @@ fn a_burst_mixing_sas_and_drops_processes_each_packet_on_its_own() {
     let mut cfg_b = config(Cipher::AesCbc128, Integrity::HmacSha256_128, true);
     cfg_b.spi = 0x2000_0002;
     let sas_out = [OutboundSa::new(&cfg_a, p, now).unwrap(), OutboundSa::new(&cfg_b, p, now).unwrap()];
-    let sas_in = [InboundSa::new(&inbound_twin(&cfg_a), p, now).unwrap(), InboundSa::new(&inbound_twin(&cfg_b), p, now).unwrap()];
+    let sas_in = [
+        InboundSa::new(&inbound_twin(&cfg_a), p, now).unwrap(),
+        InboundSa::new(&inbound_twin(&cfg_b), p, now).unwrap(),
+    ];
     let mut w = EspWorker::new(p, Arc::new(EventQueue::default())).unwrap();
     // 64 packets: inner v4 to A's tunnel, inner v6 to B's, every 7th is garbage.
     let inners: Vec<Vec<u8>> = (0..MAX_BURST)

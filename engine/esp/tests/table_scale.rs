@@ -54,11 +54,7 @@ fn remote_host(i: u32) -> Ipv4Addr {
 
 /// Fills `out` (allocated beforehand, so only the SAs are counted) with `n` SAs.
 fn make_sas(out: &mut Vec<Arc<FakeSa>>, n: u32) {
-    out.extend((0..n).map(|i| {
-        Arc::new(FakeSa {
-            _state: [i as u8; 256],
-        })
-    }));
+    out.extend((0..n).map(|i| Arc::new(FakeSa { _state: [i as u8; 256] })));
 }
 
 fn per_entry(bytes: i64, n: u32) -> f64 {
@@ -86,9 +82,7 @@ fn run(n: u32, presize: bool) {
     let start = std::time::Instant::now();
     for (i, sa) in sas.iter().enumerate() {
         let i = i as u32;
-        inbound
-            .insert(spi_of(i), local_of(i), Arc::clone(sa))
-            .unwrap();
+        inbound.insert(spi_of(i), local_of(i), Arc::clone(sa)).unwrap();
     }
     let insert_time = start.elapsed();
     let b2 = live_bytes();
@@ -96,9 +90,7 @@ fn run(n: u32, presize: bool) {
     {
         let g = domain.pin();
         for &i in &sample {
-            let sa = inbound
-                .get(spi_of(i), local_of(i), &g)
-                .expect("inserted SA found");
+            let sa = inbound.get(spi_of(i), local_of(i), &g).expect("inserted SA found");
             assert!(Arc::ptr_eq(sa, &sas[i as usize]));
             // Same SPI, other local address: absent.
             let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
@@ -142,35 +134,21 @@ fn run(n: u32, presize: bool) {
         let g = route_domain.pin();
         let gt = tunnel_domain.pin();
         for &i in &sample {
-            let t = routes
-                .lookup(IpAddr::V4(remote_host(i)), &g)
-                .expect("route found");
+            let t = routes.lookup(IpAddr::V4(remote_host(i)), &g).expect("route found");
             assert_eq!(t, TunnelId(i));
-            assert!(Arc::ptr_eq(
-                tunnels.get(t, &gt).unwrap(),
-                &out_sas[i as usize]
-            ));
+            assert!(Arc::ptr_eq(tunnels.get(t, &gt).unwrap(), &out_sas[i as usize]));
         }
-        assert_eq!(
-            routes.lookup(IpAddr::V4(Ipv4Addr::new(9, 9, 9, 9)), &g),
-            None
-        );
+        assert_eq!(routes.lookup(IpAddr::V4(Ipv4Addr::new(9, 9, 9, 9)), &g), None);
     }
     let route_bytes = per_entry(b4 - b3, n);
     let tunnel_bytes = per_entry(b6 - b5, n);
     let out_sa_bytes = per_entry(b5 - b4a, n);
-    println!(
-        "RouteTable, {n} /32 routes: {route_bytes:.1} B/route; insert {:?}/route",
-        route_time / n,
-    );
+    println!("RouteTable, {n} /32 routes: {route_bytes:.1} B/route; insert {:?}/route", route_time / n,);
     println!(
         "TunnelTable ({mode}), {n} tunnels: table {tunnel_bytes:.1} B/entry, with SA {:.1} B/entry",
         tunnel_bytes + out_sa_bytes,
     );
-    println!(
-        "outbound per tunnel (route + tunnel entry + SA): {:.1} B",
-        route_bytes + tunnel_bytes + out_sa_bytes
-    );
+    println!("outbound per tunnel (route + tunnel entry + SA): {:.1} B", route_bytes + tunnel_bytes + out_sa_bytes);
 
     // Budgets: generous, they catch a regression to something quadratic or a leak per entry.
     assert!(table_bytes < 160.0, "inbound table {table_bytes} B/entry");

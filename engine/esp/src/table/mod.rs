@@ -111,9 +111,7 @@ pub struct Domain {
 impl Domain {
     /// A new, independent domain.
     pub fn new() -> Self {
-        Self {
-            collector: Arc::new(seize::Collector::new()),
-        }
+        Self { collector: Arc::new(seize::Collector::new()) }
     }
 
     /// Pins the current thread: lookups in any table of this domain may use the returned guard,
@@ -122,9 +120,7 @@ impl Domain {
     ///
     /// Does not allocate (after the thread's first pin) and does not lock.
     pub fn pin(&self) -> ReadGuard<'_> {
-        ReadGuard {
-            inner: self.collector.enter(),
-        }
+        ReadGuard { inner: self.collector.enter() }
     }
 
     pub(crate) fn collector(&self) -> &Arc<seize::Collector> {
@@ -209,10 +205,7 @@ impl<V: Send + Sync + 'static> OutboundTables<V> {
         dst: std::net::IpAddr,
         guard: &'g ReadGuard<'_>,
     ) -> Option<(TunnelId, &'g Arc<V>)> {
-        let tunnel = self
-            .flows
-            .lookup(src, dst, guard)
-            .or_else(|| self.routes.lookup(dst, guard))?;
+        let tunnel = self.flows.lookup(src, dst, guard).or_else(|| self.routes.lookup(dst, guard))?;
         Some((tunnel, self.tunnels.get(tunnel, guard)?))
     }
 

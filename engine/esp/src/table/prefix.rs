@@ -104,9 +104,7 @@ pub(crate) enum Change<T> {
 
 impl<T: Send + Sync + 'static> PrefixMap<T> {
     pub(crate) fn new(domain: &Domain) -> Self {
-        fn map<K: Send + 'static, T: Send + 'static>(
-            domain: &Domain,
-        ) -> papaya::HashMap<K, T, Hasher> {
+        fn map<K: Send + 'static, T: Send + 'static>(domain: &Domain) -> papaya::HashMap<K, T, Hasher> {
             papaya::HashMap::builder()
                 .hasher(Hasher::default())
                 .shared_collector(Arc::clone(domain.collector()))
@@ -117,10 +115,7 @@ impl<T: Send + Sync + 'static> PrefixMap<T> {
             v6: (0..=128).map(|_| map(domain)).collect(),
             v4_present: AtomicU64::new(0),
             v6_present: [const { AtomicU64::new(0) }; 3],
-            writer: Mutex::new(Counts {
-                v4: [0; 33],
-                v6: [0; 129],
-            }),
+            writer: Mutex::new(Counts { v4: [0; 33], v6: [0; 129] }),
             total: AtomicUsize::new(0),
             domain: domain.clone(),
         }
@@ -173,11 +168,7 @@ impl<T: Send + Sync + 'static> PrefixMap<T> {
     }
 
     /// The value stored for exactly `prefix`.
-    pub(crate) fn get_exact<'g>(
-        &'g self,
-        prefix: Prefix,
-        guard: &'g ReadGuard<'_>,
-    ) -> Option<&'g T> {
+    pub(crate) fn get_exact<'g>(&'g self, prefix: Prefix, guard: &'g ReadGuard<'_>) -> Option<&'g T> {
         match prefix {
             Prefix::V4(a, l) => self.v4[usize::from(l)].get(&a, guard.raw()),
             Prefix::V6(a, l) => self.v6[usize::from(l)].get(&a, guard.raw()),
@@ -186,21 +177,13 @@ impl<T: Send + Sync + 'static> PrefixMap<T> {
 
     /// Read-modify-write of the entry for `prefix`, serialised with all other writers; the change
     /// itself is one atomic insert or remove for readers. Returns what `f` returned.
-    pub(crate) fn modify<R>(
-        &self,
-        prefix: Prefix,
-        f: impl FnOnce(Option<&T>) -> (Change<T>, R),
-    ) -> R {
+    pub(crate) fn modify<R>(&self, prefix: Prefix, f: impl FnOnce(Option<&T>) -> (Change<T>, R)) -> R {
         let mut counts = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let pinned = self.domain.pin();
         let guard = pinned.raw();
         let (count, present, bit): (&mut usize, &AtomicU64, u64) = match prefix {
             Prefix::V4(_, l) => (&mut counts.v4[usize::from(l)], &self.v4_present, 1 << l),
-            Prefix::V6(_, l) => (
-                &mut counts.v6[usize::from(l)],
-                &self.v6_present[usize::from(l / 64)],
-                1 << (l % 64),
-            ),
+            Prefix::V6(_, l) => (&mut counts.v6[usize::from(l)], &self.v6_present[usize::from(l / 64)], 1 << (l % 64)),
         };
         let current = match prefix {
             Prefix::V4(a, l) => self.v4[usize::from(l)].get(&a, guard),
@@ -249,11 +232,7 @@ impl<T: Send + Sync + 'static> PrefixMap<T> {
     }
 
     /// Every prefix and its value (weakly consistent under concurrent writers).
-    pub(crate) fn for_each<'g>(
-        &'g self,
-        guard: &'g ReadGuard<'_>,
-        mut f: impl FnMut(Prefix, &'g T),
-    ) {
+    pub(crate) fn for_each<'g>(&'g self, guard: &'g ReadGuard<'_>, mut f: impl FnMut(Prefix, &'g T)) {
         let g = guard.raw();
         for (l, m) in self.v4.iter().enumerate() {
             for (a, v) in m.iter(g) {

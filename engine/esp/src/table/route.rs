@@ -25,10 +25,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// An empty table in `domain`.
     pub fn new(domain: &Domain) -> Self {
-        Self {
-            map: PrefixMap::new(domain),
-            domain: domain.clone(),
-        }
+        Self { map: PrefixMap::new(domain), domain: domain.clone() }
     }
 
     /// Pins the current thread (same as [`Domain::pin`] on this table's domain).
@@ -40,16 +37,12 @@ impl RouteTable {
     /// replacing an existing route for the same prefix; returns the tunnel it replaced. `/0` is a
     /// default route, `/32` and `/128` host routes. Atomic to readers.
     pub fn add_route(&self, prefix: IpNet, tunnel: TunnelId) -> Option<TunnelId> {
-        self.map.modify(Prefix::from_net(prefix), |old| {
-            (Change::Set(tunnel), old.copied())
-        })
+        self.map.modify(Prefix::from_net(prefix), |old| (Change::Set(tunnel), old.copied()))
     }
 
     /// Removes the route for exactly `prefix`; returns its tunnel, `None` (no change) if absent.
     pub fn remove_route(&self, prefix: IpNet) -> Option<TunnelId> {
-        self.map.modify(Prefix::from_net(prefix), |old| {
-            (Change::Remove, old.copied())
-        })
+        self.map.modify(Prefix::from_net(prefix), |old| (Change::Remove, old.copied()))
     }
 
     /// Per-packet lookup: the tunnel of the longest prefix containing `dst`, `None` if no route
@@ -73,9 +66,7 @@ impl RouteTable {
     /// The tunnel of exactly `prefix` (no longest-prefix match).
     pub fn route(&self, prefix: IpNet) -> Option<TunnelId> {
         let guard = self.pin();
-        self.map
-            .get_exact(Prefix::from_net(prefix), &guard)
-            .copied()
+        self.map.get_exact(Prefix::from_net(prefix), &guard).copied()
     }
 
     /// Number of routes.
@@ -99,9 +90,7 @@ impl RouteTable {
 
 impl fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteTable")
-            .field("len", &self.len())
-            .finish_non_exhaustive()
+        f.debug_struct("RouteTable").field("len", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -144,11 +133,7 @@ pub struct FlowTable {
 impl FlowTable {
     /// An empty table in `domain`.
     pub fn new(domain: &Domain) -> Self {
-        Self {
-            map: PrefixMap::new(domain),
-            flows: AtomicUsize::new(0),
-            domain: domain.clone(),
-        }
+        Self { map: PrefixMap::new(domain), flows: AtomicUsize::new(0), domain: domain.clone() }
     }
 
     /// Pins the current thread (same as [`Domain::pin`] on this table's domain).
@@ -162,12 +147,7 @@ impl FlowTable {
     ///
     /// # Errors
     /// [`MixedFamilies`] if `src` and `dst` are not of the same IP family.
-    pub fn add_flow(
-        &self,
-        src: IpNet,
-        dst: IpNet,
-        tunnel: TunnelId,
-    ) -> Result<Option<TunnelId>, MixedFamilies> {
+    pub fn add_flow(&self, src: IpNet, dst: IpNet, tunnel: TunnelId) -> Result<Option<TunnelId>, MixedFamilies> {
         if matches!(src, IpNet::V4(_)) != matches!(dst, IpNet::V4(_)) {
             return Err(MixedFamilies);
         }
@@ -204,12 +184,7 @@ impl FlowTable {
             if list.len() == 1 {
                 return (Change::Remove, Some(tunnel));
             }
-            let rest: Vec<FlowSrc> = list
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != pos)
-                .map(|(_, f)| *f)
-                .collect();
+            let rest: Vec<FlowSrc> = list.iter().enumerate().filter(|&(i, _)| i != pos).map(|(_, f)| *f).collect();
             (Change::Set(rest.into()), Some(tunnel))
         })
     }
@@ -221,19 +196,12 @@ impl FlowTable {
     /// If `guard` belongs to another [`Domain`].
     #[inline]
     pub fn lookup(&self, src: IpAddr, dst: IpAddr, guard: &ReadGuard<'_>) -> Option<TunnelId> {
-        self.map.find(dst, guard, |_, list| {
-            list.iter().find(|f| f.src.contains(src)).map(|f| f.tunnel)
-        })
+        self.map.find(dst, guard, |_, list| list.iter().find(|f| f.src.contains(src)).map(|f| f.tunnel))
     }
 
     /// Like [`lookup`](Self::lookup), also returning the matching `(source, destination)`
     /// prefixes (diagnostics).
-    pub fn lookup_flow(
-        &self,
-        src: IpAddr,
-        dst: IpAddr,
-        guard: &ReadGuard<'_>,
-    ) -> Option<(IpNet, IpNet, TunnelId)> {
+    pub fn lookup_flow(&self, src: IpAddr, dst: IpAddr, guard: &ReadGuard<'_>) -> Option<(IpNet, IpNet, TunnelId)> {
         self.map.find(dst, guard, |len, list| {
             list.iter().find(|f| f.src.contains(src)).map(|f| {
                 let dst = IpNet::new_assert(dst, len).trunc();
@@ -274,8 +242,6 @@ fn src_order(p: Prefix) -> u128 {
 
 impl fmt::Debug for FlowTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FlowTable")
-            .field("len", &self.len())
-            .finish_non_exhaustive()
+        f.debug_struct("FlowTable").field("len", &self.len()).finish_non_exhaustive()
     }
 }

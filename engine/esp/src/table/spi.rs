@@ -81,12 +81,7 @@ impl<V: Send + Sync + 'static> SpiTable<V> {
     /// # Panics
     /// If `guard` belongs to another [`Domain`].
     #[inline]
-    pub fn get<'g>(
-        &'g self,
-        spi: Spi,
-        dst: IpAddr,
-        guard: &'g ReadGuard<'_>,
-    ) -> Option<&'g Arc<V>> {
+    pub fn get<'g>(&'g self, spi: Spi, dst: IpAddr, guard: &'g ReadGuard<'_>) -> Option<&'g Arc<V>> {
         self.map.get(&SpiKey { spi: spi.0, dst }, guard.raw())
     }
 
@@ -109,19 +104,14 @@ impl<V: Send + Sync + 'static> SpiTable<V> {
     /// [`SpiInUse`] if `(spi, dst)` is already installed; the table is unchanged.
     pub fn insert(&self, spi: Spi, dst: IpAddr, sa: Arc<V>) -> Result<(), SpiInUse> {
         let guard = self.pin();
-        self.map
-            .try_insert(SpiKey { spi: spi.0, dst }, sa, guard.raw())
-            .map(|_| ())
-            .map_err(|_| SpiInUse(spi))
+        self.map.try_insert(SpiKey { spi: spi.0, dst }, sa, guard.raw()).map(|_| ()).map_err(|_| SpiInUse(spi))
     }
 
     /// Installs `sa` under `(spi, dst)`, replacing whatever was there; returns the previous SA.
     /// Readers see either the old or the new SA.
     pub fn replace(&self, spi: Spi, dst: IpAddr, sa: Arc<V>) -> Option<Arc<V>> {
         let guard = self.pin();
-        self.map
-            .insert(SpiKey { spi: spi.0, dst }, sa, guard.raw())
-            .cloned()
+        self.map.insert(SpiKey { spi: spi.0, dst }, sa, guard.raw()).cloned()
     }
 
     /// Removes the SA under `(spi, dst)` (SA deleted, or the old SA after a rekey) and returns
@@ -129,9 +119,7 @@ impl<V: Send + Sync + 'static> SpiTable<V> {
     /// finish their burst with it.
     pub fn remove(&self, spi: Spi, dst: IpAddr) -> Option<Arc<V>> {
         let guard = self.pin();
-        self.map
-            .remove(&SpiKey { spi: spi.0, dst }, guard.raw())
-            .cloned()
+        self.map.remove(&SpiKey { spi: spi.0, dst }, guard.raw()).cloned()
     }
 
     /// Number of installed SAs (exact when no writer is running concurrently).
@@ -147,20 +135,13 @@ impl<V: Send + Sync + 'static> SpiTable<V> {
     /// All entries, for counters and reconciliation with the control plane. Weakly consistent:
     /// concurrent changes may or may not be seen, but every entry present for the whole
     /// iteration is yielded exactly once.
-    pub fn iter<'g>(
-        &'g self,
-        guard: &'g ReadGuard<'_>,
-    ) -> impl Iterator<Item = (Spi, IpAddr, &'g Arc<V>)> + 'g {
-        self.map
-            .iter(guard.raw())
-            .map(|(k, v)| (Spi(k.spi), k.dst, v))
+    pub fn iter<'g>(&'g self, guard: &'g ReadGuard<'_>) -> impl Iterator<Item = (Spi, IpAddr, &'g Arc<V>)> + 'g {
+        self.map.iter(guard.raw()).map(|(k, v)| (Spi(k.spi), k.dst, v))
     }
 }
 
 impl<V> fmt::Debug for SpiTable<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiTable")
-            .field("len", &self.map.len())
-            .finish_non_exhaustive()
+        f.debug_struct("SpiTable").field("len", &self.map.len()).finish_non_exhaustive()
     }
 }

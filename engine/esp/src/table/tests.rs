@@ -67,10 +67,7 @@ fn route_basics_default_host_overlap() {
     assert_eq!(r.lookup(ip("10.1.3.4"), &g), Some(TunnelId(3)));
     assert_eq!(r.lookup(ip("10.2.3.4"), &g), Some(TunnelId(2)));
     assert_eq!(r.lookup(ip("11.0.0.1"), &g), Some(TunnelId(1)));
-    assert_eq!(
-        r.lookup_route(ip("10.1.2.200"), &g),
-        Some((net("10.1.2.0/24"), TunnelId(5)))
-    );
+    assert_eq!(r.lookup_route(ip("10.1.2.200"), &g), Some((net("10.1.2.0/24"), TunnelId(5))));
     // IPv4 routes never match IPv6 and vice versa.
     assert_eq!(r.lookup(ip("::1"), &g), None);
     assert_eq!(r.add_route(net("::/0"), TunnelId(6)), None);
@@ -81,10 +78,7 @@ fn route_basics_default_host_overlap() {
     assert_eq!(r.lookup(ip("2001:db9::2"), &g), Some(TunnelId(6)));
     assert_eq!(r.lookup(ip("10.1.2.3"), &g), Some(TunnelId(4)));
     // Replace returns the old tunnel; remove of absent is a no-op.
-    assert_eq!(
-        r.add_route(net("10.0.0.0/8"), TunnelId(9)),
-        Some(TunnelId(2))
-    );
+    assert_eq!(r.add_route(net("10.0.0.0/8"), TunnelId(9)), Some(TunnelId(2)));
     assert_eq!(r.route(net("10.0.0.0/8")), Some(TunnelId(9)));
     assert_eq!(r.remove_route(net("10.3.0.0/16")), None);
     assert_eq!(r.remove_route(net("10.1.2.3/32")), Some(TunnelId(4)));
@@ -108,18 +102,14 @@ fn random_prefix(rng: &mut XorShift, v6: bool, bases: &[u128]) -> IpNet {
             _ => rng.below(129) as u8,
         };
         let noise = rng.u128() >> rng.below(128);
-        IpNet::new(IpAddr::V6(Ipv6Addr::from_bits(base ^ noise)), len)
-            .unwrap()
-            .trunc()
+        IpNet::new(IpAddr::V6(Ipv6Addr::from_bits(base ^ noise)), len).unwrap().trunc()
     } else {
         let len = match rng.below(4) {
             0 => [0u8, 8, 16, 24, 32][rng.below(5) as usize],
             _ => rng.below(33) as u8,
         };
         let noise = (rng.next() as u32) >> rng.below(32);
-        IpNet::new(IpAddr::V4(Ipv4Addr::from_bits(base as u32 ^ noise)), len)
-            .unwrap()
-            .trunc()
+        IpNet::new(IpAddr::V4(Ipv4Addr::from_bits(base as u32 ^ noise)), len).unwrap().trunc()
     }
 }
 
@@ -128,9 +118,7 @@ fn random_addr(rng: &mut XorShift, v6: bool, bases: &[u128]) -> IpAddr {
     if v6 {
         IpAddr::V6(Ipv6Addr::from_bits(base ^ (rng.u128() >> rng.below(128))))
     } else {
-        IpAddr::V4(Ipv4Addr::from_bits(
-            base as u32 ^ ((rng.next() as u32) >> rng.below(32)),
-        ))
+        IpAddr::V4(Ipv4Addr::from_bits(base as u32 ^ ((rng.next() as u32) >> rng.below(32))))
     }
 }
 
@@ -187,74 +175,33 @@ fn flows_match_reference() {
     let f = FlowTable::new(&d);
     let g = d.pin();
     // Overlapping sources and destinations.
-    f.add_flow(net("10.0.0.0/8"), net("192.168.0.0/16"), TunnelId(1))
-        .unwrap();
-    f.add_flow(net("10.1.0.0/16"), net("192.168.0.0/16"), TunnelId(2))
-        .unwrap();
-    f.add_flow(net("10.0.0.0/8"), net("192.168.1.0/24"), TunnelId(3))
-        .unwrap();
-    f.add_flow(net("172.16.0.0/12"), net("192.168.0.0/16"), TunnelId(4))
-        .unwrap();
-    f.add_flow(net("0.0.0.0/0"), net("0.0.0.0/0"), TunnelId(5))
-        .unwrap();
+    f.add_flow(net("10.0.0.0/8"), net("192.168.0.0/16"), TunnelId(1)).unwrap();
+    f.add_flow(net("10.1.0.0/16"), net("192.168.0.0/16"), TunnelId(2)).unwrap();
+    f.add_flow(net("10.0.0.0/8"), net("192.168.1.0/24"), TunnelId(3)).unwrap();
+    f.add_flow(net("172.16.0.0/12"), net("192.168.0.0/16"), TunnelId(4)).unwrap();
+    f.add_flow(net("0.0.0.0/0"), net("0.0.0.0/0"), TunnelId(5)).unwrap();
     assert_eq!(f.len(), 5);
     // Longest destination first, then longest source.
-    assert_eq!(
-        f.lookup(ip("10.1.1.1"), ip("192.168.1.1"), &g),
-        Some(TunnelId(3))
-    );
-    assert_eq!(
-        f.lookup(ip("10.1.1.1"), ip("192.168.2.1"), &g),
-        Some(TunnelId(2))
-    );
-    assert_eq!(
-        f.lookup(ip("10.2.1.1"), ip("192.168.2.1"), &g),
-        Some(TunnelId(1))
-    );
+    assert_eq!(f.lookup(ip("10.1.1.1"), ip("192.168.1.1"), &g), Some(TunnelId(3)));
+    assert_eq!(f.lookup(ip("10.1.1.1"), ip("192.168.2.1"), &g), Some(TunnelId(2)));
+    assert_eq!(f.lookup(ip("10.2.1.1"), ip("192.168.2.1"), &g), Some(TunnelId(1)));
     // /24 destination has no matching source: falls through to the /16.
-    assert_eq!(
-        f.lookup(ip("172.16.5.5"), ip("192.168.1.1"), &g),
-        Some(TunnelId(4))
-    );
-    assert_eq!(
-        f.lookup(ip("8.8.8.8"), ip("192.168.1.1"), &g),
-        Some(TunnelId(5))
-    );
+    assert_eq!(f.lookup(ip("172.16.5.5"), ip("192.168.1.1"), &g), Some(TunnelId(4)));
+    assert_eq!(f.lookup(ip("8.8.8.8"), ip("192.168.1.1"), &g), Some(TunnelId(5)));
     assert_eq!(
         f.lookup_flow(ip("10.1.1.1"), ip("192.168.2.1"), &g),
         Some((net("10.1.0.0/16"), net("192.168.0.0/16"), TunnelId(2)))
     );
     assert_eq!(f.lookup(ip("::1"), ip("::2"), &g), None);
     // Mixed families are refused; replace and remove.
-    assert_eq!(
-        f.add_flow(net("10.0.0.0/8"), net("::/0"), TunnelId(9)),
-        Err(MixedFamilies)
-    );
-    assert_eq!(
-        f.add_flow(net("10.1.0.0/16"), net("192.168.0.0/16"), TunnelId(6)),
-        Ok(Some(TunnelId(2)))
-    );
+    assert_eq!(f.add_flow(net("10.0.0.0/8"), net("::/0"), TunnelId(9)), Err(MixedFamilies));
+    assert_eq!(f.add_flow(net("10.1.0.0/16"), net("192.168.0.0/16"), TunnelId(6)), Ok(Some(TunnelId(2))));
     assert_eq!(f.len(), 5);
-    assert_eq!(
-        f.remove_flow(net("10.1.0.0/16"), net("192.168.0.0/16")),
-        Some(TunnelId(6))
-    );
-    assert_eq!(
-        f.remove_flow(net("10.1.0.0/16"), net("192.168.0.0/16")),
-        None
-    );
-    assert_eq!(
-        f.remove_flow(net("10.9.0.0/16"), net("192.168.0.0/16")),
-        None
-    );
-    assert_eq!(
-        f.lookup(ip("10.1.1.1"), ip("192.168.2.1"), &g),
-        Some(TunnelId(1))
-    );
-    assert_eq!(
-        f.remove_flow(net("0.0.0.0/0"), net("0.0.0.0/0")),
-        Some(TunnelId(5))
-    );
+    assert_eq!(f.remove_flow(net("10.1.0.0/16"), net("192.168.0.0/16")), Some(TunnelId(6)));
+    assert_eq!(f.remove_flow(net("10.1.0.0/16"), net("192.168.0.0/16")), None);
+    assert_eq!(f.remove_flow(net("10.9.0.0/16"), net("192.168.0.0/16")), None);
+    assert_eq!(f.lookup(ip("10.1.1.1"), ip("192.168.2.1"), &g), Some(TunnelId(1)));
+    assert_eq!(f.remove_flow(net("0.0.0.0/0"), net("0.0.0.0/0")), Some(TunnelId(5)));
     assert_eq!(f.lookup(ip("8.8.8.8"), ip("192.168.1.1"), &g), None);
     assert_eq!(f.len(), 3);
     assert_eq!(f.flows().len(), 3);
@@ -266,15 +213,9 @@ fn flows_match_reference() {
         let f = FlowTable::new(&d);
         let mut reference: Vec<(IpNet, IpNet, TunnelId)> = Vec::new();
         for i in 0..300u32 {
-            let (s, t) = (
-                random_prefix(&mut rng, v6, &bases),
-                random_prefix(&mut rng, v6, &bases),
-            );
+            let (s, t) = (random_prefix(&mut rng, v6, &bases), random_prefix(&mut rng, v6, &bases));
             let old = reference.iter().position(|(a, b, _)| (*a, *b) == (s, t));
-            assert_eq!(
-                f.add_flow(s, t, TunnelId(i)).unwrap(),
-                old.map(|o| reference[o].2)
-            );
+            assert_eq!(f.add_flow(s, t, TunnelId(i)).unwrap(), old.map(|o| reference[o].2));
             match old {
                 Some(o) => reference[o].2 = TunnelId(i),
                 None => reference.push((s, t, TunnelId(i))),
@@ -287,10 +228,7 @@ fn flows_match_reference() {
         assert_eq!(f.len(), reference.len());
         let g = d.pin();
         for _ in 0..3000 {
-            let (s, t) = (
-                random_addr(&mut rng, v6, &bases),
-                random_addr(&mut rng, v6, &bases),
-            );
+            let (s, t) = (random_addr(&mut rng, v6, &bases), random_addr(&mut rng, v6, &bases));
             let expect = reference
                 .iter()
                 .filter(|(a, b, _)| a.contains(&s) && b.contains(&t))
@@ -308,23 +246,16 @@ fn spi_table_make_before_break() {
     let local = ip("192.0.2.1");
     let old = Arc::new(Sa(1));
     t.insert(Spi(0x1000), local, Arc::clone(&old)).unwrap();
-    assert_eq!(
-        t.insert(Spi(0x1000), local, Arc::new(Sa(9))),
-        Err(SpiInUse(Spi(0x1000)))
-    );
+    assert_eq!(t.insert(Spi(0x1000), local, Arc::new(Sa(9))), Err(SpiInUse(Spi(0x1000))));
     // Same SPI on another local address is another SA.
-    t.insert(Spi(0x1000), ip("2001:db8::1"), Arc::new(Sa(7)))
-        .unwrap();
+    t.insert(Spi(0x1000), ip("2001:db8::1"), Arc::new(Sa(7))).unwrap();
     // Rekey: new SA installed, both resolvable during the overlap.
     t.insert(Spi(0x2000), local, Arc::new(Sa(2))).unwrap();
     {
         let g = t.pin();
         assert_eq!(t.get(Spi(0x1000), local, &g).map(|s| s.0), Some(1));
         assert_eq!(t.get(Spi(0x2000), local, &g).map(|s| s.0), Some(2));
-        assert_eq!(
-            t.get(Spi(0x1000), ip("2001:db8::1"), &g).map(|s| s.0),
-            Some(7)
-        );
+        assert_eq!(t.get(Spi(0x1000), ip("2001:db8::1"), &g).map(|s| s.0), Some(7));
         assert_eq!(t.get(Spi(0x3000), local, &g), None);
         assert_eq!(t.iter(&g).count(), 3);
     }
@@ -333,10 +264,7 @@ fn spi_table_make_before_break() {
     assert_eq!(t.remove(Spi(0x1000), local), None);
     assert!(!t.contains(Spi(0x1000), local));
     assert_eq!(t.get_cloned(Spi(0x2000), local).map(|s| s.0), Some(2));
-    assert_eq!(
-        t.replace(Spi(0x2000), local, Arc::new(Sa(3))).map(|s| s.0),
-        Some(2)
-    );
+    assert_eq!(t.replace(Spi(0x2000), local, Arc::new(Sa(3))).map(|s| s.0), Some(2));
     assert_eq!(t.replace(Spi(0x4000), local, Arc::new(Sa(4))), None);
     assert_eq!(t.len(), 3);
 }
@@ -379,12 +307,7 @@ fn tunnel_switch_while_readers_read() {
     let start = Arc::new(Barrier::new(3));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let (tunnels, stop, start, d) = (
-                Arc::clone(&tunnels),
-                Arc::clone(&stop),
-                Arc::clone(&start),
-                d.clone(),
-            );
+            let (tunnels, stop, start, d) = (Arc::clone(&tunnels), Arc::clone(&stop), Arc::clone(&start), d.clone());
             std::thread::spawn(move || {
                 start.wait();
                 let mut seen = [0u64; 2];
@@ -521,19 +444,12 @@ fn outbound_resolve_flow_then_route() {
     let out: OutboundTables<Sa> = OutboundTables::new(&d);
     let inbound: InboundTable<Sa> = SpiTable::new(out.domain());
     out.routes.add_route(net("0.0.0.0/0"), TunnelId(1));
-    out.flows
-        .add_flow(net("10.0.0.0/8"), net("192.168.0.0/16"), TunnelId(2))
-        .unwrap();
+    out.flows.add_flow(net("10.0.0.0/8"), net("192.168.0.0/16"), TunnelId(2)).unwrap();
     out.tunnels.set_sa(TunnelId(1), Arc::new(Sa(100)));
-    inbound
-        .insert(Spi(5), ip("192.0.2.1"), Arc::new(Sa(5)))
-        .unwrap();
+    inbound.insert(Spi(5), ip("192.0.2.1"), Arc::new(Sa(5))).unwrap();
     // One guard for inbound and outbound tables.
     let g = out.pin();
-    assert_eq!(
-        inbound.get(Spi(5), ip("192.0.2.1"), &g).map(|s| s.0),
-        Some(5)
-    );
+    assert_eq!(inbound.get(Spi(5), ip("192.0.2.1"), &g).map(|s| s.0), Some(5));
     let (t, sa) = out.resolve(ip("10.0.0.1"), ip("8.8.8.8"), &g).unwrap();
     assert_eq!((t, sa.0), (TunnelId(1), 100));
     // The flow's tunnel has no SA yet.

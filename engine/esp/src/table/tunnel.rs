@@ -79,18 +79,13 @@ impl<V: Send + Sync + 'static> TunnelTable<V> {
     }
 
     /// All tunnels and their SAs (weakly consistent, see [`super::SpiTable::iter`]).
-    pub fn iter<'g>(
-        &'g self,
-        guard: &'g ReadGuard<'_>,
-    ) -> impl Iterator<Item = (TunnelId, &'g Arc<V>)> + 'g {
+    pub fn iter<'g>(&'g self, guard: &'g ReadGuard<'_>) -> impl Iterator<Item = (TunnelId, &'g Arc<V>)> + 'g {
         self.map.iter(guard.raw()).map(|(k, v)| (*k, v))
     }
 }
 
 impl<V> fmt::Debug for TunnelTable<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TunnelTable")
-            .field("len", &self.map.len())
-            .finish_non_exhaustive()
+        f.debug_struct("TunnelTable").field("len", &self.map.len()).finish_non_exhaustive()
     }
 }

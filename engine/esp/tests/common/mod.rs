@@ -89,7 +89,12 @@ impl Pair {
     }
 
     /// Decapsulates one outer packet at `frame[start..start+len]`.
-    pub fn decap(&mut self, frame: &mut [u8], start: usize, len: usize) -> Result<(usize, usize), ipsec_esp::DropReason> {
+    pub fn decap(
+        &mut self,
+        frame: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> Result<(usize, usize), ipsec_esp::DropReason> {
         let sa = &self.inb;
         let mut pkts = [PacketBuf::new(frame, start, len)];
         let mut v: [Verdict; 1] = [Ok(())];
