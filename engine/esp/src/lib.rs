@@ -14,7 +14,9 @@
 //!   update only after the ICV verified.
 //! - [`table`]: lock-free SA tables (inbound by SPI, outbound by route or protected flow); the
 //!   control side adds, replaces and deletes atomically while workers read.
-//! - [`EspWorker::encap_burst`] / [`EspWorker::decap_burst`]: the fast path, a burst of up to
+//! - [`EspWorker::encap_routed`] / [`EspWorker::decap_with_table`]: the fast path with its table
+//!   lookups; [`EspWorker::encap_burst`] / [`EspWorker::decap_burst`] underneath take any lookup:
+//!   the fast path, a burst of up to
 //!   [`MAX_BURST`] packets per call in prepare / crypto / finish passes, no heap allocation per
 //!   packet, every drop counted under a [`DropReason`].
 //! - [`lifetime`] and [`events`]: soft/hard limits in time, bytes and packets; rekey and expiry
@@ -25,6 +27,7 @@
 
 pub mod counters;
 pub mod crypto;
+mod datapath;
 mod decap;
 mod encap;
 pub mod events;
@@ -37,6 +40,7 @@ mod worker;
 
 pub use counters::{DropReason, SaCounters, WorkerCounters};
 pub use crypto::{default_provider, Cipher, CryptoProvider, Integrity};
+pub use datapath::ACQUIRE_INTERVAL;
 pub use decap::ecn_decap;
 pub use encap::{SEQ_SOFT_MARGIN_32, SEQ_SOFT_MARGIN_64};
 pub use events::{Direction, EventQueue, LimitKind, SaEvent};

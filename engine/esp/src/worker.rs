@@ -18,6 +18,8 @@ pub struct EspWorker {
     /// secure random source, so an IV costs a few nanoseconds and no syscall.
     pub(crate) rng: ChaCha12Rng,
     pub(crate) events: Arc<EventQueue>,
+    /// Rate limit of acquire events (boxed: 6 KiB that [`Self::encap_routed`] moves in and out).
+    pub(crate) acquire: Option<Box<crate::datapath::AcquireLimiter>>,
 }
 
 impl EspWorker {
@@ -26,7 +28,12 @@ impl EspWorker {
     pub fn new(provider: &CryptoProvider, events: Arc<EventQueue>) -> Result<Self, CryptoError> {
         let mut seed = [0u8; 32];
         provider.random.fill(&mut seed)?;
-        Ok(EspWorker { counters: Arc::new(WorkerCounters::default()), rng: ChaCha12Rng::from_seed(seed), events })
+        Ok(EspWorker {
+            counters: Arc::new(WorkerCounters::default()),
+            rng: ChaCha12Rng::from_seed(seed),
+            events,
+            acquire: Some(Box::default()),
+        })
     }
 
     /// This worker's counters; the `Arc` may be kept by a stats reader while the worker runs.
