@@ -1,1 +1,67 @@
-fn main() {}
+//! The perf lab: measurements that back the project's speed claims, printed as a table and, with
+//! `--json`, as one JSON object per line (the table then goes to stderr).
+//!
+//! - `perf-lab esp`: the ESP core on one core, in memory (issue: ESP data-plane core).
+//!
+//! Run with `--release`: `cargo run --release -p perf-lab -- esp --json`.
+
+mod esp;
+
+use clap::{Parser, Subcommand};
+use ipsec_esp::{Cipher, Integrity};
+
+#[derive(Parser)]
+#[command(about = "Measurements behind the gateway's speed claims")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// ESP encap/decap throughput per transform and size, against the raw crypto of the same backend.
+    Esp {
+        /// One JSON object per line on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Seconds of measurement per case and direction.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        /// Transforms (strongSwan-style names); default: the benchmark set.
+        #[arg(long, value_delimiter = ',')]
+        transforms: Vec<String>,
+        /// Sizes: IP packet bytes, or `imix` (7:4:1 of 64/594/1518).
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1420,imix")]
+        sizes: Vec<String>,
+        /// Number of SAs for the table scale case (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_sas: usize,
+    },
+}
+
+fn parse_transform(name: &str) -> Option<(Cipher, Integrity)> {
+    ipsec_benches::TRANSFORMS.iter().copied().find(|&(c, i)| ipsec_benches::transform_name(c, i) == name).or_else(
+        || {
+            let (c, i) = name.split_once('-').unwrap_or((name, "none"));
+            let c = Cipher::ALL.into_iter().find(|x| x.name() == c)?;
+            let i = Integrity::ALL.into_iter().find(|x| x.name() == i)?;
+            Some((c, i))
+        },
+    )
+}
+
+fn main() {
+    match Cli::parse().cmd {
+        Cmd::Esp { json, seconds, transforms, sizes, scale_sas } => {
+            let transforms = if transforms.is_empty() {
+                ipsec_benches::TRANSFORMS.to_vec()
+            } else {
+                transforms
+                    .iter()
+                    .map(|t| parse_transform(t).unwrap_or_else(|| panic!("unknown transform {t}")))
+                    .collect()
+            };
+            esp::run(&esp::EspArgs { json, seconds, transforms, sizes, scale_sas });
+        }
+    }
+}
