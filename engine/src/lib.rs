@@ -1,2 +1,10 @@
-//! The packet engine (placeholder).
+//! The gateway's packet engine, built on the ESP core (`ipsec-esp`) and the packet views
+//! (`ipsec-wire`).
+//!
+//! Contract so far: [`demo`] runs the complete ESP data path (routed encap, table-driven decap,
+//! counters, events) between two in-memory gateways. The AF_XDP engine process (XDP steering
+//! program from `ebpf/`, per-queue pinned workers, neighbour resolution, control channel) will
+//! live here too.
 #![forbid(unsafe_code)]
+
+pub mod demo;

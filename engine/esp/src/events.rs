@@ -30,6 +30,17 @@ pub enum LimitKind {
     Sequence,
 }
 
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitKind::Time => "time",
+            LimitKind::Bytes => "bytes",
+            LimitKind::Packets => "packets",
+            LimitKind::Sequence => "sequence-number",
+        })
+    }
+}
+
 /// Something the control side must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaEvent {
@@ -39,6 +50,21 @@ pub enum SaEvent {
     Expired { spi: u32, direction: Direction, limit: LimitKind },
     /// Outbound traffic matched tunnel `tunnel`, which has no SA: negotiate one.
     Acquire { tunnel: u32 },
+}
+
+impl std::fmt::Display for SaEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = |d: &Direction| if *d == Direction::Inbound { "inbound" } else { "outbound" };
+        match self {
+            SaEvent::RekeyRequested { spi, direction, limit } => {
+                write!(f, "rekey requested: {} SA {spi:#010x} reached its soft {limit} limit", dir(direction))
+            }
+            SaEvent::Expired { spi, direction, limit } => {
+                write!(f, "expired: {} SA {spi:#010x} reached its hard {limit} limit", dir(direction))
+            }
+            SaEvent::Acquire { tunnel } => write!(f, "acquire: traffic for tunnel {tunnel}, which has no SA"),
+        }
+    }
 }
 
 /// Bounded, lock-free queue of [`SaEvent`]s from workers to the control side.
