@@ -123,7 +123,7 @@ impl EspWorker {
                     continue;
                 }
             };
-            let last = first + u64::from(count) - 1;
+            let last = first + u64::from(count - 1);
             let limit = if sa.core.esn { u64::MAX } else { u64::from(u32::MAX) };
             let margin = if sa.core.esn { SEQ_SOFT_MARGIN_64 } else { SEQ_SOFT_MARGIN_32 };
             if last > limit - margin {
@@ -135,7 +135,7 @@ impl EspWorker {
                     continue;
                 }
                 meta[i].seq = seq;
-                seq += 1;
+                seq = seq.wrapping_add(1); // wraps only past the last number of the SA, unused
                 self.write_headers(&mut pkts[i], &meta[i], sa);
             }
         }

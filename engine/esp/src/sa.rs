@@ -348,11 +348,19 @@ pub struct OutboundSa {
 }
 
 impl OutboundSa {
-    /// Builds the SA, expanding its keys with `provider`. `now` starts its lifetime clock.
+    /// Builds the SA, expanding its keys with `provider`. `now` starts its lifetime clock; the
+    /// first packet gets sequence number 1.
     pub fn new(cfg: &SaConfig, provider: &CryptoProvider, now: Instant) -> Result<Self, SaError> {
+        Self::resume(cfg, provider, now, 0)
+    }
+
+    /// Rebuilds an SA that already sent packets up to sequence number `last_seq` (e.g. when the
+    /// control side republishes its SAs to a restarted engine): numbers, and so AES-GCM IVs, must
+    /// never repeat under a key. A `last_seq` at or past the SA's limit yields an exhausted SA.
+    pub fn resume(cfg: &SaConfig, provider: &CryptoProvider, now: Instant, last_seq: u64) -> Result<Self, SaError> {
         Ok(OutboundSa {
             core: SaCore::new(cfg, provider, now)?,
-            seq: SeqCounter::new(),
+            seq: SeqCounter::starting_after(last_seq),
             df: cfg.df,
             dscp: cfg.dscp,
             ttl: cfg.ttl,

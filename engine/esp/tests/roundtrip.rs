@@ -519,3 +519,91 @@ fn a_burst_mixing_sas_and_drops_processes_each_packet_on_its_own() {
     assert_eq!(sas_in[0].counters().packets() + sas_in[1].counters().packets(), good);
     assert_eq!(w.counters().decap_packets.get(), good);
 }
+
+#[test]
+fn sequence_exhaustion_stops_the_sa_and_raises_rekey_first() {
+    use ipsec_esp::{LimitKind, SEQ_SOFT_MARGIN_32};
+    for esn in [false, true] {
+        let mut cfg = config(Cipher::AesGcm128, Integrity::None, false);
+        cfg.esn = esn;
+        let limit = if esn { u64::MAX } else { u64::from(u32::MAX) };
+        let p = ipsec_esp::default_provider();
+        let events = Arc::new(EventQueue::new(16));
+        let mut w = EspWorker::new(p, events.clone()).unwrap();
+        // Resume just before the soft margin: the next packet crosses it.
+        let margin = if esn { ipsec_esp::SEQ_SOFT_MARGIN_64 } else { SEQ_SOFT_MARGIN_32 };
+        let sa = OutboundSa::resume(&cfg, p, Instant::now(), limit - margin).unwrap();
+        let inner = inner_packet(false, 10, 0);
+        let mut send = |sa: &OutboundSa| {
+            let mut f = frame_with(&inner);
+            let mut pk = [PacketBuf::new(&mut f, HEADROOM, inner.len())];
+            let mut v: [Verdict; 1] = [Ok(())];
+            w.encap_burst(Instant::now(), &mut pk, &mut v, |_, _| Ok(sa));
+            v[0]
+        };
+        assert!(send(&sa).is_ok());
+        assert!(matches!(events.pop(), Some(SaEvent::RekeyRequested { limit: LimitKind::Sequence, .. })));
+        // Resume at the very end: the last number is still usable, then the SA stops.
+        let sa = OutboundSa::resume(&cfg, p, Instant::now(), limit - 1).unwrap();
+        assert!(send(&sa).is_ok());
+        assert_eq!(sa.last_seq(), limit);
+        assert_eq!(send(&sa), Err(DropReason::SeqExhausted));
+        assert_eq!(send(&sa), Err(DropReason::SaExpired), "stays stopped");
+        assert!(sa.is_expired());
+        let evs: Vec<_> = std::iter::from_fn(|| events.pop()).collect();
+        assert!(
+            evs.contains(&SaEvent::Expired {
+                spi: cfg.spi,
+                direction: ipsec_esp::Direction::Outbound,
+                limit: LimitKind::Sequence
+            }),
+            "{evs:?}"
+        );
+    }
+}
+
+#[test]
+fn esn_high_bits_are_used_across_the_32_bit_wrap() {
+    let mut cfg = config(Cipher::AesCbc128, Integrity::HmacSha256_128, false);
+    cfg.esn = true;
+    let p = ipsec_esp::default_provider();
+    // Sender resumes just below 2^32; the receiver has seen up to there.
+    let out = OutboundSa::resume(&cfg, p, Instant::now(), (1u64 << 32) - 3).unwrap();
+    let inb = InboundSa::new(&inbound_twin(&cfg), p, Instant::now()).unwrap();
+    let mut w = EspWorker::new(p, Arc::new(EventQueue::default())).unwrap();
+    let inner = inner_packet(false, 30, 0);
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        let mut f = frame_with(&inner);
+        let mut pk = [PacketBuf::new(&mut f, HEADROOM, inner.len())];
+        let mut v: [Verdict; 1] = [Ok(())];
+        w.encap_burst(Instant::now(), &mut pk, &mut v, |_, _| Ok(&out));
+        assert!(v[0].is_ok());
+        let (s, l) = (pk[0].start, pk[0].len);
+        sent.push((f, s, l));
+    }
+    // Wire sequence numbers wrap: ..., 0xffff_fffe, 0xffff_ffff, 0, 1, 2, 3 (full: 2^32 - 2 ..= 2^32 + 3).
+    let lows: Vec<u32> =
+        sent.iter().map(|(f, s, _)| u32::from_be_bytes(f[s + 24..s + 28].try_into().unwrap())).collect();
+    assert_eq!(lows, vec![0xffff_fffe, 0xffff_ffff, 0, 1, 2, 3]);
+    // Deliver out of order across the wrap; the receiver infers the high bits for each.
+    for k in [1usize, 0, 3, 2, 5, 4] {
+        let (f, s, l) = &sent[k];
+        let mut f = f.clone();
+        let mut pk = [PacketBuf::new(&mut f, *s, *l)];
+        let mut v: [Verdict; 1] = [Ok(())];
+        w.decap_burst(Instant::now(), &mut pk, &mut v, |_, _| Some(&inb));
+        assert_eq!(v[0], Ok(()), "packet {k}");
+    }
+    assert_eq!(inb.highest_seq(), (1u64 << 32) + 3);
+    // A packet whose ICV was computed with the wrong high bits (a sender that forgot ESN) fails.
+    let mut no_esn = cfg.clone();
+    no_esn.esn = false;
+    let bad = OutboundSa::resume(&no_esn, p, Instant::now(), 4).unwrap();
+    let mut f = frame_with(&inner);
+    let mut pk = [PacketBuf::new(&mut f, HEADROOM, inner.len())];
+    let mut v: [Verdict; 1] = [Ok(())];
+    w.encap_burst(Instant::now(), &mut pk, &mut v, |_, _| Ok(&bad));
+    w.decap_burst(Instant::now(), &mut pk, &mut v, |_, _| Some(&inb));
+    assert_eq!(v[0], Err(DropReason::AuthFailed), "seq 5 is inferred as 2^32 + 5; an ICV over high bits 0 must fail");
+}
