@@ -27,7 +27,7 @@ use crate::replay::ReplayError;
 use crate::sa::{selector_contains, InboundSa, Transform};
 use crate::worker::EspWorker;
 use arrayvec::ArrayVec;
-use ipsec_wire::{checksum, udp, IpPacket, IpProtocol, IpVersion};
+use ipsec_wire::{checksum, esp, udp, IpPacket, IpProtocol, IpVersion};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -158,7 +158,7 @@ impl EspWorker {
                     udp::Packet::new_checked(&data[s.payload_offset..end]).map_err(|_| err(DropReason::Malformed))?;
                 let payload = u.payload();
                 // Non-ESP marker (IKE) or NAT keepalive: not for the ESP core (RFC 3948 §2.2/2.3).
-                if payload.len() < 8 || payload[..4] == [0, 0, 0, 0] {
+                if esp::classify_udp_encap(payload) != esp::UdpEncap::Esp {
                     return Err(err(DropReason::NotEsp));
                 }
                 (s.payload_offset + udp::HEADER_LEN, Some(u.dst_port()))
@@ -288,14 +288,10 @@ fn finish_one(sa: &InboundSa, pkt: &mut PacketBuf<'_>, m: &Meta) -> Result<usize
     let ct = m.esp as usize + 8 + sa.core.layout.iv_len as usize;
     let ct_len = m.ct_len as usize;
     let pt = &mut pkt.buf[ct..ct + ct_len];
-    let next_header = pt[ct_len - 1];
-    let pad_len = pt[ct_len - 2] as usize;
-    let inner_len = ct_len.checked_sub(pad_len + 2).ok_or(DropReason::BadPadding)?;
-    // RFC 4303 §2.4: padding bytes are 1, 2, 3, ...; a receiver must check them.
-    if !pt[inner_len..inner_len + pad_len].iter().enumerate().all(|(k, &b)| b as usize == k + 1) {
-        return Err(DropReason::BadPadding);
-    }
-    let want = match IpProtocol(next_header) {
+    // RFC 4303 §2.4: the padding bytes are 1, 2, 3, ...; a receiver must check them.
+    let (inner, next_header) = esp::strip_trailer(pt).map_err(|_| DropReason::BadPadding)?;
+    let inner_len = inner.len();
+    let want = match next_header {
         IpProtocol::IPV4 => IpVersion::V4,
         IpProtocol::IPV6 => IpVersion::V6,
         IpProtocol::IPV6_NO_NXT => return Err(DropReason::DummyPacket),

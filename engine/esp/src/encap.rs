@@ -28,7 +28,7 @@ use crate::packet::{PacketBuf, Verdict, MAX_BURST};
 use crate::sa::{selector_contains, DfPolicy, DscpPolicy, OutboundSa, Transform};
 use crate::worker::EspWorker;
 use arrayvec::ArrayVec;
-use ipsec_wire::{ipv4, ipv6, udp, IpPacket, IpProtocol};
+use ipsec_wire::{esp, ipv4, ipv6, udp, IpPacket, IpProtocol};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -273,12 +273,9 @@ impl EspWorker {
         let buf = &mut *pkt.buf;
 
         // Trailer: padding 1, 2, 3, ... then pad length and next header (RFC 4303 §2.4).
-        let pad_len = m.ct_len - m.inner_len - 2;
-        for (k, b) in buf[inner_end..ct_end - 2].iter_mut().enumerate() {
-            *b = (k + 1) as u8;
-        }
-        buf[ct_end - 2] = pad_len as u8;
-        buf[ct_end - 1] = if buf[inner_start] >> 4 == 6 { IpProtocol::IPV6.0 } else { IpProtocol::IPV4.0 };
+        let next_header = if buf[inner_start] >> 4 == 6 { IpProtocol::IPV6 } else { IpProtocol::IPV4 };
+        esp::write_trailer(&mut buf[inner_end..ct_end], next_header)
+            .expect("prepare sized the trailer (2..=257 bytes)");
 
         // ESP header and IV.
         let esp = m.esp_off as usize;
