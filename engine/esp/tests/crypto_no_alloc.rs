@@ -12,9 +12,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use ipsec_esp::crypto::{
-    backend_providers, default_provider, AeadJob, Cipher, CryptoError, Integrity, AEAD_TAG_LEN,
-};
+use ipsec_esp::crypto::{backend_providers, default_provider, AeadJob, Cipher, CryptoError, Integrity, AEAD_TAG_LEN};
 
 struct CountingAlloc;
 
@@ -94,26 +92,11 @@ fn per_packet_calls_do_not_allocate() {
             k.seal(&nonce, &aad, &mut packet).unwrap();
             k.open(&nonce, &aad, &mut packet).unwrap();
             packet[0] ^= 1;
-            assert_eq!(
-                k.open(&nonce, &aad, &mut packet),
-                Err(CryptoError::AuthFailed)
-            );
+            assert_eq!(k.open(&nonce, &aad, &mut packet), Err(CryptoError::AuthFailed));
             let (p0, p1) = packets.split_at_mut(1);
             let mut jobs = [
-                AeadJob {
-                    nonce,
-                    aad: [0; 12],
-                    aad_len: 8,
-                    in_out: &mut p0[0],
-                    result: Ok(()),
-                },
-                AeadJob {
-                    nonce,
-                    aad: [5; 12],
-                    aad_len: 12,
-                    in_out: &mut p1[0],
-                    result: Ok(()),
-                },
+                AeadJob { nonce, aad: [0; 12], aad_len: 8, in_out: &mut p0[0], result: Ok(()) },
+                AeadJob { nonce, aad: [5; 12], aad_len: 12, in_out: &mut p1[0], result: Ok(()) },
             ];
             k.seal_burst(&mut jobs);
             k.open_burst(&mut jobs);
@@ -124,10 +107,7 @@ fn per_packet_calls_do_not_allocate() {
             let data = &mut packet[..1408];
             k.cbc_encrypt(&iv[..bl], data).unwrap();
             k.cbc_decrypt(&iv[..bl], data).unwrap();
-            assert_eq!(
-                k.cbc_encrypt(&iv[..bl], &mut packet[..1409]),
-                Err(CryptoError::BadLength)
-            );
+            assert_eq!(k.cbc_encrypt(&iv[..bl], &mut packet[..1409]), Err(CryptoError::BadLength));
         }
         for (i, k) in &mac_keys {
             let n = i.icv_len();
@@ -138,17 +118,10 @@ fn per_packet_calls_do_not_allocate() {
         }
     }
     let after = allocations();
-    assert_eq!(
-        after - before,
-        0,
-        "per-packet crypto allocated {} times",
-        after - before
-    );
+    assert_eq!(after - before, 0, "per-packet crypto allocated {} times", after - before);
 
     // The counter does work: expanding a key allocates (the boxed key object).
     let before = allocations();
-    let _k = default_provider()
-        .aead_key(Cipher::AesGcm128, &[0; 16])
-        .unwrap();
+    let _k = default_provider().aead_key(Cipher::AesGcm128, &[0; 16]).unwrap();
     assert!(allocations() > before);
 }

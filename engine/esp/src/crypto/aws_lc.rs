@@ -19,8 +19,8 @@
 use aws_lc_rs::{aead, cipher, hmac, iv::FixedLength};
 
 use super::{
-    check_des_key, AeadAlgorithm, AeadKey, Cipher, CipherAlgorithm, CipherKey, CryptoError,
-    CryptoProvider, Integrity, MacAlgorithm, MacKey, SecureRandom, AEAD_NONCE_LEN, AEAD_TAG_LEN,
+    check_des_key, AeadAlgorithm, AeadKey, Cipher, CipherAlgorithm, CipherKey, CryptoError, CryptoProvider, Integrity,
+    MacAlgorithm, MacKey, SecureRandom, AEAD_NONCE_LEN, AEAD_TAG_LEN,
 };
 
 /// Backend name reported by [`AeadAlgorithm::backend`] and friends.
@@ -35,62 +35,33 @@ struct GcmKey {
 }
 
 impl AeadKey for GcmKey {
-    fn seal(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        let data_len = in_out
-            .len()
-            .checked_sub(AEAD_TAG_LEN)
-            .ok_or(CryptoError::BadLength)?;
+    fn seal(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        let data_len = in_out.len().checked_sub(AEAD_TAG_LEN).ok_or(CryptoError::BadLength)?;
         let (data, tag_out) = in_out.split_at_mut(data_len);
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(*nonce),
-                aead::Aad::from(aad),
-                data,
-            )
+            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(*nonce), aead::Aad::from(aad), data)
             .map_err(|_| CryptoError::BadLength)?;
         tag_out.copy_from_slice(tag.as_ref());
         Ok(())
     }
 
-    fn open(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError> {
+    fn open(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError> {
         if in_out.len() < AEAD_TAG_LEN {
             return Err(CryptoError::BadLength);
         }
         // `open_in_place` (rather than `open_in_place_separate_tag`) is the FIPS-approved path.
         self.key
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(*nonce),
-                aead::Aad::from(aad),
-                in_out,
-            )
+            .open_in_place(aead::Nonce::assume_unique_for_key(*nonce), aead::Aad::from(aad), in_out)
             .map(|_| ())
             .map_err(|_| CryptoError::AuthFailed)
     }
 }
 
-fn new_gcm(
-    alg: &'static aead::Algorithm,
-    cipher: Cipher,
-    key: &[u8],
-) -> Result<Box<dyn AeadKey>, CryptoError> {
-    let unbound = aead::UnboundKey::new(alg, key).map_err(|_| CryptoError::KeyLength {
-        expected: cipher.key_len(),
-        got: key.len(),
-    })?;
-    Ok(Box::new(GcmKey {
-        key: aead::LessSafeKey::new(unbound),
-    }))
+fn new_gcm(alg: &'static aead::Algorithm, cipher: Cipher, key: &[u8]) -> Result<Box<dyn AeadKey>, CryptoError> {
+    let unbound = aead::UnboundKey::new(alg, key)
+        .map_err(|_| CryptoError::KeyLength { expected: cipher.key_len(), got: key.len() })?;
+    Ok(Box::new(GcmKey { key: aead::LessSafeKey::new(unbound) }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,10 +105,7 @@ impl CipherKey for CbcKey {
         if data.is_empty() {
             return Ok(());
         }
-        self.enc
-            .less_safe_encrypt(data, iv_context(iv)?)
-            .map(|_| ())
-            .map_err(|_| CryptoError::BadLength)
+        self.enc.less_safe_encrypt(data, iv_context(iv)?).map(|_| ()).map_err(|_| CryptoError::BadLength)
     }
 
     fn cbc_decrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<(), CryptoError> {
@@ -145,23 +113,13 @@ impl CipherKey for CbcKey {
         if data.is_empty() {
             return Ok(());
         }
-        self.dec
-            .decrypt(data, iv_context(iv)?.into())
-            .map(|_| ())
-            .map_err(|_| CryptoError::BadLength)
+        self.dec.decrypt(data, iv_context(iv)?.into()).map(|_| ()).map_err(|_| CryptoError::BadLength)
     }
 }
 
-fn new_cbc(
-    alg: &'static cipher::Algorithm,
-    cipher: Cipher,
-    key: &[u8],
-) -> Result<Box<dyn CipherKey>, CryptoError> {
+fn new_cbc(alg: &'static cipher::Algorithm, cipher: Cipher, key: &[u8]) -> Result<Box<dyn CipherKey>, CryptoError> {
     if key.len() != cipher.key_len() {
-        return Err(CryptoError::KeyLength {
-            expected: cipher.key_len(),
-            got: key.len(),
-        });
+        return Err(CryptoError::KeyLength { expected: cipher.key_len(), got: key.len() });
     }
     let is_des = matches!(cipher, Cipher::DesCbc | Cipher::TripleDesCbc);
     if is_des {
@@ -176,18 +134,12 @@ fn new_cbc(
         }
     };
     let unbound = || {
-        cipher::UnboundCipherKey::new(alg, key).map_err(|_| CryptoError::KeyLength {
-            expected: cipher.key_len(),
-            got: key.len(),
-        })
+        cipher::UnboundCipherKey::new(alg, key)
+            .map_err(|_| CryptoError::KeyLength { expected: cipher.key_len(), got: key.len() })
     };
     let enc = cipher::EncryptingKey::cbc(unbound()?).map_err(rejected)?;
     let dec = cipher::DecryptingKey::cbc(unbound()?).map_err(rejected)?;
-    Ok(Box::new(CbcKey {
-        enc,
-        dec,
-        block_len: alg.block_len(),
-    }))
+    Ok(Box::new(CbcKey { enc, dec, block_len: alg.block_len() }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,10 +172,7 @@ impl MacKey for HmacKey {
 /// HMAC accepts keys of any length (RFC 2104); the ESP key length is enforced by
 /// [`CryptoProvider::mac_key`].
 fn new_hmac(alg: hmac::Algorithm, key: &[u8]) -> Result<Box<dyn MacKey>, CryptoError> {
-    Ok(Box::new(HmacKey {
-        key: hmac::Key::new(alg, key),
-        output_len: alg.digest_algorithm().output_len(),
-    }))
+    Ok(Box::new(HmacKey { key: hmac::Key::new(alg, key), output_len: alg.digest_algorithm().output_len() }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,69 +243,39 @@ impl SecureRandom for AwsLcRandom {
 }
 
 /// ENCR_AES_GCM_16, 128-bit key.
-pub static AES_128_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm128,
-    alg: &aead::AES_128_GCM,
-};
+pub static AES_128_GCM: &dyn AeadAlgorithm = &GcmAlgorithm { cipher: Cipher::AesGcm128, alg: &aead::AES_128_GCM };
 /// ENCR_AES_GCM_16, 192-bit key.
-pub static AES_192_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm192,
-    alg: &aead::AES_192_GCM,
-};
+pub static AES_192_GCM: &dyn AeadAlgorithm = &GcmAlgorithm { cipher: Cipher::AesGcm192, alg: &aead::AES_192_GCM };
 /// ENCR_AES_GCM_16, 256-bit key.
-pub static AES_256_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm256,
-    alg: &aead::AES_256_GCM,
-};
+pub static AES_256_GCM: &dyn AeadAlgorithm = &GcmAlgorithm { cipher: Cipher::AesGcm256, alg: &aead::AES_256_GCM };
 
 /// ENCR_DES (aws-lc-rs `legacy-des`).
 #[allow(deprecated)]
-pub static DES_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::DesCbc,
-    alg: &cipher::DES_FOR_LEGACY_USE_ONLY,
-};
+pub static DES_CBC: &dyn CipherAlgorithm =
+    &CbcAlgorithm { cipher: Cipher::DesCbc, alg: &cipher::DES_FOR_LEGACY_USE_ONLY };
 /// ENCR_3DES (aws-lc-rs `legacy-des`, 3-key DES-EDE3).
 #[allow(deprecated)]
-pub static TRIPLE_DES_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::TripleDesCbc,
-    alg: &cipher::DES_EDE3_FOR_LEGACY_USE_ONLY,
-};
+pub static TRIPLE_DES_CBC: &dyn CipherAlgorithm =
+    &CbcAlgorithm { cipher: Cipher::TripleDesCbc, alg: &cipher::DES_EDE3_FOR_LEGACY_USE_ONLY };
 /// ENCR_AES_CBC, 128-bit key.
-pub static AES_128_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc128,
-    alg: &cipher::AES_128,
-};
+pub static AES_128_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc128, alg: &cipher::AES_128 };
 /// ENCR_AES_CBC, 192-bit key.
-pub static AES_192_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc192,
-    alg: &cipher::AES_192,
-};
+pub static AES_192_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc192, alg: &cipher::AES_192 };
 /// ENCR_AES_CBC, 256-bit key.
-pub static AES_256_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc256,
-    alg: &cipher::AES_256,
-};
+pub static AES_256_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc256, alg: &cipher::AES_256 };
 
 /// AUTH_HMAC_SHA1_96.
-pub static HMAC_SHA1: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha1_96,
-    alg: hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
-};
+pub static HMAC_SHA1: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha1_96, alg: hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY };
 /// AUTH_HMAC_SHA2_256_128.
-pub static HMAC_SHA256: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha256_128,
-    alg: hmac::HMAC_SHA256,
-};
+pub static HMAC_SHA256: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha256_128, alg: hmac::HMAC_SHA256 };
 /// AUTH_HMAC_SHA2_384_192.
-pub static HMAC_SHA384: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha384_192,
-    alg: hmac::HMAC_SHA384,
-};
+pub static HMAC_SHA384: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha384_192, alg: hmac::HMAC_SHA384 };
 /// AUTH_HMAC_SHA2_512_256.
-pub static HMAC_SHA512: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha512_256,
-    alg: hmac::HMAC_SHA512,
-};
+pub static HMAC_SHA512: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha512_256, alg: hmac::HMAC_SHA512 };
 
 /// AWS-LC's DRBG.
 pub static RANDOM: &dyn SecureRandom = &AwsLcRandom;
@@ -365,13 +284,7 @@ pub static RANDOM: &dyn SecureRandom = &AwsLcRandom;
 pub static PROVIDER: CryptoProvider = CryptoProvider {
     name: BACKEND,
     aeads: &[AES_128_GCM, AES_192_GCM, AES_256_GCM],
-    ciphers: &[
-        DES_CBC,
-        TRIPLE_DES_CBC,
-        AES_128_CBC,
-        AES_192_CBC,
-        AES_256_CBC,
-    ],
+    ciphers: &[DES_CBC, TRIPLE_DES_CBC, AES_128_CBC, AES_192_CBC, AES_256_CBC],
     macs: &[HMAC_SHA1, HMAC_SHA256, HMAC_SHA384, HMAC_SHA512],
     random: RANDOM,
 };

@@ -64,10 +64,7 @@ impl Cipher {
 
     /// Whether this is an AEAD (then no separate integrity transform is used).
     pub const fn is_aead(self) -> bool {
-        matches!(
-            self,
-            Cipher::AesGcm128 | Cipher::AesGcm192 | Cipher::AesGcm256
-        )
+        matches!(self, Cipher::AesGcm128 | Cipher::AesGcm192 | Cipher::AesGcm256)
     }
 
     /// Length of the cipher key proper (without the GCM salt).
@@ -253,21 +250,11 @@ impl std::error::Error for CryptoError {}
 pub trait AeadKey: Send + Sync {
     /// Encrypts `in_out[..len - 16]` in place and writes the tag into the last 16 bytes.
     /// Fails with [`CryptoError::BadLength`] if `in_out` is shorter than the tag.
-    fn seal(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError>;
+    fn seal(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError>;
 
     /// Verifies the tag in the last 16 bytes of `in_out` and decrypts the rest in place.
     /// On [`CryptoError::AuthFailed`] the contents of `in_out` are unspecified.
-    fn open(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError>;
+    fn open(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError>;
 
     /// Seals a burst of packets under this key. Backends with multi-buffer code override it.
     fn seal_burst(&self, jobs: &mut [AeadJob<'_>]) {
@@ -363,50 +350,28 @@ pub struct CryptoProvider {
 
 impl fmt::Debug for CryptoProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CryptoProvider")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("CryptoProvider").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl CryptoProvider {
     /// Expands an AES-GCM key. `key` excludes the 4-byte salt.
     pub fn aead_key(&self, cipher: Cipher, key: &[u8]) -> Result<Box<dyn AeadKey>, CryptoError> {
-        let alg = self
-            .aeads
-            .iter()
-            .find(|a| a.cipher() == cipher)
-            .ok_or(CryptoError::Unsupported)?;
+        let alg = self.aeads.iter().find(|a| a.cipher() == cipher).ok_or(CryptoError::Unsupported)?;
         check_len(cipher.key_len(), key.len())?;
         alg.new_key(key)
     }
 
     /// Expands a CBC cipher key.
-    pub fn cipher_key(
-        &self,
-        cipher: Cipher,
-        key: &[u8],
-    ) -> Result<Box<dyn CipherKey>, CryptoError> {
-        let alg = self
-            .ciphers
-            .iter()
-            .find(|a| a.cipher() == cipher)
-            .ok_or(CryptoError::Unsupported)?;
+    pub fn cipher_key(&self, cipher: Cipher, key: &[u8]) -> Result<Box<dyn CipherKey>, CryptoError> {
+        let alg = self.ciphers.iter().find(|a| a.cipher() == cipher).ok_or(CryptoError::Unsupported)?;
         check_len(cipher.key_len(), key.len())?;
         alg.new_key(key)
     }
 
     /// Expands an HMAC key.
-    pub fn mac_key(
-        &self,
-        integrity: Integrity,
-        key: &[u8],
-    ) -> Result<Box<dyn MacKey>, CryptoError> {
-        let alg = self
-            .macs
-            .iter()
-            .find(|a| a.integrity() == integrity)
-            .ok_or(CryptoError::Unsupported)?;
+    pub fn mac_key(&self, integrity: Integrity, key: &[u8]) -> Result<Box<dyn MacKey>, CryptoError> {
+        let alg = self.macs.iter().find(|a| a.integrity() == integrity).ok_or(CryptoError::Unsupported)?;
         check_len(integrity.key_len(), key.len())?;
         alg.new_key(key)
     }
@@ -420,12 +385,7 @@ impl CryptoProvider {
             .iter()
             .find(|a| a.cipher() == cipher)
             .map(|a| a.backend())
-            .or_else(|| {
-                self.ciphers
-                    .iter()
-                    .find(|a| a.cipher() == cipher)
-                    .map(|a| a.backend())
-            })
+            .or_else(|| self.ciphers.iter().find(|a| a.cipher() == cipher).map(|a| a.backend()))
     }
 
     /// Which backend implements `integrity` in this provider, if any.
@@ -433,10 +393,7 @@ impl CryptoProvider {
         if integrity == Integrity::None {
             return Some("none");
         }
-        self.macs
-            .iter()
-            .find(|a| a.integrity() == integrity)
-            .map(|a| a.backend())
+        self.macs.iter().find(|a| a.integrity() == integrity).map(|a| a.backend())
     }
 }
 
@@ -469,33 +426,16 @@ mod default_set {
     use super::{aws_lc, rustcrypto, AeadAlgorithm, CipherAlgorithm, MacAlgorithm};
 
     #[cfg(not(feature = "rustcrypto-gcm"))]
-    pub(super) static AEADS: &[&dyn AeadAlgorithm] = &[
-        aws_lc::AES_128_GCM,
-        aws_lc::AES_192_GCM,
-        aws_lc::AES_256_GCM,
-    ];
+    pub(super) static AEADS: &[&dyn AeadAlgorithm] = &[aws_lc::AES_128_GCM, aws_lc::AES_192_GCM, aws_lc::AES_256_GCM];
     #[cfg(feature = "rustcrypto-gcm")]
-    pub(super) static AEADS: &[&dyn AeadAlgorithm] = &[
-        rustcrypto::AES_128_GCM,
-        rustcrypto::AES_192_GCM,
-        rustcrypto::AES_256_GCM,
-    ];
+    pub(super) static AEADS: &[&dyn AeadAlgorithm] =
+        &[rustcrypto::AES_128_GCM, rustcrypto::AES_192_GCM, rustcrypto::AES_256_GCM];
 
-    pub(super) static CIPHERS: &[&dyn CipherAlgorithm] = &[
-        aws_lc::DES_CBC,
-        aws_lc::TRIPLE_DES_CBC,
-        aws_lc::AES_128_CBC,
-        aws_lc::AES_192_CBC,
-        aws_lc::AES_256_CBC,
-    ];
+    pub(super) static CIPHERS: &[&dyn CipherAlgorithm] =
+        &[aws_lc::DES_CBC, aws_lc::TRIPLE_DES_CBC, aws_lc::AES_128_CBC, aws_lc::AES_192_CBC, aws_lc::AES_256_CBC];
 
-    pub(super) static MACS: &[&dyn MacAlgorithm] = &[
-        rustcrypto::HMAC_MD5,
-        aws_lc::HMAC_SHA1,
-        aws_lc::HMAC_SHA256,
-        aws_lc::HMAC_SHA384,
-        aws_lc::HMAC_SHA512,
-    ];
+    pub(super) static MACS: &[&dyn MacAlgorithm] =
+        &[rustcrypto::HMAC_MD5, aws_lc::HMAC_SHA1, aws_lc::HMAC_SHA256, aws_lc::HMAC_SHA384, aws_lc::HMAC_SHA512];
 }
 
 #[cfg(feature = "aws-lc")]
@@ -508,10 +448,7 @@ static DEFAULT: CryptoProvider = CryptoProvider {
 };
 
 #[cfg(not(feature = "aws-lc"))]
-static DEFAULT: CryptoProvider = CryptoProvider {
-    name: "default",
-    ..rustcrypto::PROVIDER
-};
+static DEFAULT: CryptoProvider = CryptoProvider { name: "default", ..rustcrypto::PROVIDER };
 
 /// The provider the gateway uses unless configured otherwise: for each algorithm, the backend
 /// measured fastest on our reference machine.

@@ -18,18 +18,15 @@
 
 use aes::cipher::array::Array;
 use aes::cipher::typenum::Unsigned;
-use aes::cipher::{
-    BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit,
-    KeyInit,
-};
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
 use aes::{Aes128, Aes192, Aes256};
 use aes_gcm::aead::consts::{U12, U16};
 use aes_gcm::{AeadInOut, AesGcm};
 use hmac::{Hmac, Mac};
 
 use super::{
-    check_des_key, AeadAlgorithm, AeadKey, Cipher, CipherAlgorithm, CipherKey, CryptoError,
-    CryptoProvider, Integrity, MacAlgorithm, MacKey, SecureRandom, AEAD_NONCE_LEN, AEAD_TAG_LEN,
+    check_des_key, AeadAlgorithm, AeadKey, Cipher, CipherAlgorithm, CipherKey, CryptoError, CryptoProvider, Integrity,
+    MacAlgorithm, MacKey, SecureRandom, AEAD_NONCE_LEN, AEAD_TAG_LEN,
 };
 
 /// Backend name reported by [`AeadAlgorithm::backend`] and friends.
@@ -48,40 +45,20 @@ impl<G> AeadKey for GcmKey<G>
 where
     G: AeadInOut<NonceSize = U12, TagSize = U16> + Send + Sync,
 {
-    fn seal(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        let data_len = in_out
-            .len()
-            .checked_sub(AEAD_TAG_LEN)
-            .ok_or(CryptoError::BadLength)?;
+    fn seal(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        let data_len = in_out.len().checked_sub(AEAD_TAG_LEN).ok_or(CryptoError::BadLength)?;
         let (data, tag_out) = in_out.split_at_mut(data_len);
-        let tag = self
-            .aead
-            .encrypt_inout_detached(nonce.into(), aad, data.into())
-            .map_err(|_| CryptoError::BadLength)?;
+        let tag =
+            self.aead.encrypt_inout_detached(nonce.into(), aad, data.into()).map_err(|_| CryptoError::BadLength)?;
         tag_out.copy_from_slice(&tag);
         Ok(())
     }
 
-    fn open(
-        &self,
-        nonce: &[u8; AEAD_NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        let data_len = in_out
-            .len()
-            .checked_sub(AEAD_TAG_LEN)
-            .ok_or(CryptoError::BadLength)?;
+    fn open(&self, nonce: &[u8; AEAD_NONCE_LEN], aad: &[u8], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        let data_len = in_out.len().checked_sub(AEAD_TAG_LEN).ok_or(CryptoError::BadLength)?;
         let (data, tag) = in_out.split_at_mut(data_len);
         let tag: &Array<u8, U16> = (&*tag).try_into().map_err(|_| CryptoError::BadLength)?;
-        self.aead
-            .decrypt_inout_detached(nonce.into(), aad, data.into(), tag)
-            .map_err(|_| CryptoError::AuthFailed)
+        self.aead.decrypt_inout_detached(nonce.into(), aad, data.into(), tag).map_err(|_| CryptoError::AuthFailed)
     }
 }
 
@@ -89,10 +66,8 @@ fn new_gcm<G>(key: &[u8]) -> Result<Box<dyn AeadKey>, CryptoError>
 where
     G: AeadInOut<NonceSize = U12, TagSize = U16> + KeyInit + Send + Sync + 'static,
 {
-    let aead = G::new_from_slice(key).map_err(|_| CryptoError::KeyLength {
-        expected: G::KeySize::USIZE,
-        got: key.len(),
-    })?;
+    let aead =
+        G::new_from_slice(key).map_err(|_| CryptoError::KeyLength { expected: G::KeySize::USIZE, got: key.len() })?;
     Ok(Box::new(GcmKey { aead }))
 }
 
@@ -138,10 +113,8 @@ fn new_cbc<C>(key: &[u8]) -> Result<Box<dyn CipherKey>, CryptoError>
 where
     C: BlockCipherEncrypt + BlockCipherDecrypt + KeyInit + Send + Sync + 'static,
 {
-    let cipher = C::new_from_slice(key).map_err(|_| CryptoError::KeyLength {
-        expected: C::KeySize::USIZE,
-        got: key.len(),
-    })?;
+    let cipher =
+        C::new_from_slice(key).map_err(|_| CryptoError::KeyLength { expected: C::KeySize::USIZE, got: key.len() })?;
     Ok(Box::new(CbcKey { cipher }))
 }
 
@@ -151,10 +124,7 @@ where
     C: BlockCipherEncrypt + BlockCipherDecrypt + KeyInit + Send + Sync + 'static,
 {
     if key.len() != C::KeySize::USIZE {
-        return Err(CryptoError::KeyLength {
-            expected: C::KeySize::USIZE,
-            got: key.len(),
-        });
+        return Err(CryptoError::KeyLength { expected: C::KeySize::USIZE, got: key.len() });
     }
     check_des_key(key)?;
     new_cbc::<C>(key)
@@ -196,10 +166,8 @@ fn new_hmac<M>(key: &[u8]) -> Result<Box<dyn MacKey>, CryptoError>
 where
     M: Mac + KeyInit + Clone + Send + Sync + 'static,
 {
-    let mac = <M as KeyInit>::new_from_slice(key).map_err(|_| CryptoError::KeyLength {
-        expected: 0,
-        got: key.len(),
-    })?;
+    let mac =
+        <M as KeyInit>::new_from_slice(key).map_err(|_| CryptoError::KeyLength { expected: 0, got: key.len() })?;
     Ok(Box::new(HmacKey { mac }))
 }
 
@@ -275,72 +243,42 @@ impl SecureRandom for OsRandom {
 }
 
 /// ENCR_AES_GCM_16, 128-bit key (`aes-gcm`).
-pub static AES_128_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm128,
-    new: new_gcm::<AesGcm<Aes128, U12>>,
-};
+pub static AES_128_GCM: &dyn AeadAlgorithm =
+    &GcmAlgorithm { cipher: Cipher::AesGcm128, new: new_gcm::<AesGcm<Aes128, U12>> };
 /// ENCR_AES_GCM_16, 192-bit key (`aes-gcm` with `Aes192`).
-pub static AES_192_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm192,
-    new: new_gcm::<AesGcm<Aes192, U12>>,
-};
+pub static AES_192_GCM: &dyn AeadAlgorithm =
+    &GcmAlgorithm { cipher: Cipher::AesGcm192, new: new_gcm::<AesGcm<Aes192, U12>> };
 /// ENCR_AES_GCM_16, 256-bit key (`aes-gcm`).
-pub static AES_256_GCM: &dyn AeadAlgorithm = &GcmAlgorithm {
-    cipher: Cipher::AesGcm256,
-    new: new_gcm::<AesGcm<Aes256, U12>>,
-};
+pub static AES_256_GCM: &dyn AeadAlgorithm =
+    &GcmAlgorithm { cipher: Cipher::AesGcm256, new: new_gcm::<AesGcm<Aes256, U12>> };
 
 /// ENCR_DES (`des::Des` in CBC mode).
-pub static DES_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::DesCbc,
-    new: new_des_cbc::<des::Des>,
-};
+pub static DES_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::DesCbc, new: new_des_cbc::<des::Des> };
 /// ENCR_3DES (`des::TdesEde3` in CBC mode).
-pub static TRIPLE_DES_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::TripleDesCbc,
-    new: new_des_cbc::<des::TdesEde3>,
-};
+pub static TRIPLE_DES_CBC: &dyn CipherAlgorithm =
+    &CbcAlgorithm { cipher: Cipher::TripleDesCbc, new: new_des_cbc::<des::TdesEde3> };
 /// ENCR_AES_CBC, 128-bit key (`aes` + `cbc`).
-pub static AES_128_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc128,
-    new: new_cbc::<Aes128>,
-};
+pub static AES_128_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc128, new: new_cbc::<Aes128> };
 /// ENCR_AES_CBC, 192-bit key (`aes` + `cbc`).
-pub static AES_192_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc192,
-    new: new_cbc::<Aes192>,
-};
+pub static AES_192_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc192, new: new_cbc::<Aes192> };
 /// ENCR_AES_CBC, 256-bit key (`aes` + `cbc`).
-pub static AES_256_CBC: &dyn CipherAlgorithm = &CbcAlgorithm {
-    cipher: Cipher::AesCbc256,
-    new: new_cbc::<Aes256>,
-};
+pub static AES_256_CBC: &dyn CipherAlgorithm = &CbcAlgorithm { cipher: Cipher::AesCbc256, new: new_cbc::<Aes256> };
 
 /// AUTH_HMAC_MD5_96 (`hmac` + `md-5`).
-pub static HMAC_MD5: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacMd5_96,
-    new: new_hmac::<Hmac<md5::Md5>>,
-};
+pub static HMAC_MD5: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacMd5_96, new: new_hmac::<Hmac<md5::Md5>> };
 /// AUTH_HMAC_SHA1_96 (`hmac` + `sha1`).
-pub static HMAC_SHA1: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha1_96,
-    new: new_hmac::<Hmac<sha1::Sha1>>,
-};
+pub static HMAC_SHA1: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha1_96, new: new_hmac::<Hmac<sha1::Sha1>> };
 /// AUTH_HMAC_SHA2_256_128 (`hmac` + `sha2`).
-pub static HMAC_SHA256: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha256_128,
-    new: new_hmac::<Hmac<sha2::Sha256>>,
-};
+pub static HMAC_SHA256: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha256_128, new: new_hmac::<Hmac<sha2::Sha256>> };
 /// AUTH_HMAC_SHA2_384_192 (`hmac` + `sha2`).
-pub static HMAC_SHA384: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha384_192,
-    new: new_hmac::<Hmac<sha2::Sha384>>,
-};
+pub static HMAC_SHA384: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha384_192, new: new_hmac::<Hmac<sha2::Sha384>> };
 /// AUTH_HMAC_SHA2_512_256 (`hmac` + `sha2`).
-pub static HMAC_SHA512: &dyn MacAlgorithm = &HmacAlgorithm {
-    integrity: Integrity::HmacSha512_256,
-    new: new_hmac::<Hmac<sha2::Sha512>>,
-};
+pub static HMAC_SHA512: &dyn MacAlgorithm =
+    &HmacAlgorithm { integrity: Integrity::HmacSha512_256, new: new_hmac::<Hmac<sha2::Sha512>> };
 
 /// `getrandom` (OS CSPRNG).
 pub static RANDOM: &dyn SecureRandom = &OsRandom;
@@ -349,13 +287,7 @@ pub static RANDOM: &dyn SecureRandom = &OsRandom;
 pub static PROVIDER: CryptoProvider = CryptoProvider {
     name: BACKEND,
     aeads: &[AES_128_GCM, AES_192_GCM, AES_256_GCM],
-    ciphers: &[
-        DES_CBC,
-        TRIPLE_DES_CBC,
-        AES_128_CBC,
-        AES_192_CBC,
-        AES_256_CBC,
-    ],
+    ciphers: &[DES_CBC, TRIPLE_DES_CBC, AES_128_CBC, AES_192_CBC, AES_256_CBC],
     macs: &[HMAC_MD5, HMAC_SHA1, HMAC_SHA256, HMAC_SHA384, HMAC_SHA512],
     random: RANDOM,
 };

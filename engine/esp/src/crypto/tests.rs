@@ -17,27 +17,20 @@ use super::*;
 fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     assert!(digits.len() % 2 == 0, "odd hex length: {s}");
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect()
+    digits.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap()).collect()
 }
 
 fn aeads(cipher: Cipher) -> Vec<&'static dyn AeadAlgorithm> {
-    let v: Vec<_> = backend_providers()
-        .iter()
-        .filter_map(|p| p.aeads.iter().find(|a| a.cipher() == cipher).copied())
-        .collect();
+    let v: Vec<_> =
+        backend_providers().iter().filter_map(|p| p.aeads.iter().find(|a| a.cipher() == cipher).copied()).collect();
     // Every backend implements every AES-GCM key size.
     assert_eq!(v.len(), backend_providers().len(), "{cipher}");
     v
 }
 
 fn ciphers(cipher: Cipher) -> Vec<&'static dyn CipherAlgorithm> {
-    let v: Vec<_> = backend_providers()
-        .iter()
-        .filter_map(|p| p.ciphers.iter().find(|a| a.cipher() == cipher).copied())
-        .collect();
+    let v: Vec<_> =
+        backend_providers().iter().filter_map(|p| p.ciphers.iter().find(|a| a.cipher() == cipher).copied()).collect();
     assert_eq!(v.len(), backend_providers().len(), "{cipher}");
     v
 }
@@ -79,9 +72,7 @@ impl TestRng {
 fn check_cbc(cipher: Cipher, name: &str, key: &[u8], iv: &[u8], pt: &[u8], ct: &[u8]) {
     assert_eq!(pt.len(), ct.len());
     for alg in ciphers(cipher) {
-        let key = alg
-            .new_key(key)
-            .unwrap_or_else(|e| panic!("{name} {}: {e}", alg.backend()));
+        let key = alg.new_key(key).unwrap_or_else(|e| panic!("{name} {}: {e}", alg.backend()));
         assert_eq!(key.block_len(), cipher.block_len());
         let mut buf = pt.to_vec();
         key.cbc_encrypt(iv, &mut buf).unwrap();
@@ -116,24 +107,18 @@ fn rfc3602_aes128_cbc() {
         &hex("6c3ea0477630ce21a2ce334aa746c2cd"),
         &hex("c782dc4c098c66cbd9cd27d825682c81"),
         b"This is a 48-byte message (exactly 3 AES blocks)",
-        &hex(
-            "d0a02b3836451753d493665d33f0e886 2dea54cdb293abc7506939276772f8d5
-             021c19216bad525c8579695d83ba2684",
-        ),
+        &hex("d0a02b3836451753d493665d33f0e886 2dea54cdb293abc7506939276772f8d5
+             021c19216bad525c8579695d83ba2684"),
     );
     check_cbc(
         Cipher::AesCbc128,
         "RFC 3602 case 4",
         &hex("56e47a38c5598974bc46903dba290349"),
         &hex("8ce82eefbea0da3c44699ed7db51b7d9"),
-        &hex(
-            "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf b0b1b2b3b4b5b6b7b8b9babbbcbdbebf
-             c0c1c2c3c4c5c6c7c8c9cacbcccdcecf d0d1d2d3d4d5d6d7d8d9dadbdcdddedf",
-        ),
-        &hex(
-            "c30e32ffedc0774e6aff6af0869f71aa 0f3af07a9a31a9c684db207eb0ef8e4e
-             35907aa632c3ffdf868bb7b29d3d46ad 83ce9f9a102ee99d49a53e87f4c3da55",
-        ),
+        &hex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf b0b1b2b3b4b5b6b7b8b9babbbcbdbebf
+             c0c1c2c3c4c5c6c7c8c9cacbcccdcecf d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"),
+        &hex("c30e32ffedc0774e6aff6af0869f71aa 0f3af07a9a31a9c684db207eb0ef8e4e
+             35907aa632c3ffdf868bb7b29d3d46ad 83ce9f9a102ee99d49a53e87f4c3da55"),
     );
 }
 
@@ -150,10 +135,8 @@ fn sp800_38a_aes192_aes256_cbc() {
         &hex("8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b"),
         &hex(SP800_38A_IV),
         &hex(SP800_38A_PT),
-        &hex(
-            "4f021db243bc633d7178183a9fa071e8 b4d9ada9ad7dedf4e5e738763f69145a
-             571b242012fb7ae07fa9baac3df102e0 08b0e27988598881d920a9e64f5615cd",
-        ),
+        &hex("4f021db243bc633d7178183a9fa071e8 b4d9ada9ad7dedf4e5e738763f69145a
+             571b242012fb7ae07fa9baac3df102e0 08b0e27988598881d920a9e64f5615cd"),
     );
     // F.2.5 CBC-AES256.Encrypt / F.2.6 Decrypt.
     check_cbc(
@@ -162,10 +145,8 @@ fn sp800_38a_aes192_aes256_cbc() {
         &hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"),
         &hex(SP800_38A_IV),
         &hex(SP800_38A_PT),
-        &hex(
-            "f58c4c04d6e5f1ba779eabfb5f7bfbd6 9cfc4e967edb808d679f777bc6702c7d
-             39f23369a9d9bacfa530e26304231461 b2eb05e2c39be9fcda6c19078c6a9d1b",
-        ),
+        &hex("f58c4c04d6e5f1ba779eabfb5f7bfbd6 9cfc4e967edb808d679f777bc6702c7d
+             39f23369a9d9bacfa530e26304231461 b2eb05e2c39be9fcda6c19078c6a9d1b"),
     );
     // F.2.1 CBC-AES128 too, for good measure.
     check_cbc(
@@ -174,10 +155,8 @@ fn sp800_38a_aes192_aes256_cbc() {
         &hex("2b7e151628aed2a6abf7158809cf4f3c"),
         &hex(SP800_38A_IV),
         &hex(SP800_38A_PT),
-        &hex(
-            "7649abac8119b246cee98e9b12e9197d 5086cb9b507219ee95db113a917678b2
-             73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7",
-        ),
+        &hex("7649abac8119b246cee98e9b12e9197d 5086cb9b507219ee95db113a917678b2
+             73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7"),
     );
 }
 
@@ -208,14 +187,7 @@ fn sp800_67_triple_des_cbc() {
     for i in 8..24 {
         p_cbc[i] ^= c[i - 8];
     }
-    check_cbc(
-        Cipher::TripleDesCbc,
-        "SP 800-67 B.1",
-        &key,
-        &[0; 8],
-        &p_cbc,
-        &c,
-    );
+    check_cbc(Cipher::TripleDesCbc, "SP 800-67 B.1", &key, &[0; 8], &p_cbc, &c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,10 +213,7 @@ fn check_mac(integrity: Integrity, name: &str, key: &[u8], data: &[u8], expected
         for bit in 0..expected.len() * 8 {
             let mut bad = expected.to_vec();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                !key.verify(&[data], &bad),
-                "{name} bit {bit}, backend {backend}"
-            );
+            assert!(!key.verify(&[data], &bad), "{name} bit {bit}, backend {backend}");
         }
         // Truncation to the ESP ICV length is a prefix of the full output.
         let icv = integrity.icv_len().min(expected.len());
@@ -258,8 +227,7 @@ fn check_mac(integrity: Integrity, name: &str, key: &[u8], data: &[u8], expected
 }
 
 const LONG_KEY_DATA_1: &[u8] = b"Test Using Larger Than Block-Size Key - Hash Key First";
-const LONG_KEY_DATA_2: &[u8] =
-    b"Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data";
+const LONG_KEY_DATA_2: &[u8] = b"Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data";
 const RFC4231_DATA_7: &[u8] = b"This is a test using a larger than block-size key and a larger \
 than block-size data. The key needs to be hashed before being used by the HMAC algorithm.";
 
@@ -267,76 +235,22 @@ than block-size data. The key needs to be hashed before being used by the HMAC a
 fn rfc2202_hmac_md5() {
     let m = Integrity::HmacMd5_96;
     let key4: Vec<u8> = (1..=25).collect();
-    check_mac(
-        m,
-        "2202 md5 1",
-        &[0x0b; 16],
-        b"Hi There",
-        &hex("9294727a3638bb1c13f48ef8158bfc9d"),
-    );
-    check_mac(
-        m,
-        "2202 md5 2",
-        b"Jefe",
-        b"what do ya want for nothing?",
-        &hex("750c783e6ab0b503eaa86e310a5db738"),
-    );
-    check_mac(
-        m,
-        "2202 md5 3",
-        &[0xaa; 16],
-        &[0xdd; 50],
-        &hex("56be34521d144c88dbb8c733f0e8b3f6"),
-    );
-    check_mac(
-        m,
-        "2202 md5 4",
-        &key4,
-        &[0xcd; 50],
-        &hex("697eaf0aca3a3aea3a75164746ffaa79"),
-    );
-    check_mac(
-        m,
-        "2202 md5 5",
-        &[0x0c; 16],
-        b"Test With Truncation",
-        &hex("56461ef2342edc00f9bab995690efd4c"),
-    );
+    check_mac(m, "2202 md5 1", &[0x0b; 16], b"Hi There", &hex("9294727a3638bb1c13f48ef8158bfc9d"));
+    check_mac(m, "2202 md5 2", b"Jefe", b"what do ya want for nothing?", &hex("750c783e6ab0b503eaa86e310a5db738"));
+    check_mac(m, "2202 md5 3", &[0xaa; 16], &[0xdd; 50], &hex("56be34521d144c88dbb8c733f0e8b3f6"));
+    check_mac(m, "2202 md5 4", &key4, &[0xcd; 50], &hex("697eaf0aca3a3aea3a75164746ffaa79"));
+    check_mac(m, "2202 md5 5", &[0x0c; 16], b"Test With Truncation", &hex("56461ef2342edc00f9bab995690efd4c"));
     // Case 5 also gives the 96-bit truncation, which is what AUTH_HMAC_MD5_96 carries.
-    check_mac(
-        m,
-        "2202 md5 5/96",
-        &[0x0c; 16],
-        b"Test With Truncation",
-        &hex("56461ef2342edc00f9bab995"),
-    );
-    check_mac(
-        m,
-        "2202 md5 6",
-        &[0xaa; 80],
-        LONG_KEY_DATA_1,
-        &hex("6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd"),
-    );
-    check_mac(
-        m,
-        "2202 md5 7",
-        &[0xaa; 80],
-        LONG_KEY_DATA_2,
-        &hex("6f630fad67cda0ee1fb1f562db3aa53e"),
-    );
+    check_mac(m, "2202 md5 5/96", &[0x0c; 16], b"Test With Truncation", &hex("56461ef2342edc00f9bab995"));
+    check_mac(m, "2202 md5 6", &[0xaa; 80], LONG_KEY_DATA_1, &hex("6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd"));
+    check_mac(m, "2202 md5 7", &[0xaa; 80], LONG_KEY_DATA_2, &hex("6f630fad67cda0ee1fb1f562db3aa53e"));
 }
 
 #[test]
 fn rfc2202_hmac_sha1() {
     let s = Integrity::HmacSha1_96;
     let key4: Vec<u8> = (1..=25).collect();
-    check_mac(
-        s,
-        "2202 sha1 1",
-        &[0x0b; 20],
-        b"Hi There",
-        &hex("b617318655057264e28bc0b6fb378c8ef146be00"),
-    );
+    check_mac(s, "2202 sha1 1", &[0x0b; 20], b"Hi There", &hex("b617318655057264e28bc0b6fb378c8ef146be00"));
     check_mac(
         s,
         "2202 sha1 2",
@@ -344,48 +258,12 @@ fn rfc2202_hmac_sha1() {
         b"what do ya want for nothing?",
         &hex("effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
     );
-    check_mac(
-        s,
-        "2202 sha1 3",
-        &[0xaa; 20],
-        &[0xdd; 50],
-        &hex("125d7342b9ac11cd91a39af48aa17b4f63f175d3"),
-    );
-    check_mac(
-        s,
-        "2202 sha1 4",
-        &key4,
-        &[0xcd; 50],
-        &hex("4c9007f4026250c6bc8414f9bf50c86c2d7235da"),
-    );
-    check_mac(
-        s,
-        "2202 sha1 5",
-        &[0x0c; 20],
-        b"Test With Truncation",
-        &hex("4c1a03424b55e07fe7f27be1d58bb9324a9a5a04"),
-    );
-    check_mac(
-        s,
-        "2202 sha1 5/96",
-        &[0x0c; 20],
-        b"Test With Truncation",
-        &hex("4c1a03424b55e07fe7f27be1"),
-    );
-    check_mac(
-        s,
-        "2202 sha1 6",
-        &[0xaa; 80],
-        LONG_KEY_DATA_1,
-        &hex("aa4ae5e15272d00e95705637ce8a3b55ed402112"),
-    );
-    check_mac(
-        s,
-        "2202 sha1 7",
-        &[0xaa; 80],
-        LONG_KEY_DATA_2,
-        &hex("e8e99d0f45237d786d6bbaa7965c7808bbff1a91"),
-    );
+    check_mac(s, "2202 sha1 3", &[0xaa; 20], &[0xdd; 50], &hex("125d7342b9ac11cd91a39af48aa17b4f63f175d3"));
+    check_mac(s, "2202 sha1 4", &key4, &[0xcd; 50], &hex("4c9007f4026250c6bc8414f9bf50c86c2d7235da"));
+    check_mac(s, "2202 sha1 5", &[0x0c; 20], b"Test With Truncation", &hex("4c1a03424b55e07fe7f27be1d58bb9324a9a5a04"));
+    check_mac(s, "2202 sha1 5/96", &[0x0c; 20], b"Test With Truncation", &hex("4c1a03424b55e07fe7f27be1"));
+    check_mac(s, "2202 sha1 6", &[0xaa; 80], LONG_KEY_DATA_1, &hex("aa4ae5e15272d00e95705637ce8a3b55ed402112"));
+    check_mac(s, "2202 sha1 7", &[0xaa; 80], LONG_KEY_DATA_2, &hex("e8e99d0f45237d786d6bbaa7965c7808bbff1a91"));
 }
 
 /// RFC 4231 §4 test cases 1-7: key, data, HMAC-SHA-256, HMAC-SHA-384, HMAC-SHA-512.
@@ -462,27 +340,9 @@ fn rfc4231_cases() -> Vec<Rfc4231Case> {
 fn rfc4231_hmac_sha2() {
     for (i, (key, data, s256, s384, s512)) in rfc4231_cases().into_iter().enumerate() {
         let case = i + 1;
-        check_mac(
-            Integrity::HmacSha256_128,
-            &format!("4231 #{case} sha256"),
-            &key,
-            &data,
-            &hex(s256),
-        );
-        check_mac(
-            Integrity::HmacSha384_192,
-            &format!("4231 #{case} sha384"),
-            &key,
-            &data,
-            &hex(s384),
-        );
-        check_mac(
-            Integrity::HmacSha512_256,
-            &format!("4231 #{case} sha512"),
-            &key,
-            &data,
-            &hex(s512),
-        );
+        check_mac(Integrity::HmacSha256_128, &format!("4231 #{case} sha256"), &key, &data, &hex(s256));
+        check_mac(Integrity::HmacSha384_192, &format!("4231 #{case} sha384"), &key, &data, &hex(s384));
+        check_mac(Integrity::HmacSha512_256, &format!("4231 #{case} sha512"), &key, &data, &hex(s512));
     }
 }
 
@@ -492,30 +352,15 @@ fn rfc4868_truncated_icvs() {
     // (checked through the provider, which enforces it) and ICVs truncated to half the output.
     let jefe = |n: usize| b"Jefe".repeat(n / 4);
     let cases: Vec<(Integrity, Vec<u8>, Vec<u8>, &str)> = vec![
-        (
-            Integrity::HmacSha256_128,
-            vec![0x0b; 32],
-            b"Hi There".to_vec(),
-            "198a607eb44bfbc69903a0f1cf2bbdc5",
-        ),
+        (Integrity::HmacSha256_128, vec![0x0b; 32], b"Hi There".to_vec(), "198a607eb44bfbc69903a0f1cf2bbdc5"),
         (
             Integrity::HmacSha256_128,
             jefe(32),
             b"what do ya want for nothing?".to_vec(),
             "167f928588c5cc2eef8e3093caa0e87c",
         ),
-        (
-            Integrity::HmacSha256_128,
-            vec![0xaa; 32],
-            vec![0xdd; 50],
-            "cdcb1220d1ecccea91e53aba3092f962",
-        ),
-        (
-            Integrity::HmacSha256_128,
-            (1..=32).collect(),
-            vec![0xcd; 50],
-            "372efcf9b40b35c2115b1346903d2ef4",
-        ),
+        (Integrity::HmacSha256_128, vec![0xaa; 32], vec![0xdd; 50], "cdcb1220d1ecccea91e53aba3092f962"),
+        (Integrity::HmacSha256_128, (1..=32).collect(), vec![0xcd; 50], "372efcf9b40b35c2115b1346903d2ef4"),
         (
             Integrity::HmacSha384_192,
             vec![0x0b; 48],
@@ -565,10 +410,7 @@ fn gcm_cipher(key_bits: u64) -> Cipher {
 
 #[test]
 fn wycheproof_aes_gcm() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/wycheproof_aes_gcm_96_128.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wycheproof_aes_gcm_96_128.json");
     let text = std::fs::read_to_string(path).expect("vendored Wycheproof vectors");
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let s = |v: &serde_json::Value| hex(v.as_str().unwrap());
@@ -582,14 +424,8 @@ fn wycheproof_aes_gcm() {
         for t in group["tests"].as_array().unwrap() {
             vectors += 1;
             let id = t["tcId"].as_u64().unwrap();
-            let (key, iv, aad, msg, ct, tag) = (
-                s(&t["key"]),
-                s(&t["iv"]),
-                s(&t["aad"]),
-                s(&t["msg"]),
-                s(&t["ct"]),
-                s(&t["tag"]),
-            );
+            let (key, iv, aad, msg, ct, tag) =
+                (s(&t["key"]), s(&t["iv"]), s(&t["aad"]), s(&t["msg"]), s(&t["ct"]), s(&t["tag"]));
             let nonce: [u8; AEAD_NONCE_LEN] = iv.as_slice().try_into().unwrap();
             let valid = match t["result"].as_str().unwrap() {
                 "valid" => true,
@@ -605,11 +441,7 @@ fn wycheproof_aes_gcm() {
                 let r = k.open(&nonce, &aad, &mut buf);
                 if valid {
                     assert_eq!(r, Ok(()), "tcId {id} open, backend {b}");
-                    assert_eq!(
-                        &buf[..msg.len()],
-                        &msg[..],
-                        "tcId {id} plaintext, backend {b}"
-                    );
+                    assert_eq!(&buf[..msg.len()], &msg[..], "tcId {id} plaintext, backend {b}");
                     let mut buf = msg.clone();
                     buf.extend_from_slice(&[0; AEAD_TAG_LEN]);
                     k.seal(&nonce, &aad, &mut buf).unwrap();
@@ -635,11 +467,7 @@ fn wycheproof_aes_gcm() {
                         Err(CryptoError::AuthFailed)
                     );
                 } else {
-                    assert_eq!(
-                        r,
-                        Err(CryptoError::AuthFailed),
-                        "tcId {id} must fail, backend {b}"
-                    );
+                    assert_eq!(r, Err(CryptoError::AuthFailed), "tcId {id} must fail, backend {b}");
                 }
                 checked += 1;
             }
@@ -759,13 +587,7 @@ fn mcgrew_gcm_esp_cases() {
             k.seal(&nonce, &aad, &mut buf).unwrap();
             assert_eq!(buf, ct_tag, "case {} seal, provider {}", c.case, p.name);
             k.open(&nonce, &aad, &mut buf).unwrap();
-            assert_eq!(
-                &buf[..pt.len()],
-                &pt[..],
-                "case {} open, provider {}",
-                c.case,
-                p.name
-            );
+            assert_eq!(&buf[..pt.len()], &pt[..], "case {} open, provider {}", c.case, p.name);
         }
     }
 }
@@ -776,9 +598,7 @@ fn gcm_bursts_match_single_calls() {
     let mut rng = TestRng(7);
     for p in backend_providers() {
         let k = p.aead_key(Cipher::AesGcm256, &rng.bytes(32)).unwrap();
-        let mut bufs: Vec<Vec<u8>> = (0..5)
-            .map(|i| [rng.bytes(i * 97), vec![0; AEAD_TAG_LEN]].concat())
-            .collect();
+        let mut bufs: Vec<Vec<u8>> = (0..5).map(|i| [rng.bytes(i * 97), vec![0; AEAD_TAG_LEN]].concat()).collect();
         let plain = bufs.clone();
         let params: Vec<([u8; 12], [u8; 12], u8)> = (0..5)
             .map(|i| {
@@ -850,20 +670,12 @@ fn key_length_errors() {
     for p in all_providers() {
         for c in Cipher::ALL.into_iter().filter(|c| *c != Cipher::Null) {
             for len in [0, c.key_len() - 1, c.key_len() + 1, c.keymat_len() + 1] {
-                let expected = Some(CryptoError::KeyLength {
-                    expected: c.key_len(),
-                    got: len,
-                });
+                let expected = Some(CryptoError::KeyLength { expected: c.key_len(), got: len });
                 let key = vec![0x5a; len];
                 if c.is_aead() {
                     assert_eq!(p.aead_key(c, &key).err(), expected, "{c} {len} {}", p.name);
                 } else {
-                    assert_eq!(
-                        p.cipher_key(c, &key).err(),
-                        expected,
-                        "{c} {len} {}",
-                        p.name
-                    );
+                    assert_eq!(p.cipher_key(c, &key).err(), expected, "{c} {len} {}", p.name);
                 }
             }
         }
@@ -874,10 +686,7 @@ fn key_length_errors() {
             for len in [0, i.key_len() - 1, i.key_len() + 1] {
                 assert_eq!(
                     p.mac_key(i, &vec![1; len]).err(),
-                    Some(CryptoError::KeyLength {
-                        expected: i.key_len(),
-                        got: len
-                    }),
+                    Some(CryptoError::KeyLength { expected: i.key_len(), got: len }),
                     "{i} {len} {}",
                     p.name
                 );
@@ -889,29 +698,17 @@ fn key_length_errors() {
         for alg in aeads(c) {
             assert_eq!(
                 alg.new_key(&[0; 20]).err(),
-                Some(CryptoError::KeyLength {
-                    expected: c.key_len(),
-                    got: 20
-                }),
+                Some(CryptoError::KeyLength { expected: c.key_len(), got: 20 }),
                 "{c} {}",
                 alg.backend()
             );
         }
     }
-    for c in [
-        Cipher::DesCbc,
-        Cipher::TripleDesCbc,
-        Cipher::AesCbc128,
-        Cipher::AesCbc192,
-        Cipher::AesCbc256,
-    ] {
+    for c in [Cipher::DesCbc, Cipher::TripleDesCbc, Cipher::AesCbc128, Cipher::AesCbc192, Cipher::AesCbc256] {
         for alg in ciphers(c) {
             assert_eq!(
                 alg.new_key(&[0x5a; 20]).err(),
-                Some(CryptoError::KeyLength {
-                    expected: c.key_len(),
-                    got: 20
-                }),
+                Some(CryptoError::KeyLength { expected: c.key_len(), got: 20 }),
                 "{c} {}",
                 alg.backend()
             );
@@ -923,59 +720,26 @@ fn key_length_errors() {
 fn unsupported_algorithms() {
     for p in all_providers() {
         // NULL needs no key object, and no provider offers one.
-        assert_eq!(
-            p.cipher_key(Cipher::Null, &[]).err(),
-            Some(CryptoError::Unsupported)
-        );
-        assert_eq!(
-            p.aead_key(Cipher::Null, &[]).err(),
-            Some(CryptoError::Unsupported)
-        );
-        assert_eq!(
-            p.mac_key(Integrity::None, &[]).err(),
-            Some(CryptoError::Unsupported)
-        );
+        assert_eq!(p.cipher_key(Cipher::Null, &[]).err(), Some(CryptoError::Unsupported));
+        assert_eq!(p.aead_key(Cipher::Null, &[]).err(), Some(CryptoError::Unsupported));
+        assert_eq!(p.mac_key(Integrity::None, &[]).err(), Some(CryptoError::Unsupported));
         // An AEAD is not a CBC cipher and vice versa.
-        assert_eq!(
-            p.cipher_key(Cipher::AesGcm128, &[0; 16]).err(),
-            Some(CryptoError::Unsupported)
-        );
-        assert_eq!(
-            p.aead_key(Cipher::AesCbc128, &[0; 16]).err(),
-            Some(CryptoError::Unsupported)
-        );
+        assert_eq!(p.cipher_key(Cipher::AesGcm128, &[0; 16]).err(), Some(CryptoError::Unsupported));
+        assert_eq!(p.aead_key(Cipher::AesCbc128, &[0; 16]).err(), Some(CryptoError::Unsupported));
         assert_eq!(p.cipher_backend(Cipher::Null), Some("none"));
         assert_eq!(p.integrity_backend(Integrity::None), Some("none"));
     }
     #[cfg(feature = "aws-lc")]
     {
         let p = &aws_lc::PROVIDER;
-        assert_eq!(
-            p.mac_key(Integrity::HmacMd5_96, &[0; 16]).err(),
-            Some(CryptoError::Unsupported)
-        );
+        assert_eq!(p.mac_key(Integrity::HmacMd5_96, &[0; 16]).err(), Some(CryptoError::Unsupported));
         assert_eq!(p.integrity_backend(Integrity::HmacMd5_96), None);
     }
     // An empty provider supports nothing.
-    let empty = CryptoProvider {
-        name: "empty",
-        aeads: &[],
-        ciphers: &[],
-        macs: &[],
-        ..rustcrypto::PROVIDER
-    };
-    assert_eq!(
-        empty.aead_key(Cipher::AesGcm128, &[0; 16]).err(),
-        Some(CryptoError::Unsupported)
-    );
-    assert_eq!(
-        empty.cipher_key(Cipher::AesCbc128, &[0; 16]).err(),
-        Some(CryptoError::Unsupported)
-    );
-    assert_eq!(
-        empty.mac_key(Integrity::HmacSha256_128, &[0; 32]).err(),
-        Some(CryptoError::Unsupported)
-    );
+    let empty = CryptoProvider { name: "empty", aeads: &[], ciphers: &[], macs: &[], ..rustcrypto::PROVIDER };
+    assert_eq!(empty.aead_key(Cipher::AesGcm128, &[0; 16]).err(), Some(CryptoError::Unsupported));
+    assert_eq!(empty.cipher_key(Cipher::AesCbc128, &[0; 16]).err(), Some(CryptoError::Unsupported));
+    assert_eq!(empty.mac_key(Integrity::HmacSha256_128, &[0; 32]).err(), Some(CryptoError::Unsupported));
 }
 
 #[test]
@@ -987,12 +751,7 @@ fn weak_des_keys_rejected_by_every_backend() {
     let k3 = hex("456789abcdef0123");
     for p in all_providers() {
         for key in [&weak, &semi_weak] {
-            assert_eq!(
-                p.cipher_key(Cipher::DesCbc, key).err(),
-                Some(CryptoError::WeakKey),
-                "{}",
-                p.name
-            );
+            assert_eq!(p.cipher_key(Cipher::DesCbc, key).err(), Some(CryptoError::WeakKey), "{}", p.name);
         }
         for key in [
             [k1.as_slice(), &k1, &k3].concat(), // K1 == K2: single DES
@@ -1000,21 +759,12 @@ fn weak_des_keys_rejected_by_every_backend() {
             [k1.as_slice(), &k2, &k1].concat(), // K1 == K3: 2-key 3DES
             [k1.as_slice(), &weak, &k3].concat(),
         ] {
-            assert_eq!(
-                p.cipher_key(Cipher::TripleDesCbc, &key).err(),
-                Some(CryptoError::WeakKey),
-                "{}",
-                p.name
-            );
+            assert_eq!(p.cipher_key(Cipher::TripleDesCbc, &key).err(), Some(CryptoError::WeakKey), "{}", p.name);
         }
         assert!(p.cipher_key(Cipher::DesCbc, &k1).is_ok());
-        assert!(p
-            .cipher_key(Cipher::TripleDesCbc, &[k1.as_slice(), &k2, &k3].concat())
-            .is_ok());
+        assert!(p.cipher_key(Cipher::TripleDesCbc, &[k1.as_slice(), &k2, &k3].concat()).is_ok());
         // Parity bits are not required (ESP keys come straight from the KDF).
-        assert!(p
-            .cipher_key(Cipher::DesCbc, &hex("0022446688aaccee"))
-            .is_ok());
+        assert!(p.cipher_key(Cipher::DesCbc, &hex("0022446688aaccee")).is_ok());
     }
 }
 
@@ -1022,39 +772,18 @@ fn weak_des_keys_rejected_by_every_backend() {
 fn bad_lengths() {
     let mut rng = TestRng(3);
     for p in all_providers() {
-        for c in [
-            Cipher::DesCbc,
-            Cipher::TripleDesCbc,
-            Cipher::AesCbc128,
-            Cipher::AesCbc256,
-        ] {
+        for c in [Cipher::DesCbc, Cipher::TripleDesCbc, Cipher::AesCbc128, Cipher::AesCbc256] {
             let k = p.cipher_key(c, &rng.bytes(c.key_len())).unwrap();
             let bl = c.block_len();
             let iv = rng.bytes(bl);
             let orig = rng.bytes(3 * bl + 1);
             let mut data = orig.clone();
-            assert_eq!(
-                k.cbc_encrypt(&iv, &mut data),
-                Err(CryptoError::BadLength),
-                "{c} {}",
-                p.name
-            );
-            assert_eq!(
-                k.cbc_decrypt(&iv, &mut data),
-                Err(CryptoError::BadLength),
-                "{c} {}",
-                p.name
-            );
+            assert_eq!(k.cbc_encrypt(&iv, &mut data), Err(CryptoError::BadLength), "{c} {}", p.name);
+            assert_eq!(k.cbc_decrypt(&iv, &mut data), Err(CryptoError::BadLength), "{c} {}", p.name);
             assert_eq!(data, orig, "{c} {}: buffer touched on error", p.name);
             let mut data = orig[..2 * bl].to_vec();
-            assert_eq!(
-                k.cbc_encrypt(&iv[..bl - 1], &mut data),
-                Err(CryptoError::BadLength)
-            );
-            assert_eq!(
-                k.cbc_decrypt(&[iv.as_slice(), &[0]].concat(), &mut data),
-                Err(CryptoError::BadLength)
-            );
+            assert_eq!(k.cbc_encrypt(&iv[..bl - 1], &mut data), Err(CryptoError::BadLength));
+            assert_eq!(k.cbc_decrypt(&[iv.as_slice(), &[0]].concat(), &mut data), Err(CryptoError::BadLength));
             assert_eq!(data, orig[..2 * bl]);
             // No data is fine.
             assert_eq!(k.cbc_encrypt(&iv, &mut []), Ok(()));
@@ -1063,28 +792,15 @@ fn bad_lengths() {
         let k = p.aead_key(Cipher::AesGcm128, &rng.bytes(16)).unwrap();
         let nonce = [9; 12];
         for len in [0, 1, AEAD_TAG_LEN - 1] {
-            assert_eq!(
-                k.seal(&nonce, b"", &mut vec![0; len]),
-                Err(CryptoError::BadLength),
-                "{}",
-                p.name
-            );
-            assert_eq!(
-                k.open(&nonce, b"", &mut vec![0; len]),
-                Err(CryptoError::BadLength),
-                "{}",
-                p.name
-            );
+            assert_eq!(k.seal(&nonce, b"", &mut vec![0; len]), Err(CryptoError::BadLength), "{}", p.name);
+            assert_eq!(k.open(&nonce, b"", &mut vec![0; len]), Err(CryptoError::BadLength), "{}", p.name);
         }
         // Only a tag: empty plaintext, still authenticated.
         let mut tag_only = [0u8; AEAD_TAG_LEN];
         k.seal(&nonce, b"aad", &mut tag_only).unwrap();
         k.open(&nonce, b"aad", &mut tag_only.clone()).unwrap();
         tag_only[3] ^= 4;
-        assert_eq!(
-            k.open(&nonce, b"aad", &mut tag_only),
-            Err(CryptoError::AuthFailed)
-        );
+        assert_eq!(k.open(&nonce, b"aad", &mut tag_only), Err(CryptoError::AuthFailed));
     }
 }
 
@@ -1094,19 +810,10 @@ fn bad_lengths() {
 
 #[test]
 fn providers_by_name() {
-    assert!(std::ptr::eq(
-        provider_by_name("default").unwrap(),
-        default_provider()
-    ));
-    assert!(std::ptr::eq(
-        provider_by_name("rustcrypto").unwrap(),
-        &rustcrypto::PROVIDER
-    ));
+    assert!(std::ptr::eq(provider_by_name("default").unwrap(), default_provider()));
+    assert!(std::ptr::eq(provider_by_name("rustcrypto").unwrap(), &rustcrypto::PROVIDER));
     #[cfg(feature = "aws-lc")]
-    assert!(std::ptr::eq(
-        provider_by_name("aws-lc-rs").unwrap(),
-        &aws_lc::PROVIDER
-    ));
+    assert!(std::ptr::eq(provider_by_name("aws-lc-rs").unwrap(), &aws_lc::PROVIDER));
     #[cfg(not(feature = "aws-lc"))]
     assert!(provider_by_name("aws-lc-rs").is_none());
     assert!(provider_by_name("ring").is_none());
@@ -1130,18 +837,13 @@ fn default_and_rustcrypto_providers_are_complete() {
         assert!(p.ciphers.iter().all(|a| a.backend() == p.name));
         assert!(p.macs.iter().all(|a| a.backend() == p.name));
     }
-    let gcm = default_provider()
-        .cipher_backend(Cipher::AesGcm128)
-        .unwrap();
+    let gcm = default_provider().cipher_backend(Cipher::AesGcm128).unwrap();
     if cfg!(feature = "rustcrypto-gcm") || !cfg!(feature = "aws-lc") {
         assert_eq!(gcm, "rustcrypto");
     } else {
         assert_eq!(gcm, "aws-lc-rs");
     }
-    assert_eq!(
-        default_provider().integrity_backend(Integrity::HmacMd5_96),
-        Some("rustcrypto")
-    );
+    assert_eq!(default_provider().integrity_backend(Integrity::HmacMd5_96), Some("rustcrypto"));
 }
 
 #[test]
@@ -1166,8 +868,7 @@ fn default_provider_round_trips() {
     for c in Cipher::ALL {
         for i in Integrity::ALL {
             // AEADs carry their own ICV (RFC 4303 §3.2); NULL/NULL protects nothing.
-            if (c.is_aead() && i != Integrity::None) || (c == Cipher::Null && i == Integrity::None)
-            {
+            if (c.is_aead() && i != Integrity::None) || (c == Cipher::Null && i == Integrity::None) {
                 continue;
             }
             combos += 1;
@@ -1183,19 +884,13 @@ fn default_provider_round_trips() {
                 let mut body = [plain.as_slice(), &vec![0; c.icv_len()]].concat();
                 if c.is_aead() {
                     let k = p.aead_key(c, &keymat[..c.key_len()]).unwrap();
-                    let nonce: [u8; 12] = [&keymat[c.key_len()..], iv.as_slice()]
-                        .concat()
-                        .try_into()
-                        .unwrap();
+                    let nonce: [u8; 12] = [&keymat[c.key_len()..], iv.as_slice()].concat().try_into().unwrap();
                     k.seal(&nonce, &header, &mut body).unwrap();
                     assert_ne!(&body[..plain.len()], plain.as_slice(), "{c}");
                     let mut tampered = body.clone();
                     let at = rng.next() as usize % tampered.len();
                     tampered[at] ^= 0x10;
-                    assert_eq!(
-                        k.open(&nonce, &header, &mut tampered),
-                        Err(CryptoError::AuthFailed)
-                    );
+                    assert_eq!(k.open(&nonce, &header, &mut tampered), Err(CryptoError::AuthFailed));
                     k.open(&nonce, &header, &mut body).unwrap();
                 } else {
                     if c != Cipher::Null {
@@ -1212,21 +907,14 @@ fn default_provider_round_trips() {
                         let mut bad = body.clone();
                         bad[0] ^= 1;
                         assert!(!m.verify(&[&header, &iv, &bad, &esn_hi], &icv), "{c} {i}");
-                        assert!(
-                            !m.verify(&[&header, &iv, &body, &[0, 0, 0, 2]], &icv),
-                            "{c} {i}"
-                        );
+                        assert!(!m.verify(&[&header, &iv, &body, &[0, 0, 0, 2]], &icv), "{c} {i}");
                     }
                     if c != Cipher::Null {
                         let k = p.cipher_key(c, &keymat).unwrap();
                         k.cbc_decrypt(&iv, &mut body).unwrap();
                     }
                 }
-                assert_eq!(
-                    &body[..plain.len()],
-                    plain.as_slice(),
-                    "{c} {i} {payload_len}"
-                );
+                assert_eq!(&body[..plain.len()], plain.as_slice(), "{c} {i} {payload_len}");
             }
         }
     }
@@ -1255,13 +943,7 @@ fn backends_agree() {
                 .collect();
             assert!(outs.windows(2).all(|w| w[0] == w[1]), "{c} len {len}");
         }
-        for c in [
-            Cipher::DesCbc,
-            Cipher::TripleDesCbc,
-            Cipher::AesCbc128,
-            Cipher::AesCbc192,
-            Cipher::AesCbc256,
-        ] {
+        for c in [Cipher::DesCbc, Cipher::TripleDesCbc, Cipher::AesCbc128, Cipher::AesCbc192, Cipher::AesCbc256] {
             let key = rng.bytes(c.key_len());
             let iv = rng.bytes(c.block_len());
             let data = rng.bytes(len / c.block_len() * c.block_len());
@@ -1275,12 +957,9 @@ fn backends_agree() {
                 .collect();
             assert!(outs.windows(2).all(|w| w[0] == w[1]), "{c} len {len}");
         }
-        for i in [
-            Integrity::HmacSha1_96,
-            Integrity::HmacSha256_128,
-            Integrity::HmacSha384_192,
-            Integrity::HmacSha512_256,
-        ] {
+        for i in
+            [Integrity::HmacSha1_96, Integrity::HmacSha256_128, Integrity::HmacSha384_192, Integrity::HmacSha512_256]
+        {
             let key = rng.bytes(i.key_len());
             let data = rng.bytes(len);
             let outs: Vec<Vec<u8>> = macs(i)
