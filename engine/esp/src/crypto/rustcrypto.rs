@@ -166,8 +166,8 @@ fn new_hmac<M>(key: &[u8]) -> Result<Box<dyn MacKey>, CryptoError>
 where
     M: Mac + KeyInit + Clone + Send + Sync + 'static,
 {
-    let mac =
-        <M as KeyInit>::new_from_slice(key).map_err(|_| CryptoError::KeyLength { expected: 0, got: key.len() })?;
+    // `Hmac<D>` overrides `new_from_slice` to accept any length, so this cannot fail in practice.
+    let mac = <M as KeyInit>::new_from_slice(key).map_err(|_| CryptoError::BadLength)?;
     Ok(Box::new(HmacKey { mac }))
 }
 

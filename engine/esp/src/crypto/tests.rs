@@ -844,6 +844,21 @@ fn default_and_rustcrypto_providers_are_complete() {
         assert_eq!(gcm, "aws-lc-rs");
     }
     assert_eq!(default_provider().integrity_backend(Integrity::HmacMd5_96), Some("rustcrypto"));
+    // The measured choices documented on `default_provider`.
+    if cfg!(feature = "aws-lc") {
+        let d = default_provider();
+        for c in [Cipher::DesCbc, Cipher::TripleDesCbc, Cipher::AesCbc128, Cipher::AesCbc192, Cipher::AesCbc256] {
+            assert_eq!(d.cipher_backend(c), Some("aws-lc-rs"), "{c}");
+        }
+        for (i, b) in [
+            (Integrity::HmacSha1_96, "rustcrypto"),
+            (Integrity::HmacSha256_128, "rustcrypto"),
+            (Integrity::HmacSha384_192, "aws-lc-rs"),
+            (Integrity::HmacSha512_256, "aws-lc-rs"),
+        ] {
+            assert_eq!(d.integrity_backend(i), Some(b), "{i}");
+        }
+    }
 }
 
 #[test]
