@@ -1,2 +1,4 @@
-//! The packet engine (placeholder).
+//! The packet engine (placeholder), and its XDP steering loader ([`xdp`]).
 #![forbid(unsafe_code)]
+
+pub mod xdp;
