@@ -278,8 +278,7 @@ fn classify_v4(ctx: &XdpContext, config: &Config, offset: usize) -> Result<Actio
         });
     }
 
-    // SAFETY: reading a hash map value we only test for presence; the reference is not kept.
-    let local = unsafe { LOCAL_ADDRS_V4.get(&AddrV4 { octets: ip.dst }) }.is_some();
+    let local = LOCAL_ADDRS_V4.get_ptr(AddrV4 { octets: ip.dst }).is_some();
     if !local {
         return Ok(Action::Pass(Verdict::PassOther));
     }
@@ -310,8 +309,7 @@ fn classify_v6(ctx: &XdpContext, config: &Config, offset: usize) -> Result<Actio
         });
     }
 
-    // SAFETY: reading a hash map value we only test for presence; the reference is not kept.
-    let local = unsafe { LOCAL_ADDRS_V6.get(&AddrV6 { octets: ip.dst }) }.is_some();
+    let local = LOCAL_ADDRS_V6.get_ptr(AddrV6 { octets: ip.dst }).is_some();
     if !local {
         return Ok(Action::Pass(Verdict::PassOther));
     }
