@@ -54,15 +54,18 @@ have_rust_src || missing+=("rust-src ($TOOLCHAIN)")
 have_llvm || missing+=("llvm-$LLVM_MAJOR-dev")
 have_linker || missing+=("bpf-linker $BPF_LINKER_VERSION")
 
+missing_list=$(printf '%s, ' "${missing[@]}")
+missing_list=${missing_list%, }
+
 if [ "$check_only" = 1 ]; then
     if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-    echo "eBPF toolchain incomplete: missing ${missing[*]}" >&2
+    echo "eBPF toolchain incomplete: missing $missing_list" >&2
     exit 1
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$install" = 0 ]; then
-        echo "eBPF toolchain incomplete: missing ${missing[*]} (run without --no-install)" >&2
+        echo "eBPF toolchain incomplete: missing $missing_list (run without --no-install)" >&2
         exit 1
     fi
     if ! have_nightly; then
