@@ -2,9 +2,10 @@
 //! (`ipsec-wire`).
 //!
 //! Contract so far: [`demo`] runs the complete ESP data path (routed encap, table-driven decap,
-//! counters, events) between two in-memory gateways. The AF_XDP engine process (XDP steering
-//! program from `ebpf/`, per-queue pinned workers, neighbour resolution, control channel) will
-//! live here too.
+//! counters, events) between two in-memory gateways; [`xdp`] loads the XDP steering program from
+//! `ebpf/`, fills its maps and attaches it. The AF_XDP engine process (per-queue pinned workers,
+//! neighbour resolution, control channel) will live here too.
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod xdp;
