@@ -2,9 +2,7 @@
 //! selection as responder (RFC 7296 §2.7, §3.3).
 
 use crate::crypto::dh::DhGroup;
-use crate::message::{
-    AttributeValue, Proposal, ProtocolId, Transform, TransformType, ATTR_KEY_LENGTH,
-};
+use crate::message::{AttributeValue, Proposal, ProtocolId, Transform, TransformType, ATTR_KEY_LENGTH};
 
 /// Encryption algorithms (Transform Type 1) this crate implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,9 +75,7 @@ impl EncrAlg {
         match self {
             EncrAlg::Des => 8,
             EncrAlg::TripleDes => 24,
-            EncrAlg::AesCbc { key_bits } | EncrAlg::AesGcm16 { key_bits } => {
-                usize::from(key_bits) / 8
-            }
+            EncrAlg::AesCbc { key_bits } | EncrAlg::AesGcm16 { key_bits } => usize::from(key_bits) / 8,
         }
     }
 
@@ -143,12 +139,8 @@ impl EncrAlg {
         match (t.transform_id, key_bits) {
             (encr_id::DES, None) => Some(EncrAlg::Des),
             (encr_id::TRIPLE_DES, None) => Some(EncrAlg::TripleDes),
-            (encr_id::AES_CBC, Some(b)) if valid_aes_bits(b) => {
-                Some(EncrAlg::AesCbc { key_bits: b })
-            }
-            (encr_id::AES_GCM_16, Some(b)) if valid_aes_bits(b) => {
-                Some(EncrAlg::AesGcm16 { key_bits: b })
-            }
+            (encr_id::AES_CBC, Some(b)) if valid_aes_bits(b) => Some(EncrAlg::AesCbc { key_bits: b }),
+            (encr_id::AES_GCM_16, Some(b)) if valid_aes_bits(b) => Some(EncrAlg::AesGcm16 { key_bits: b }),
             _ => None,
         }
     }
@@ -349,8 +341,7 @@ impl ProposalSpec {
     /// offered without integrity algorithms, so it gets its own proposal, listed first).
     #[must_use]
     pub fn to_proposals(&self, first_number: u8, spi: &[u8]) -> Vec<Proposal> {
-        let (aead, plain): (Vec<EncrAlg>, Vec<EncrAlg>) =
-            self.encr.iter().partition(|e| e.is_aead());
+        let (aead, plain): (Vec<EncrAlg>, Vec<EncrAlg>) = self.encr.iter().partition(|e| e.is_aead());
         let mut out = Vec::new();
         let mut number = first_number;
         for (encrs, integs) in [(aead, &[][..]), (plain, &self.integ[..])] {
@@ -361,18 +352,9 @@ impl ProposalSpec {
             transforms.extend(encrs.iter().map(|e| e.to_transform()));
             transforms.extend(self.prf.iter().map(|p| p.to_transform()));
             transforms.extend(integs.iter().map(|i| i.to_transform()));
-            transforms.extend(
-                self.dh
-                    .iter()
-                    .map(|d| Transform::new(TransformType::DH, d.id())),
-            );
+            transforms.extend(self.dh.iter().map(|d| Transform::new(TransformType::DH, d.id())));
             transforms.extend(self.esn.iter().map(|e| e.to_transform()));
-            out.push(Proposal {
-                number,
-                protocol_id: self.protocol,
-                spi: spi.to_vec(),
-                transforms,
-            });
+            out.push(Proposal { number, protocol_id: self.protocol, spi: spi.to_vec(), transforms });
             number = number.wrapping_add(1);
         }
         out
@@ -420,12 +402,7 @@ impl ChosenProposal {
         transforms.extend(self.integ.map(IntegAlg::to_transform));
         transforms.extend(self.dh.map(|d| Transform::new(TransformType::DH, d.id())));
         transforms.extend(self.esn.map(Esn::to_transform));
-        Proposal {
-            number: self.number,
-            protocol_id: self.protocol,
-            spi,
-            transforms,
-        }
+        Proposal { number: self.number, protocol_id: self.protocol, spi, transforms }
     }
 }
 
@@ -458,10 +435,7 @@ impl std::error::Error for SelectError {}
 ///
 /// # Errors
 /// [`SelectError::NoProposalChosen`] if nothing is acceptable.
-pub fn select_proposal(
-    peer: &[Proposal],
-    ours: &[ProposalSpec],
-) -> Result<ChosenProposal, SelectError> {
+pub fn select_proposal(peer: &[Proposal], ours: &[ProposalSpec]) -> Result<ChosenProposal, SelectError> {
     for p in peer {
         for spec in ours {
             if let Some(c) = match_proposal(p, spec) {
@@ -493,10 +467,7 @@ fn match_proposal(p: &Proposal, spec: &ProposalSpec) -> Option<ChosenProposal> {
     };
     let of = |tt: TransformType| p.transforms.iter().filter(move |t| t.transform_type == tt);
     // Any unknown transform type makes the whole proposal unacceptable.
-    if p.transforms
-        .iter()
-        .any(|t| !(1..=5).contains(&t.transform_type.0))
-    {
+    if p.transforms.iter().any(|t| !(1..=5).contains(&t.transform_type.0)) {
         return None;
     }
 
@@ -513,12 +484,12 @@ fn match_proposal(p: &Proposal, spec: &ProposalSpec) -> Option<ChosenProposal> {
         .filter_map(EncrAlg::from_transform)
         .filter(|e| spec.encr.contains(e))
         .find_map(|e| {
-            if e.is_aead() {
-                (!real_integ_offered).then_some((e, None))
-            } else {
-                integ_pick.map(|i| (e, Some(i)))
-            }
-        })?;
+        if e.is_aead() {
+            (!real_integ_offered).then_some((e, None))
+        } else {
+            integ_pick.map(|i| (e, Some(i)))
+        }
+    })?;
 
     let dh_offered: Vec<&Transform> = of(TransformType::DH).collect();
     let dh = if spec.dh.is_empty() {
@@ -563,16 +534,7 @@ fn match_proposal(p: &Proposal, spec: &ProposalSpec) -> Option<ChosenProposal> {
         return None;
     }
 
-    Some(ChosenProposal {
-        number: p.number,
-        protocol: p.protocol_id,
-        spi: p.spi.clone(),
-        encr,
-        prf,
-        integ,
-        dh,
-        esn,
-    })
+    Some(ChosenProposal { number: p.number, protocol: p.protocol_id, spi: p.spi.clone(), encr, prf, integ, dh, esn })
 }
 
 #[cfg(test)]
@@ -583,11 +545,7 @@ mod tests {
     fn ike_spec() -> ProposalSpec {
         ProposalSpec {
             protocol: ProtocolId::IKE,
-            encr: vec![
-                EncrAlg::AES128_CBC,
-                EncrAlg::AES256_CBC,
-                EncrAlg::AES256_GCM16,
-            ],
+            encr: vec![EncrAlg::AES128_CBC, EncrAlg::AES256_CBC, EncrAlg::AES256_GCM16],
             prf: vec![PrfAlg::HmacSha256, PrfAlg::HmacSha384],
             integ: vec![IntegAlg::HmacSha256_128],
             dh: vec![DhGroup::Ecp256, DhGroup::Modp2048],
@@ -611,12 +569,7 @@ mod tests {
     }
 
     fn ike_proposal(number: u8, transforms: Vec<Transform>) -> Proposal {
-        Proposal {
-            number,
-            protocol_id: ProtocolId::IKE,
-            spi: vec![],
-            transforms,
-        }
+        Proposal { number, protocol_id: ProtocolId::IKE, spi: vec![], transforms }
     }
 
     #[test]
@@ -634,21 +587,10 @@ mod tests {
             assert_eq!(EncrAlg::from_transform(&e.to_transform()), Some(e));
         }
         assert_eq!(
-            [
-                EncrAlg::Des.id(),
-                EncrAlg::TripleDes.id(),
-                EncrAlg::AES128_CBC.id(),
-                EncrAlg::AES128_GCM16.id()
-            ],
+            [EncrAlg::Des.id(), EncrAlg::TripleDes.id(), EncrAlg::AES128_CBC.id(), EncrAlg::AES128_GCM16.id()],
             [2, 3, 12, 20]
         );
-        for p in [
-            PrfAlg::HmacMd5,
-            PrfAlg::HmacSha1,
-            PrfAlg::HmacSha256,
-            PrfAlg::HmacSha384,
-            PrfAlg::HmacSha512,
-        ] {
+        for p in [PrfAlg::HmacMd5, PrfAlg::HmacSha1, PrfAlg::HmacSha256, PrfAlg::HmacSha384, PrfAlg::HmacSha512] {
             assert_eq!(PrfAlg::from_id(p.id()), Some(p));
         }
         assert_eq!(
@@ -669,24 +611,11 @@ mod tests {
             [Some(12), Some(12), Some(16), Some(24), Some(32)]
         );
         assert_eq!(IntegAlg::from_id(INTEG_NONE), None);
-        assert_eq!(
-            DhGroup::ALL.map(DhGroup::id),
-            [1, 2, 5, 14, 24, 19, 20, 21, 31]
-        );
-        assert_eq!(
-            (Esn::from_id(0), Esn::from_id(1), Esn::from_id(2)),
-            (Some(Esn::No), Some(Esn::Yes), None)
-        );
+        assert_eq!(DhGroup::ALL.map(DhGroup::id), [1, 2, 5, 14, 24, 19, 20, 21, 31]);
+        assert_eq!((Esn::from_id(0), Esn::from_id(1), Esn::from_id(2)), (Some(Esn::No), Some(Esn::Yes), None));
         // Key length attribute rules.
-        assert_eq!(
-            EncrAlg::from_transform(&t(TransformType::ENCR, 12)),
-            None,
-            "AES needs a key length"
-        );
-        assert_eq!(
-            EncrAlg::from_transform(&Transform::with_key_length(TransformType::ENCR, 12, 512)),
-            None
-        );
+        assert_eq!(EncrAlg::from_transform(&t(TransformType::ENCR, 12)), None, "AES needs a key length");
+        assert_eq!(EncrAlg::from_transform(&Transform::with_key_length(TransformType::ENCR, 12, 512)), None);
         assert_eq!(
             EncrAlg::from_transform(&Transform::with_key_length(TransformType::ENCR, 3, 192)),
             None,
@@ -797,16 +726,12 @@ mod tests {
         for skip in 0..4 {
             let mut v = base.clone();
             v.remove(skip);
-            assert!(
-                select_proposal(&[ike_proposal(1, v)], &spec).is_err(),
-                "without #{skip}"
-            );
+            assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_err(), "without #{skip}");
         }
         // Unknown transform type: the proposal is rejected, the next one chosen.
         let mut v = base.clone();
         v.push(t(TransformType(9), 1));
-        let c =
-            select_proposal(&[ike_proposal(1, v), ike_proposal(2, base.clone())], &spec).unwrap();
+        let c = select_proposal(&[ike_proposal(1, v), ike_proposal(2, base.clone())], &spec).unwrap();
         assert_eq!(c.number, 2);
         // Unknown transform ID of a known type is only skipped.
         let mut v = base.clone();
@@ -821,10 +746,7 @@ mod tests {
         p.spi = vec![1, 2, 3, 4];
         assert!(select_proposal(&[p.clone()], &spec).is_err());
         p.spi = vec![1; 8];
-        assert!(
-            select_proposal(&[p], &spec).is_ok(),
-            "8-octet SPI when rekeying"
-        );
+        assert!(select_proposal(&[p], &spec).is_ok(), "8-octet SPI when rekeying");
         // Wrong protocol.
         let mut p = ike_proposal(1, base);
         p.protocol_id = ProtocolId::AH;
@@ -858,15 +780,9 @@ mod tests {
             t(TransformType::DH, 19),
         ];
         let c = select_proposal(&[ike_proposal(1, v)], &spec).unwrap();
-        assert_eq!(
-            (c.encr, c.integ),
-            (EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128))
-        );
+        assert_eq!((c.encr, c.integ), (EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128)));
         // CBC with only INTEG NONE: rejected.
-        let mut v = vec![
-            Transform::with_key_length(TransformType::ENCR, 12, 128),
-            t(TransformType::INTEG, INTEG_NONE),
-        ];
+        let mut v = vec![Transform::with_key_length(TransformType::ENCR, 12, 128), t(TransformType::INTEG, INTEG_NONE)];
         v.extend(rest);
         assert!(select_proposal(&[ike_proposal(1, v)], &spec).is_err());
     }
@@ -906,10 +822,7 @@ mod tests {
         let c = select_proposal(&[esp(v.clone())], &[esp_spec(vec![DhGroup::Ecp256])]).unwrap();
         assert_eq!(c.dh, Some(DhGroup::Ecp256));
         v.push(t(TransformType::DH, 0));
-        assert_eq!(
-            select_proposal(&[esp(v)], &[esp_spec(vec![])]).unwrap().dh,
-            None
-        );
+        assert_eq!(select_proposal(&[esp(v)], &[esp_spec(vec![])]).unwrap().dh, None);
         // We require PFS; the peer offers none.
         assert!(select_proposal(&[esp(base)], &[esp_spec(vec![DhGroup::Ecp256])]).is_err());
     }
@@ -925,17 +838,11 @@ mod tests {
         assert_eq!(offer[1].number, 2);
         assert_eq!(offer[1].transforms.len(), 2 + 2 + 1 + 2);
         let four = build_offer(&[ike_spec(), ike_spec()], &[]);
-        assert_eq!(
-            four.iter().map(|p| p.number).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
+        assert_eq!(four.iter().map(|p| p.number).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         // Our own offer is acceptable to ourselves; the second of our specs matches when the
         // first does not.
         let c = select_proposal(&offer, &specs).unwrap();
-        assert_eq!(
-            (c.number, c.encr, c.integ),
-            (1, EncrAlg::AES256_GCM16, None)
-        );
+        assert_eq!((c.number, c.encr, c.integ), (1, EncrAlg::AES256_GCM16, None));
         let c = select_proposal(&offer[1..], &specs).unwrap();
         assert_eq!(c.encr, EncrAlg::AES128_CBC);
         let esp_offer = build_offer(&specs[1..], &[0, 0, 0, 9]);

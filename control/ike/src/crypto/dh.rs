@@ -180,9 +180,7 @@ impl DhGroup {
             DhGroup::Ecp256 => PrivKey::P256(<p256::SecretKey as Generate>::generate_from_rng(rng)),
             DhGroup::Ecp384 => PrivKey::P384(<p384::SecretKey as Generate>::generate_from_rng(rng)),
             DhGroup::Ecp521 => PrivKey::P521(<p521::SecretKey as Generate>::generate_from_rng(rng)),
-            DhGroup::Curve25519 => {
-                PrivKey::X25519(x25519_dalek::StaticSecret::random_from_rng(rng))
-            }
+            DhGroup::Curve25519 => PrivKey::X25519(x25519_dalek::StaticSecret::random_from_rng(rng)),
             _ => {
                 let m = modp(self);
                 let nbytes = m.exp_bits.div_ceil(8) as usize;
@@ -210,11 +208,7 @@ impl DhGroup {
     /// [`CryptoError::GroupMismatch`] if `private` is of another group,
     /// [`CryptoError::InvalidPublicValue`] for a bad peer value,
     /// [`CryptoError::DegenerateSharedSecret`] for a degenerate result.
-    pub fn compute_shared(
-        self,
-        private: &DhPrivate,
-        peer_public: &[u8],
-    ) -> Result<SecretBytes, CryptoError> {
+    pub fn compute_shared(self, private: &DhPrivate, peer_public: &[u8]) -> Result<SecretBytes, CryptoError> {
         if private.group != self {
             return Err(CryptoError::GroupMismatch);
         }
@@ -273,8 +267,7 @@ macro_rules! ecp_shared {
         let mut sec1 = Vec::with_capacity($peer.len() + 1);
         sec1.push(0x04);
         sec1.extend_from_slice($peer);
-        let pk = $curve::PublicKey::from_sec1_bytes(&sec1)
-            .map_err(|_| CryptoError::InvalidPublicValue)?;
+        let pk = $curve::PublicKey::from_sec1_bytes(&sec1).map_err(|_| CryptoError::InvalidPublicValue)?;
         let shared = $curve::ecdh::diffie_hellman($sk.to_nonzero_scalar(), pk.as_affine());
         Ok(SecretBytes::from_slice(shared.raw_secret_bytes()))
     }};
@@ -290,23 +283,16 @@ impl DhPrivate {
     /// [`CryptoError::KeyLength`] if the value is out of range for the group.
     pub fn from_bytes(group: DhGroup, bytes: &[u8]) -> Result<Self, CryptoError> {
         let key = match group {
-            DhGroup::Ecp256 => PrivKey::P256(
-                p256::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?,
-            ),
-            DhGroup::Ecp384 => PrivKey::P384(
-                p384::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?,
-            ),
-            DhGroup::Ecp521 => PrivKey::P521(
-                p521::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?,
-            ),
+            DhGroup::Ecp256 => PrivKey::P256(p256::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?),
+            DhGroup::Ecp384 => PrivKey::P384(p384::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?),
+            DhGroup::Ecp521 => PrivKey::P521(p521::SecretKey::from_slice(bytes).map_err(|_| CryptoError::KeyLength)?),
             DhGroup::Curve25519 => {
                 let k: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::KeyLength)?;
                 PrivKey::X25519(x25519_dalek::StaticSecret::from(k))
             }
             _ => {
                 let m = modp(group);
-                let x =
-                    BoxedUint::from_be_slice(bytes, m.bits).map_err(|_| CryptoError::KeyLength)?;
+                let x = BoxedUint::from_be_slice(bytes, m.bits).map_err(|_| CryptoError::KeyLength)?;
                 if bool::from(x.is_zero()) || x.bits() > m.exp_bits {
                     return Err(CryptoError::KeyLength);
                 }
@@ -329,10 +315,7 @@ impl DhPrivate {
             PrivKey::Modp(x) => {
                 let m = modp(self.group);
                 let g = BoxedMontyForm::new(m.g.clone(), &m.params);
-                g.pow_bounded_exp(x, m.exp_bits)
-                    .retrieve()
-                    .to_be_bytes()
-                    .to_vec()
+                g.pow_bounded_exp(x, m.exp_bits).retrieve().to_be_bytes().to_vec()
             }
             PrivKey::P256(sk) => ecp_public!(p256, sk),
             PrivKey::P384(sk) => ecp_public!(p384, sk),
@@ -360,38 +343,21 @@ fn hex_to_bytes(s: &str) -> Vec<u8> {
             _ => unreachable!("constant hex"),
         }
     }
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| (nib(p[0]) << 4) | nib(p[1]))
-        .collect()
+    s.as_bytes().chunks(2).map(|p| (nib(p[0]) << 4) | nib(p[1])).collect()
 }
 
 fn build_modp(p_hex: &str, g_hex: Option<&str>, q_hex: Option<&str>, exp_bits: u32) -> Modp {
     let pb = hex_to_bytes(p_hex);
     let bits = u32::try_from(pb.len() * 8).unwrap_or_else(|_| unreachable!());
     let p = BoxedUint::from_be_slice(&pb, bits).unwrap_or_else(|_| unreachable!());
-    let params = BoxedMontyParams::new(
-        Odd::new(p.clone())
-            .into_option()
-            .unwrap_or_else(|| unreachable!("MODP primes are odd")),
-    );
+    let params =
+        BoxedMontyParams::new(Odd::new(p.clone()).into_option().unwrap_or_else(|| unreachable!("MODP primes are odd")));
     let g = match g_hex {
-        Some(h) => {
-            BoxedUint::from_be_slice(&hex_to_bytes(h), bits).unwrap_or_else(|_| unreachable!())
-        }
+        Some(h) => BoxedUint::from_be_slice(&hex_to_bytes(h), bits).unwrap_or_else(|_| unreachable!()),
         None => BoxedUint::from_be_slice(&[2], bits).unwrap_or_else(|_| unreachable!()),
     };
-    let q = q_hex.map(|h| {
-        BoxedUint::from_be_slice(&hex_to_bytes(h), bits).unwrap_or_else(|_| unreachable!())
-    });
-    Modp {
-        bits,
-        exp_bits,
-        p,
-        params,
-        g,
-        q,
-    }
+    let q = q_hex.map(|h| BoxedUint::from_be_slice(&hex_to_bytes(h), bits).unwrap_or_else(|_| unreachable!()));
+    Modp { bits, exp_bits, p, params, g, q }
 }
 
 fn modp(group: DhGroup) -> &'static Modp {
@@ -405,14 +371,9 @@ fn modp(group: DhGroup) -> &'static Modp {
         DhGroup::Modp1024 => G2.get_or_init(|| build_modp(MODP_1024_P, None, None, 256)),
         DhGroup::Modp1536 => G5.get_or_init(|| build_modp(MODP_1536_P, None, None, 256)),
         DhGroup::Modp2048 => G14.get_or_init(|| build_modp(MODP_2048_P, None, None, 320)),
-        DhGroup::Modp2048S256 => G24.get_or_init(|| {
-            build_modp(
-                MODP_2048_256_P,
-                Some(MODP_2048_256_G),
-                Some(MODP_2048_256_Q),
-                256,
-            )
-        }),
+        DhGroup::Modp2048S256 => {
+            G24.get_or_init(|| build_modp(MODP_2048_256_P, Some(MODP_2048_256_G), Some(MODP_2048_256_Q), 256))
+        }
         _ => unreachable!("not a MODP group"),
     }
 }
@@ -426,9 +387,7 @@ fn modp_check_public(m: &Modp, y: &BoxedUint) -> Result<(), CryptoError> {
     }
     if let Some(q) = &m.q {
         // Public data: no need for constant time, but the API is the same.
-        let yq = BoxedMontyForm::new(y.clone(), &m.params)
-            .pow_bounded_exp(q, q.bits())
-            .retrieve();
+        let yq = BoxedMontyForm::new(y.clone(), &m.params).pow_bounded_exp(q, q.bits()).retrieve();
         if yq != one {
             return Err(CryptoError::InvalidPublicValue);
         }
@@ -440,11 +399,7 @@ fn modp_shared(group: DhGroup, x: &BoxedUint, peer: &[u8]) -> Result<SecretBytes
     let m = modp(group);
     let y = BoxedUint::from_be_slice(peer, m.bits).map_err(|_| CryptoError::InvalidPublicValue)?;
     modp_check_public(m, &y)?;
-    let s = Zeroizing::new(
-        BoxedMontyForm::new(y, &m.params)
-            .pow_bounded_exp(x, m.exp_bits)
-            .retrieve(),
-    );
+    let s = Zeroizing::new(BoxedMontyForm::new(y, &m.params).pow_bounded_exp(x, m.exp_bits).retrieve());
     if *s == BoxedUint::one_with_precision(m.bits) {
         return Err(CryptoError::DegenerateSharedSecret);
     }
@@ -463,14 +418,7 @@ pub(crate) fn modp_subgroup_check(group: DhGroup) -> bool {
     let one = BoxedUint::one_with_precision(m.bits);
     let q = match &m.q {
         Some(q) => q.clone(),
-        None => {
-            m.p.wrapping_sub(&one)
-                .shr_vartime(1)
-                .unwrap_or_else(|| unreachable!())
-        }
+        None => m.p.wrapping_sub(&one).shr_vartime(1).unwrap_or_else(|| unreachable!()),
     };
-    BoxedMontyForm::new(m.g.clone(), &m.params)
-        .pow_bounded_exp(&q, q.bits())
-        .retrieve()
-        == one
+    BoxedMontyForm::new(m.g.clone(), &m.params).pow_bounded_exp(&q, q.bits()).retrieve() == one
 }

@@ -45,12 +45,7 @@ pub fn integ_icv(alg: IntegAlg, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 ///
 /// # Errors
 /// [`CryptoError::PrfPlusTooLong`] if `len` needs more than 255 iterations.
-pub fn prf_plus(
-    alg: PrfAlg,
-    key: &[u8],
-    seed: &[u8],
-    len: usize,
-) -> Result<SecretBytes, CryptoError> {
+pub fn prf_plus(alg: PrfAlg, key: &[u8], seed: &[u8], len: usize) -> Result<SecretBytes, CryptoError> {
     let h = alg.output_len();
     let blocks = len.div_ceil(h);
     if blocks > 255 {

@@ -22,18 +22,14 @@ use aes_gcm::aead::consts::{U12, U16};
 use aes_gcm::aead::{AeadCore, AeadInOut};
 use aes_gcm::AesGcm;
 use cbc::cipher::block_padding::NoPadding;
-use cbc::cipher::{
-    BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit,
-};
+use cbc::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit};
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::prf::integ_icv;
 use super::{CryptoError, SecretBytes};
-use crate::message::{
-    emit_chain, parse_chain, EmitError, EncryptedPayload, Header, Message, ParseError, Payload,
-};
+use crate::message::{emit_chain, parse_chain, EmitError, EncryptedPayload, Header, Message, ParseError, Payload};
 use crate::transforms::{EncrAlg, IntegAlg};
 
 /// AES-GCM ICV length (ENCR_AES_GCM_16).
@@ -108,10 +104,7 @@ pub struct SkCipher {
 
 impl core::fmt::Debug for SkCipher {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SkCipher")
-            .field("encr", &self.encr)
-            .field("integ", &self.integ)
-            .finish_non_exhaustive()
+        f.debug_struct("SkCipher").field("encr", &self.encr).field("integ", &self.integ).finish_non_exhaustive()
     }
 }
 
@@ -140,14 +133,7 @@ impl SkCipher {
         if encr.is_aead() {
             salt.copy_from_slice(s);
         }
-        Ok(SkCipher {
-            encr,
-            integ,
-            key: SecretBytes::from_slice(k),
-            salt,
-            integ_key: integ_key.clone(),
-            next_iv: None,
-        })
+        Ok(SkCipher { encr, integ, key: SecretBytes::from_slice(k), salt, integ_key: integ_key.clone(), next_iv: None })
     }
 
     fn icv_len(&self) -> usize {
@@ -190,15 +176,8 @@ impl SkCipher {
         let icv_len = self.icv_len();
         let body_len = iv_len + pt.len() + icv_len;
         let mut payloads = outer.to_vec();
-        payloads.push(Payload::Encrypted(EncryptedPayload {
-            first_inner,
-            data: vec![0; body_len],
-        }));
-        let mut out = Message {
-            header: *header,
-            payloads,
-        }
-        .emit()?;
+        payloads.push(Payload::Encrypted(EncryptedPayload { first_inner, data: vec![0; body_len] }));
+        let mut out = Message { header: *header, payloads }.emit()?;
         let body_start = out.len() - body_len;
         let ct_start = body_start + iv_len;
         let ct_end = ct_start + pt.len();
@@ -221,9 +200,7 @@ impl SkCipher {
         let key = self.key.expose();
         match self.encr {
             EncrAlg::Des => cbc_encrypt::<des::Des>(key, iv, &mut out[ct_start..ct_end])?,
-            EncrAlg::TripleDes => {
-                cbc_encrypt::<des::TdesEde3>(key, iv, &mut out[ct_start..ct_end])?
-            }
+            EncrAlg::TripleDes => cbc_encrypt::<des::TdesEde3>(key, iv, &mut out[ct_start..ct_end])?,
             EncrAlg::AesCbc { key_bits } => match key_bits {
                 128 => cbc_encrypt::<aes::Aes128>(key, iv, &mut out[ct_start..ct_end])?,
                 192 => cbc_encrypt::<aes::Aes192>(key, iv, &mut out[ct_start..ct_end])?,
@@ -279,11 +256,7 @@ impl SkCipher {
         let key = self.key.expose();
 
         if let Some(integ) = self.integ {
-            let expect = integ_icv(
-                integ,
-                self.integ_key.expose(),
-                &[&raw[..raw.len() - icv_len]],
-            );
+            let expect = integ_icv(integ, self.integ_key.expose(), &[&raw[..raw.len() - icv_len]]);
             if !bool::from(expect.ct_eq(icv)) {
                 return Err(CryptoError::Integrity.into());
             }
@@ -315,11 +288,7 @@ impl SkCipher {
         }
         let inner_len = pt.len() - pad - 1;
         let inner = parse_chain(sk.first_inner, &pt[..inner_len], false)?;
-        Ok(Opened {
-            header: msg.header,
-            outer: payloads,
-            inner,
-        })
+        Ok(Opened { header: msg.header, outer: payloads, inner })
     }
 }
 
@@ -348,36 +317,23 @@ where
     Ok(())
 }
 
-fn gcm_seal<C>(
-    key: &[u8],
-    nonce: &[u8; 12],
-    aad: &[u8],
-    buf: &mut [u8],
-) -> Result<[u8; GCM_ICV_LEN], CryptoError>
+fn gcm_seal<C>(key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; GCM_ICV_LEN], CryptoError>
 where
     AesGcm<C, U12>: KeyInit + AeadInOut + AeadCore<NonceSize = U12, TagSize = U16>,
 {
     let c = AesGcm::<C, U12>::new_from_slice(key).map_err(|_| CryptoError::KeyLength)?;
-    let tag = c
-        .encrypt_inout_detached(&Array::from(*nonce), aad, buf.into())
-        .map_err(|_| CryptoError::BadCiphertext)?;
+    let tag =
+        c.encrypt_inout_detached(&Array::from(*nonce), aad, buf.into()).map_err(|_| CryptoError::BadCiphertext)?;
     let mut t = [0u8; GCM_ICV_LEN];
     t.copy_from_slice(&tag);
     Ok(t)
 }
 
-fn gcm_open<C>(
-    key: &[u8],
-    nonce: &[u8; 12],
-    aad: &[u8],
-    buf: &mut [u8],
-    tag: &[u8],
-) -> Result<(), CryptoError>
+fn gcm_open<C>(key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), CryptoError>
 where
     AesGcm<C, U12>: KeyInit + AeadInOut + AeadCore<NonceSize = U12, TagSize = U16>,
 {
     let c = AesGcm::<C, U12>::new_from_slice(key).map_err(|_| CryptoError::KeyLength)?;
     let tag = Array::<u8, U16>::try_from(tag).map_err(|_| CryptoError::Integrity)?;
-    c.decrypt_inout_detached(&Array::from(*nonce), aad, buf.into(), &tag)
-        .map_err(|_| CryptoError::Integrity)
+    c.decrypt_inout_detached(&Array::from(*nonce), aad, buf.into(), &tag).map_err(|_| CryptoError::Integrity)
 }

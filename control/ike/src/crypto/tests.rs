@@ -1,15 +1,11 @@
 //! Known-answer and property tests of the crypto layer.
 
 use super::dh::{DhGroup, DhPrivate};
-use super::keys::{
-    child_keymat, psk_auth, signed_octets, skeyseed, verify_psk_auth, IkeSaKeys, IkeSuite,
-};
+use super::keys::{child_keymat, psk_auth, signed_octets, skeyseed, verify_psk_auth, IkeSaKeys, IkeSuite};
 use super::prf::{integ_icv, prf, prf_plus};
 use super::sk::{SkCipher, SkError};
 use super::{CryptoError, SecretBytes};
-use crate::message::{
-    ExchangeType, Flags, Header, Identification, NotifyPayload, NotifyType, Payload,
-};
+use crate::message::{ExchangeType, Flags, Header, Identification, NotifyPayload, NotifyType, Payload};
 use crate::test_util::{hex, rng};
 use crate::transforms::{EncrAlg, IntegAlg, PrfAlg};
 
@@ -52,23 +48,11 @@ fn prf_rfc4231_and_rfc2202_vectors() {
 #[test]
 fn integ_truncates_hmac() {
     // RFC 4231 test case 2 truncated to 128 bits is HMAC-SHA-256-128's ICV.
-    let icv = integ_icv(
-        IntegAlg::HmacSha256_128,
-        b"Jefe",
-        &[b"what do ya want for nothing?"],
-    );
+    let icv = integ_icv(IntegAlg::HmacSha256_128, b"Jefe", &[b"what do ya want for nothing?"]);
     assert_eq!(icv, hex("5bdcc146bf60754e6a042426089575c7"));
-    let icv = integ_icv(
-        IntegAlg::HmacSha1_96,
-        b"Jefe",
-        &[b"what do ya want for nothing?"],
-    );
+    let icv = integ_icv(IntegAlg::HmacSha1_96, b"Jefe", &[b"what do ya want for nothing?"]);
     assert_eq!(icv, hex("effcdf6ae5eb2fa2d27416d5"));
-    let icv = integ_icv(
-        IntegAlg::HmacMd5_96,
-        b"Jefe",
-        &[b"what do ya want for nothing?"],
-    );
+    let icv = integ_icv(IntegAlg::HmacMd5_96, b"Jefe", &[b"what do ya want for nothing?"]);
     assert_eq!(icv, hex("750c783e6ab0b503eaa86e31"));
 }
 
@@ -80,19 +64,10 @@ fn prf_plus_matches_hand_expansion() {
     let t2 = hex("ad15d19cef25f483bcc5300fd5487404a2c50006");
     let t3_10 = hex("64d807a67dba048c69ac");
     let out = prf_plus(PrfAlg::HmacSha1, b"key", b"seed", 50).unwrap();
-    assert_eq!(
-        out.expose(),
-        [t1.clone(), t2.clone(), t3_10].concat().as_slice()
-    );
+    assert_eq!(out.expose(), [t1.clone(), t2.clone(), t3_10].concat().as_slice());
     // And each block is literally the formula.
-    assert_eq!(
-        prf(PrfAlg::HmacSha1, b"key", &[b"seed", &[1]]).expose(),
-        t1.as_slice()
-    );
-    assert_eq!(
-        prf(PrfAlg::HmacSha1, b"key", &[&t1, b"seed", &[2]]).expose(),
-        t2.as_slice()
-    );
+    assert_eq!(prf(PrfAlg::HmacSha1, b"key", &[b"seed", &[1]]).expose(), t1.as_slice());
+    assert_eq!(prf(PrfAlg::HmacSha1, b"key", &[&t1, b"seed", &[2]]).expose(), t2.as_slice());
     // Prefix property: a shorter request is a prefix of a longer one.
     let short = prf_plus(PrfAlg::HmacSha1, b"key", b"seed", 7).unwrap();
     assert_eq!(short.expose(), &out.expose()[..7]);
@@ -100,19 +75,9 @@ fn prf_plus_matches_hand_expansion() {
 
 #[test]
 fn prf_plus_limit_is_255_blocks() {
-    assert_eq!(
-        prf_plus(PrfAlg::HmacSha1, b"k", b"s", 255 * 20)
-            .unwrap()
-            .len(),
-        255 * 20
-    );
-    assert_eq!(
-        prf_plus(PrfAlg::HmacSha1, b"k", b"s", 255 * 20 + 1).unwrap_err(),
-        CryptoError::PrfPlusTooLong
-    );
-    assert!(prf_plus(PrfAlg::HmacSha256, b"k", b"s", 0)
-        .unwrap()
-        .is_empty());
+    assert_eq!(prf_plus(PrfAlg::HmacSha1, b"k", b"s", 255 * 20).unwrap().len(), 255 * 20);
+    assert_eq!(prf_plus(PrfAlg::HmacSha1, b"k", b"s", 255 * 20 + 1).unwrap_err(), CryptoError::PrfPlusTooLong);
+    assert!(prf_plus(PrfAlg::HmacSha256, b"k", b"s", 0).unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,52 +101,26 @@ const SPI_I: u64 = 0x0102_0304_0506_0708;
 const SPI_R: u64 = 0x1112_1314_1516_1718;
 
 fn suite_a() -> IkeSuite {
-    IkeSuite {
-        encr: EncrAlg::AES128_CBC,
-        prf: PrfAlg::HmacSha256,
-        integ: Some(IntegAlg::HmacSha256_128),
-    }
+    IkeSuite { encr: EncrAlg::AES128_CBC, prf: PrfAlg::HmacSha256, integ: Some(IntegAlg::HmacSha256_128) }
 }
 
 fn suite_b() -> IkeSuite {
-    IkeSuite {
-        encr: EncrAlg::AES256_GCM16,
-        prf: PrfAlg::HmacSha384,
-        integ: None,
-    }
+    IkeSuite { encr: EncrAlg::AES256_GCM16, prf: PrfAlg::HmacSha384, integ: None }
 }
 
 #[test]
 fn ike_sa_keys_suite_a_match_reference() {
     let seed = skeyseed(PrfAlg::HmacSha256, &ni(), &nr(), &g_ir());
-    assert_eq!(
-        seed.expose(),
-        hex("e117fbfa4b07257b942aa1ba95d484e045e306155a57581db25573f3ba3cca51").as_slice()
-    );
+    assert_eq!(seed.expose(), hex("e117fbfa4b07257b942aa1ba95d484e045e306155a57581db25573f3ba3cca51").as_slice());
     let k = IkeSaKeys::derive_initial(suite_a(), &g_ir(), &ni(), &nr(), SPI_I, SPI_R).unwrap();
     let want = [
-        (
-            &k.sk_d,
-            "a2fd2868b65c34acaa8c1bc081cf4397ae288102c65ee8bb2755a5b6ae86302d",
-        ),
-        (
-            &k.sk_ai,
-            "28600bcc3502ab0a9d7ca5bb843c8eb391e13584e27f71cd50f772c00e5bc390",
-        ),
-        (
-            &k.sk_ar,
-            "45215299b486428ad44b04be89009a79fd1f037945b8a402231059155a0dd6b8",
-        ),
+        (&k.sk_d, "a2fd2868b65c34acaa8c1bc081cf4397ae288102c65ee8bb2755a5b6ae86302d"),
+        (&k.sk_ai, "28600bcc3502ab0a9d7ca5bb843c8eb391e13584e27f71cd50f772c00e5bc390"),
+        (&k.sk_ar, "45215299b486428ad44b04be89009a79fd1f037945b8a402231059155a0dd6b8"),
         (&k.sk_ei, "cc342d68279d973e0d7978b293cb20f0"),
         (&k.sk_er, "19b4b488f72a091dedaf5681ffb6e822"),
-        (
-            &k.sk_pi,
-            "0d9518e795d0cc42ceea3fc39e6d5574e637de154e79717e50f26e0271dff698",
-        ),
-        (
-            &k.sk_pr,
-            "1df56e7783ab573c55f24d9ed497db11750c28db3d9ee8b1681c69ae365d0cee",
-        ),
+        (&k.sk_pi, "0d9518e795d0cc42ceea3fc39e6d5574e637de154e79717e50f26e0271dff698"),
+        (&k.sk_pr, "1df56e7783ab573c55f24d9ed497db11750c28db3d9ee8b1681c69ae365d0cee"),
     ];
     for (i, (got, w)) in want.iter().enumerate() {
         assert_eq!(got.expose(), hex(w).as_slice(), "key #{i}");
@@ -210,72 +149,24 @@ fn child_keymat_with_and_without_pfs_match_reference() {
     let encr = EncrAlg::AES256_CBC;
     let integ = Some(IntegAlg::HmacSha256_128);
     let c = child_keymat(PrfAlg::HmacSha256, &k.sk_d, None, &ni(), &nr(), encr, integ).unwrap();
-    assert_eq!(
-        c.encr_i.expose(),
-        hex("7302efdb3bfcbe6ee1fdbac40cbf3c9b23dcea2249234b842ac896ddecfe0a86").as_slice()
-    );
-    assert_eq!(
-        c.integ_i.expose(),
-        hex("8e2c7402e6aa6c2a026c7f189468b29df6461f0ee9cc70571164cf5468da9599").as_slice()
-    );
-    assert_eq!(
-        c.encr_r.expose(),
-        hex("7948cb906451d61245bbbd61303ca654548534bf97a6b3a5ef7a43107bb51c0a").as_slice()
-    );
-    assert_eq!(
-        c.integ_r.expose(),
-        hex("ea74d65dbe7a692faf10ddc5d89469e4d027b1d63ffa9b1911f164e407a7b270").as_slice()
-    );
+    assert_eq!(c.encr_i.expose(), hex("7302efdb3bfcbe6ee1fdbac40cbf3c9b23dcea2249234b842ac896ddecfe0a86").as_slice());
+    assert_eq!(c.integ_i.expose(), hex("8e2c7402e6aa6c2a026c7f189468b29df6461f0ee9cc70571164cf5468da9599").as_slice());
+    assert_eq!(c.encr_r.expose(), hex("7948cb906451d61245bbbd61303ca654548534bf97a6b3a5ef7a43107bb51c0a").as_slice());
+    assert_eq!(c.integ_r.expose(), hex("ea74d65dbe7a692faf10ddc5d89469e4d027b1d63ffa9b1911f164e407a7b270").as_slice());
 
-    let p = child_keymat(
-        PrfAlg::HmacSha256,
-        &k.sk_d,
-        Some(&g_ir_new()),
-        &ni(),
-        &nr(),
-        encr,
-        integ,
-    )
-    .unwrap();
-    assert_eq!(
-        p.encr_i.expose(),
-        hex("92a3e8e7250a123932306f5fa4f0b96e2615f512ec1f154cd4dc37cfca69de90").as_slice()
-    );
-    assert_eq!(
-        p.integ_i.expose(),
-        hex("42a5262e997eced59ff6568c09f738352e7b2ec2b3ad56ed88ce9381a8486e9e").as_slice()
-    );
-    assert_eq!(
-        p.encr_r.expose(),
-        hex("ec929f0cf81d359e574fa2a9837782270d514973aab9094587d99d429c87db11").as_slice()
-    );
-    assert_eq!(
-        p.integ_r.expose(),
-        hex("a916ad98730f6f541b83d0a12aa1e4a253ae661c73e8e215dacab7297c9f09a6").as_slice()
-    );
+    let p = child_keymat(PrfAlg::HmacSha256, &k.sk_d, Some(&g_ir_new()), &ni(), &nr(), encr, integ).unwrap();
+    assert_eq!(p.encr_i.expose(), hex("92a3e8e7250a123932306f5fa4f0b96e2615f512ec1f154cd4dc37cfca69de90").as_slice());
+    assert_eq!(p.integ_i.expose(), hex("42a5262e997eced59ff6568c09f738352e7b2ec2b3ad56ed88ce9381a8486e9e").as_slice());
+    assert_eq!(p.encr_r.expose(), hex("ec929f0cf81d359e574fa2a9837782270d514973aab9094587d99d429c87db11").as_slice());
+    assert_eq!(p.integ_r.expose(), hex("a916ad98730f6f541b83d0a12aa1e4a253ae661c73e8e215dacab7297c9f09a6").as_slice());
 }
 
 #[test]
 fn child_keymat_gcm_takes_key_plus_salt_per_direction() {
     let k = IkeSaKeys::derive_initial(suite_b(), &g_ir(), &ni(), &nr(), SPI_I, SPI_R).unwrap();
-    let c = child_keymat(
-        PrfAlg::HmacSha384,
-        &k.sk_d,
-        None,
-        &ni(),
-        &nr(),
-        EncrAlg::AES128_GCM16,
-        None,
-    )
-    .unwrap();
-    assert_eq!(
-        c.encr_i.expose(),
-        hex("b0d299fa3817f369551c22370fc3ca6e68cca61a").as_slice()
-    );
-    assert_eq!(
-        c.encr_r.expose(),
-        hex("bae35461074b1d96b201b0e586e42eda87126d1c").as_slice()
-    );
+    let c = child_keymat(PrfAlg::HmacSha384, &k.sk_d, None, &ni(), &nr(), EncrAlg::AES128_GCM16, None).unwrap();
+    assert_eq!(c.encr_i.expose(), hex("b0d299fa3817f369551c22370fc3ca6e68cca61a").as_slice());
+    assert_eq!(c.encr_r.expose(), hex("bae35461074b1d96b201b0e586e42eda87126d1c").as_slice());
     assert!(c.integ_i.is_empty() && c.integ_r.is_empty());
 }
 
@@ -284,43 +175,20 @@ fn psk_auth_matches_reference_and_verifies() {
     let k = IkeSaKeys::derive_initial(suite_a(), &g_ir(), &ni(), &nr(), SPI_I, SPI_R).unwrap();
     let real_msg_1: Vec<u8> = (0..300u32).map(|i| (i & 0xff) as u8).collect();
     let idi = Identification::Fqdn(b"alice.example".to_vec());
-    assert_eq!(
-        idi.body_bytes(),
-        [&[2u8, 0, 0, 0][..], b"alice.example"].concat()
-    );
+    assert_eq!(idi.body_bytes(), [&[2u8, 0, 0, 0][..], b"alice.example"].concat());
     let psk = SecretBytes::from_slice(b"correct horse battery staple");
-    let octets = signed_octets(
-        PrfAlg::HmacSha256,
-        &real_msg_1,
-        &nr(),
-        &k.sk_pi,
-        &idi.body_bytes(),
-    );
+    let octets = signed_octets(PrfAlg::HmacSha256, &real_msg_1, &nr(), &k.sk_pi, &idi.body_bytes());
     let auth = psk_auth(PrfAlg::HmacSha256, &psk, &octets);
-    assert_eq!(
-        auth,
-        hex("4a07273c7a007165fabe43fc8e974ecf2b50b5984915f922a0fddb04ba1766db")
-    );
+    assert_eq!(auth, hex("4a07273c7a007165fabe43fc8e974ecf2b50b5984915f922a0fddb04ba1766db"));
     assert!(verify_psk_auth(PrfAlg::HmacSha256, &psk, &octets, &auth));
     let mut bad = auth.clone();
     bad[0] ^= 1;
     assert!(!verify_psk_auth(PrfAlg::HmacSha256, &psk, &octets, &bad));
-    assert!(!verify_psk_auth(
-        PrfAlg::HmacSha256,
-        &psk,
-        &octets,
-        &auth[..31]
-    ));
+    assert!(!verify_psk_auth(PrfAlg::HmacSha256, &psk, &octets, &auth[..31]));
     let other = SecretBytes::from_slice(b"wrong");
     assert!(!verify_psk_auth(PrfAlg::HmacSha256, &other, &octets, &auth));
     // SK_pr instead of SK_pi (wrong role) gives another value.
-    let octets_r = signed_octets(
-        PrfAlg::HmacSha256,
-        &real_msg_1,
-        &nr(),
-        &k.sk_pr,
-        &idi.body_bytes(),
-    );
+    let octets_r = signed_octets(PrfAlg::HmacSha256, &real_msg_1, &nr(), &k.sk_pr, &idi.body_bytes());
     assert!(!verify_psk_auth(PrfAlg::HmacSha256, &psk, &octets_r, &auth));
 }
 
@@ -341,10 +209,7 @@ fn secrets_are_redacted_in_debug() {
     let (private, _) = DhGroup::Curve25519.generate(&mut rng(1));
     assert_eq!(format!("{private:?}"), "DhPrivate(Curve25519, [REDACTED])");
     let sk = k.outbound(true).unwrap();
-    assert_eq!(
-        format!("{sk:?}"),
-        "SkCipher { encr: AesCbc { key_bits: 128 }, integ: Some(HmacSha256_128), .. }"
-    );
+    assert_eq!(format!("{sk:?}"), "SkCipher { encr: AesCbc { key_bits: 128 }, integ: Some(HmacSha256_128), .. }");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,11 +221,7 @@ fn header(mid: u32) -> Header {
         spi_r: SPI_R,
         minor_version: 0,
         exchange_type: ExchangeType::IKE_AUTH,
-        flags: Flags {
-            initiator: true,
-            version: false,
-            response: false,
-        },
+        flags: Flags { initiator: true, version: false, response: false },
         message_id: mid,
     }
 }
@@ -401,20 +262,9 @@ fn all_sk_suites() -> Vec<(EncrAlg, Option<IntegAlg>)> {
 }
 
 fn sk_pair(encr: EncrAlg, integ: Option<IntegAlg>, seed: u8) -> (SkCipher, SkCipher) {
-    let ek = SecretBytes::new(
-        (0..encr.keymat_len())
-            .map(|i| seed.wrapping_add(i as u8))
-            .collect(),
-    );
-    let ak = SecretBytes::new(
-        (0..integ.map_or(0, IntegAlg::key_len))
-            .map(|i| seed ^ (i as u8))
-            .collect(),
-    );
-    (
-        SkCipher::new(encr, integ, &ek, &ak).unwrap(),
-        SkCipher::new(encr, integ, &ek, &ak).unwrap(),
-    )
+    let ek = SecretBytes::new((0..encr.keymat_len()).map(|i| seed.wrapping_add(i as u8)).collect());
+    let ak = SecretBytes::new((0..integ.map_or(0, IntegAlg::key_len)).map(|i| seed ^ (i as u8)).collect());
+    (SkCipher::new(encr, integ, &ek, &ak).unwrap(), SkCipher::new(encr, integ, &ek, &ak).unwrap())
 }
 
 #[test]
@@ -423,11 +273,7 @@ fn sk_round_trip_and_tamper_rejection_for_every_suite() {
     for (encr, integ) in all_sk_suites() {
         let (mut tx, rx) = sk_pair(encr, integ, 0x40);
         let prefix = vec![Payload::VendorId(b"outside".to_vec())];
-        for (outer, inner) in [
-            (vec![], inner()),
-            (prefix.clone(), inner()),
-            (vec![], vec![]),
-        ] {
+        for (outer, inner) in [(vec![], inner()), (prefix.clone(), inner()), (vec![], vec![])] {
             let wire = tx.seal(&header(1), &outer, &inner, &mut r).unwrap();
             let opened = rx.open(&wire).unwrap();
             assert_eq!(opened.header, header(1), "{encr:?}/{integ:?}");
@@ -435,11 +281,7 @@ fn sk_round_trip_and_tamper_rejection_for_every_suite() {
             assert_eq!(opened.inner, inner, "{encr:?}/{integ:?}");
 
             // Ciphertext is block aligned for CBC.
-            let body_len = match crate::message::Message::parse(&wire)
-                .unwrap()
-                .payloads
-                .last()
-            {
+            let body_len = match crate::message::Message::parse(&wire).unwrap().payloads.last() {
                 Some(Payload::Encrypted(e)) => e.data.len(),
                 _ => panic!("no SK"),
             };
@@ -462,34 +304,22 @@ fn sk_round_trip_and_tamper_rejection_for_every_suite() {
         // A protector with other keys rejects the message.
         let (_, other) = sk_pair(encr, integ, 0x41);
         let wire = tx.seal(&header(2), &[], &inner(), &mut r).unwrap();
-        assert_eq!(
-            other.open(&wire).unwrap_err(),
-            SkError::Crypto(CryptoError::Integrity)
-        );
+        assert_eq!(other.open(&wire).unwrap_err(), SkError::Crypto(CryptoError::Integrity));
     }
 }
 
 #[test]
 fn sk_integrity_covers_the_header_fields() {
     let mut r = rng(8);
-    for (encr, integ) in [
-        (EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128)),
-        (EncrAlg::AES128_GCM16, None),
-    ] {
+    for (encr, integ) in [(EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128)), (EncrAlg::AES128_GCM16, None)] {
         let (mut tx, rx) = sk_pair(encr, integ, 1);
         let wire = tx.seal(&header(5), &[], &inner(), &mut r).unwrap();
         let mut bad = wire.clone();
         bad[23] ^= 0x01; // last octet of the Message ID
-        assert_eq!(
-            rx.open(&bad).unwrap_err(),
-            SkError::Crypto(CryptoError::Integrity)
-        );
+        assert_eq!(rx.open(&bad).unwrap_err(), SkError::Crypto(CryptoError::Integrity));
         let mut bad = wire.clone();
         bad[7] ^= 0x80; // initiator SPI
-        assert_eq!(
-            rx.open(&bad).unwrap_err(),
-            SkError::Crypto(CryptoError::Integrity)
-        );
+        assert_eq!(rx.open(&bad).unwrap_err(), SkError::Crypto(CryptoError::Integrity));
     }
 }
 
@@ -502,10 +332,7 @@ fn sk_gcm_ivs_are_unique_and_cbc_ivs_random() {
     let w2 = tx.seal(&header(1), &[], &inner(), &mut r).unwrap();
     let (a, b) = (iv_of(&w1, 8), iv_of(&w2, 8));
     assert_ne!(a, b);
-    assert_eq!(
-        u64::from_be_bytes(b.try_into().unwrap()),
-        u64::from_be_bytes(a.try_into().unwrap()).wrapping_add(1)
-    );
+    assert_eq!(u64::from_be_bytes(b.try_into().unwrap()), u64::from_be_bytes(a.try_into().unwrap()).wrapping_add(1));
     assert_ne!(w1, w2, "same plaintext, different IV, different ciphertext");
     let (mut tx, _) = sk_pair(EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha1_96), 3);
     let w1 = tx.seal(&header(1), &[], &inner(), &mut r).unwrap();
@@ -520,13 +347,7 @@ fn sk_rejects_bad_padding_length_and_bad_keys() {
     let k20 = SecretBytes::new(vec![0; 20]);
     let none = SecretBytes::default();
     assert!(SkCipher::new(EncrAlg::AES256_CBC, Some(IntegAlg::HmacSha1_96), &k16, &k20).is_err());
-    assert!(SkCipher::new(
-        EncrAlg::AES128_CBC,
-        Some(IntegAlg::HmacSha256_128),
-        &k16,
-        &k20
-    )
-    .is_err());
+    assert!(SkCipher::new(EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha256_128), &k16, &k20).is_err());
     assert!(SkCipher::new(EncrAlg::AES128_CBC, None, &k16, &none).is_err());
     assert!(SkCipher::new(EncrAlg::AES128_GCM16, None, &k16, &none).is_err()); // salt missing
     assert!(SkCipher::new(EncrAlg::AES128_GCM16, None, &k20, &none).is_ok());
@@ -537,12 +358,8 @@ fn sk_rejects_bad_padding_length_and_bad_keys() {
     let wire = tx.seal(&header(1), &[], &[], &mut r).unwrap();
     assert!(rx.open(&wire).unwrap().inner.is_empty());
     // Not an SK message at all.
-    let plain = crate::message::Message {
-        header: header(1),
-        payloads: vec![Payload::Nonce(vec![1; 16])],
-    }
-    .emit()
-    .unwrap();
+    let plain =
+        crate::message::Message { header: header(1), payloads: vec![Payload::Nonce(vec![1; 16])] }.emit().unwrap();
     assert_eq!(rx.open(&plain).unwrap_err(), SkError::NotEncrypted);
 }
 
@@ -614,40 +431,20 @@ fn ecp_rfc5903_vectors() {
         // Off-curve point, identity encoding, wrong lengths, SEC1-prefixed input: rejected.
         let mut off = gr.clone();
         *off.last_mut().unwrap() ^= 1;
-        assert_eq!(
-            g.compute_shared(&i, &off).unwrap_err(),
-            CryptoError::InvalidPublicValue
-        );
+        assert_eq!(g.compute_shared(&i, &off).unwrap_err(), CryptoError::InvalidPublicValue);
         let zeros = vec![0u8; gr.len()];
-        assert_eq!(
-            g.compute_shared(&i, &zeros).unwrap_err(),
-            CryptoError::InvalidPublicValue
-        );
-        assert_eq!(
-            g.compute_shared(&i, &gr[1..]).unwrap_err(),
-            CryptoError::InvalidPublicValue
-        );
+        assert_eq!(g.compute_shared(&i, &zeros).unwrap_err(), CryptoError::InvalidPublicValue);
+        assert_eq!(g.compute_shared(&i, &gr[1..]).unwrap_err(), CryptoError::InvalidPublicValue);
         let prefixed = [&[4u8][..], &gr].concat();
-        assert_eq!(
-            g.compute_shared(&i, &prefixed).unwrap_err(),
-            CryptoError::InvalidPublicValue
-        );
+        assert_eq!(g.compute_shared(&i, &prefixed).unwrap_err(), CryptoError::InvalidPublicValue);
     }
 }
 
 #[test]
 fn x25519_rfc7748_vectors() {
     let g = DhGroup::Curve25519;
-    let a = DhPrivate::from_bytes(
-        g,
-        &hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"),
-    )
-    .unwrap();
-    let b = DhPrivate::from_bytes(
-        g,
-        &hex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"),
-    )
-    .unwrap();
+    let a = DhPrivate::from_bytes(g, &hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")).unwrap();
+    let b = DhPrivate::from_bytes(g, &hex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")).unwrap();
     let a_pub = hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
     let b_pub = hex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f");
     assert_eq!(a.public_value(), a_pub);
@@ -658,18 +455,9 @@ fn x25519_rfc7748_vectors() {
     // RFC 8031 §2: low-order points give an all-zero secret, which must be rejected.
     let mut one = [0u8; 32];
     one[0] = 1;
-    assert_eq!(
-        g.compute_shared(&a, &[0u8; 32]).unwrap_err(),
-        CryptoError::DegenerateSharedSecret
-    );
-    assert_eq!(
-        g.compute_shared(&a, &one).unwrap_err(),
-        CryptoError::DegenerateSharedSecret
-    );
-    assert_eq!(
-        g.compute_shared(&a, &b_pub[..31]).unwrap_err(),
-        CryptoError::InvalidPublicValue
-    );
+    assert_eq!(g.compute_shared(&a, &[0u8; 32]).unwrap_err(), CryptoError::DegenerateSharedSecret);
+    assert_eq!(g.compute_shared(&a, &one).unwrap_err(), CryptoError::DegenerateSharedSecret);
+    assert_eq!(g.compute_shared(&a, &b_pub[..31]).unwrap_err(), CryptoError::InvalidPublicValue);
 }
 
 #[test]
@@ -686,15 +474,8 @@ fn dh_generate_agree_for_every_group() {
         assert_eq!(s1.len(), g.shared_len(), "{g:?}");
         assert_eq!(DhGroup::from_id(g.id()), Some(g));
         // A private value of another group is refused.
-        let other = if g == DhGroup::Curve25519 {
-            DhGroup::Ecp256
-        } else {
-            DhGroup::Curve25519
-        };
-        assert_eq!(
-            other.compute_shared(&a, &b_pub).unwrap_err(),
-            CryptoError::GroupMismatch
-        );
+        let other = if g == DhGroup::Curve25519 { DhGroup::Ecp256 } else { DhGroup::Curve25519 };
+        assert_eq!(other.compute_shared(&a, &b_pub).unwrap_err(), CryptoError::GroupMismatch);
     }
 }
 
@@ -707,21 +488,10 @@ fn be(len: usize, tail: &[u8]) -> Vec<u8> {
 #[test]
 fn modp_known_small_results() {
     // 2^1 = 2, 2^10 = 1024 (generator 2 groups, padded to the modulus length).
-    for g in [
-        DhGroup::Modp768,
-        DhGroup::Modp1024,
-        DhGroup::Modp1536,
-        DhGroup::Modp2048,
-    ] {
+    for g in [DhGroup::Modp768, DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048] {
         let n = g.public_len();
-        assert_eq!(
-            DhPrivate::from_bytes(g, &[1]).unwrap().public_value(),
-            be(n, &[2])
-        );
-        assert_eq!(
-            DhPrivate::from_bytes(g, &[10]).unwrap().public_value(),
-            be(n, &[4, 0])
-        );
+        assert_eq!(DhPrivate::from_bytes(g, &[1]).unwrap().public_value(), be(n, &[2]));
+        assert_eq!(DhPrivate::from_bytes(g, &[10]).unwrap().public_value(), be(n, &[4, 0]));
         // Shared: (2^10)^3 = 2^30 = 0x40000000.
         let x = DhPrivate::from_bytes(g, &[3]).unwrap();
         let s = g.compute_shared(&x, &be(n, &[4, 0])).unwrap();
@@ -736,13 +506,7 @@ fn modp_known_small_results() {
 
 #[test]
 fn modp_rejects_degenerate_public_values() {
-    for g in [
-        DhGroup::Modp768,
-        DhGroup::Modp1024,
-        DhGroup::Modp1536,
-        DhGroup::Modp2048,
-        DhGroup::Modp2048S256,
-    ] {
+    for g in [DhGroup::Modp768, DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048, DhGroup::Modp2048S256] {
         let n = g.public_len();
         let p = super::dh::modp_prime_bytes(g);
         assert_eq!(p.len(), n);
@@ -752,70 +516,37 @@ fn modp_rejects_degenerate_public_values() {
         let last = p_plus_1.last_mut().unwrap();
         *last = last.wrapping_add(1); // only used for group 24, whose p ends in 0x97
         let (x, _) = g.generate(&mut rng(12));
-        for (what, y) in [
-            ("0", be(n, &[0])),
-            ("1", be(n, &[1])),
-            ("p-1", p_minus_1),
-            ("p", p.clone()),
-            ("2^bits-1", vec![0xff; n]),
-        ] {
-            assert_eq!(
-                g.compute_shared(&x, &y).unwrap_err(),
-                CryptoError::InvalidPublicValue,
-                "{g:?} y={what}"
-            );
+        for (what, y) in
+            [("0", be(n, &[0])), ("1", be(n, &[1])), ("p-1", p_minus_1), ("p", p.clone()), ("2^bits-1", vec![0xff; n])]
+        {
+            assert_eq!(g.compute_shared(&x, &y).unwrap_err(), CryptoError::InvalidPublicValue, "{g:?} y={what}");
         }
         if g == DhGroup::Modp2048S256 {
-            assert_eq!(
-                g.compute_shared(&x, &p_plus_1).unwrap_err(),
-                CryptoError::InvalidPublicValue
-            );
+            assert_eq!(g.compute_shared(&x, &p_plus_1).unwrap_err(), CryptoError::InvalidPublicValue);
         }
         // Wrong length (even with the right value) is refused.
-        assert_eq!(
-            g.compute_shared(&x, &[2]).unwrap_err(),
-            CryptoError::InvalidPublicValue
-        );
+        assert_eq!(g.compute_shared(&x, &[2]).unwrap_err(), CryptoError::InvalidPublicValue);
     }
     // Group 24: 2 is in range but not in the order-q subgroup (2^q mod p != 1), so it is refused;
     // for group 14, 2 is the generator and is accepted.
     let (x, _) = DhGroup::Modp2048S256.generate(&mut rng(13));
-    assert_eq!(
-        DhGroup::Modp2048S256
-            .compute_shared(&x, &be(256, &[2]))
-            .unwrap_err(),
-        CryptoError::InvalidPublicValue
-    );
+    assert_eq!(DhGroup::Modp2048S256.compute_shared(&x, &be(256, &[2])).unwrap_err(), CryptoError::InvalidPublicValue);
     let (x, _) = DhGroup::Modp2048.generate(&mut rng(13));
     assert!(DhGroup::Modp2048.compute_shared(&x, &be(256, &[2])).is_ok());
 }
 
 #[test]
 fn modp_parameters_are_consistent() {
-    for g in [
-        DhGroup::Modp768,
-        DhGroup::Modp1024,
-        DhGroup::Modp1536,
-        DhGroup::Modp2048,
-    ] {
+    for g in [DhGroup::Modp768, DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048] {
         let p = super::dh::modp_prime_bytes(g);
         // RFC 2409/3526 primes start and end with 64 one bits.
-        assert!(
-            p[..8].iter().chain(&p[p.len() - 8..]).all(|&b| b == 0xff),
-            "{g:?}"
-        );
+        assert!(p[..8].iter().chain(&p[p.len() - 8..]).all(|&b| b == 0xff), "{g:?}");
         assert_eq!(&p[8..12], hex("C90FDAA2").as_slice(), "{g:?}: pi bits");
     }
     // The generator lies in the prime-order subgroup: 2^((p-1)/2) = 1 for the safe primes (a
     // transcription error in p would make this fail with overwhelming probability), g^q = 1 for
     // group 24.
-    for g in [
-        DhGroup::Modp768,
-        DhGroup::Modp1024,
-        DhGroup::Modp1536,
-        DhGroup::Modp2048,
-        DhGroup::Modp2048S256,
-    ] {
+    for g in [DhGroup::Modp768, DhGroup::Modp1024, DhGroup::Modp1536, DhGroup::Modp2048, DhGroup::Modp2048S256] {
         assert!(super::dh::modp_subgroup_check(g), "{g:?}");
     }
 }

@@ -19,14 +19,11 @@ mod tests;
 use core::fmt;
 
 pub use payload::{
-    id_type, ts_type, AddressRange, AttributeValue, AuthPayload, CertPayload, ConfigAttribute,
-    ConfigPayload, DeletePayload, EncryptedFragment, EncryptedPayload, Identification, KePayload,
-    NotifyPayload, Payload, Proposal, SaPayload, TrafficSelector, Transform, TransformAttribute,
-    ATTR_KEY_LENGTH, NONCE_MAX, NONCE_MIN,
+    id_type, ts_type, AddressRange, AttributeValue, AuthPayload, CertPayload, ConfigAttribute, ConfigPayload,
+    DeletePayload, EncryptedFragment, EncryptedPayload, Identification, KePayload, NotifyPayload, Payload, Proposal,
+    SaPayload, TrafficSelector, Transform, TransformAttribute, ATTR_KEY_LENGTH, NONCE_MAX, NONCE_MIN,
 };
-pub use types::{
-    AuthMethod, CfgType, ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType,
-};
+pub use types::{AuthMethod, CfgType, ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType};
 
 /// Length of the fixed IKE header.
 pub const HEADER_LEN: usize = 28;
@@ -73,13 +70,8 @@ impl ParseError {
     #[must_use]
     pub fn notify(&self) -> (NotifyType, Vec<u8>) {
         match self {
-            ParseError::UnsupportedCriticalPayload(t) => {
-                (NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t.0])
-            }
-            ParseError::InvalidMajorVersion(_) => (
-                NotifyType::INVALID_MAJOR_VERSION,
-                vec![IKE_MAJOR_VERSION << 4],
-            ),
+            ParseError::UnsupportedCriticalPayload(t) => (NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t.0]),
+            ParseError::InvalidMajorVersion(_) => (NotifyType::INVALID_MAJOR_VERSION, vec![IKE_MAJOR_VERSION << 4]),
             _ => (NotifyType::INVALID_SYNTAX, Vec::new()),
         }
     }
@@ -209,11 +201,7 @@ impl Flags {
     }
 
     fn from_byte(b: u8) -> Self {
-        Flags {
-            initiator: b & FLAG_INITIATOR != 0,
-            version: b & FLAG_VERSION != 0,
-            response: b & FLAG_RESPONSE != 0,
-        }
+        Flags { initiator: b & FLAG_INITIATOR != 0, version: b & FLAG_VERSION != 0, response: b & FLAG_RESPONSE != 0 }
     }
 }
 
@@ -275,14 +263,7 @@ impl Header {
             return Err(ParseError::TooLarge);
         }
         Ok(PeekedHeader {
-            header: Header {
-                spi_i,
-                spi_r,
-                minor_version: version & 0x0f,
-                exchange_type,
-                flags,
-                message_id,
-            },
+            header: Header { spi_i, spi_r, minor_version: version & 0x0f, exchange_type, flags, message_id },
             next_payload,
             length,
         })
@@ -327,10 +308,7 @@ impl Message {
             return Err(ParseError::TrailingData);
         }
         let payloads = parse_chain(peeked.next_payload, &bytes[HEADER_LEN..], true)?;
-        Ok(Message {
-            header: peeked.header,
-            payloads,
-        })
+        Ok(Message { header: peeked.header, payloads })
     }
 
     /// Emits the message, computing every Next Payload and length field.
@@ -375,11 +353,7 @@ pub fn notifies(payloads: &[Payload], t: NotifyType) -> impl Iterator<Item = &No
 ///
 /// # Errors
 /// [`ParseError`] as for [`Message::parse`].
-pub fn parse_chain(
-    first: PayloadType,
-    bytes: &[u8],
-    outer: bool,
-) -> Result<Vec<Payload>, ParseError> {
+pub fn parse_chain(first: PayloadType, bytes: &[u8], outer: bool) -> Result<Vec<Payload>, ParseError> {
     let mut r = Reader::new(bytes);
     let mut payloads = Vec::new();
     let mut t = first;
@@ -419,24 +393,16 @@ pub fn parse_chain(
 ///
 /// # Errors
 /// [`EmitError`] as for [`Message::emit`].
-pub fn emit_chain(
-    payloads: &[Payload],
-    out: &mut Vec<u8>,
-    outer: bool,
-) -> Result<PayloadType, EmitError> {
+pub fn emit_chain(payloads: &[Payload], out: &mut Vec<u8>, outer: bool) -> Result<PayloadType, EmitError> {
     if payloads.len() > MAX_PAYLOADS {
         return Err(EmitError::TooMany);
     }
     for (i, p) in payloads.iter().enumerate() {
         let next = match p.inner_next() {
             Some(_) if !outer => return Err(EmitError::Invalid("SK payload inside SK payload")),
-            Some(_) if i + 1 != payloads.len() => {
-                return Err(EmitError::Invalid("SK payload must be last"))
-            }
+            Some(_) if i + 1 != payloads.len() => return Err(EmitError::Invalid("SK payload must be last")),
             Some(inner) => inner,
-            None => payloads
-                .get(i + 1)
-                .map_or(PayloadType::NONE, Payload::payload_type),
+            None => payloads.get(i + 1).map_or(PayloadType::NONE, Payload::payload_type),
         };
         let start = out.len();
         out.extend_from_slice(&[next.0, 0, 0, 0]);
@@ -444,7 +410,5 @@ pub fn emit_chain(
         let len = u16::try_from(out.len() - start).map_err(|_| EmitError::TooLong)?;
         out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
     }
-    Ok(payloads
-        .first()
-        .map_or(PayloadType::NONE, Payload::payload_type))
+    Ok(payloads.first().map_or(PayloadType::NONE, Payload::payload_type))
 }

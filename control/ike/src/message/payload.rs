@@ -113,11 +113,7 @@ impl Payload {
         }
     }
 
-    pub(crate) fn parse_body(
-        t: PayloadType,
-        next: PayloadType,
-        body: &[u8],
-    ) -> Result<Payload, ParseError> {
+    pub(crate) fn parse_body(t: PayloadType, next: PayloadType, body: &[u8]) -> Result<Payload, ParseError> {
         let mut r = Reader::new(body);
         let p = match t {
             PayloadType::SA => Payload::Sa(SaPayload::parse(&mut r)?),
@@ -139,10 +135,7 @@ impl Payload {
             PayloadType::VENDOR_ID => Payload::VendorId(r.rest().to_vec()),
             PayloadType::TSI => Payload::TsI(TrafficSelector::parse_list(&mut r)?),
             PayloadType::TSR => Payload::TsR(TrafficSelector::parse_list(&mut r)?),
-            PayloadType::SK => Payload::Encrypted(EncryptedPayload {
-                first_inner: next,
-                data: r.rest().to_vec(),
-            }),
+            PayloadType::SK => Payload::Encrypted(EncryptedPayload { first_inner: next, data: r.rest().to_vec() }),
             PayloadType::SKF => {
                 let fragment_number = r.u16()?;
                 let total_fragments = r.u16()?;
@@ -158,10 +151,7 @@ impl Payload {
             }
             PayloadType::CP => Payload::Config(ConfigPayload::parse(&mut r)?),
             PayloadType::EAP => Payload::Eap(r.rest().to_vec()),
-            _ => Payload::Unknown {
-                payload_type: t,
-                body: r.rest().to_vec(),
-            },
+            _ => Payload::Unknown { payload_type: t, body: r.rest().to_vec() },
         };
         r.finish()?;
         Ok(p)
@@ -241,11 +231,7 @@ impl Transform {
     /// A transform without attributes.
     #[must_use]
     pub fn new(transform_type: TransformType, transform_id: u16) -> Self {
-        Transform {
-            transform_type,
-            transform_id,
-            attributes: Vec::new(),
-        }
+        Transform { transform_type, transform_id, attributes: Vec::new() }
     }
 
     /// A transform with a Key Length attribute (in bits).
@@ -254,10 +240,7 @@ impl Transform {
         Transform {
             transform_type,
             transform_id,
-            attributes: vec![TransformAttribute {
-                attr_type: ATTR_KEY_LENGTH,
-                value: AttributeValue::Tv(bits),
-            }],
+            attributes: vec![TransformAttribute { attr_type: ATTR_KEY_LENGTH, value: AttributeValue::Tv(bits) }],
         }
     }
 
@@ -265,10 +248,7 @@ impl Transform {
     #[must_use]
     pub fn key_length(&self) -> Option<u16> {
         self.attributes.iter().find_map(|a| match a {
-            TransformAttribute {
-                attr_type: ATTR_KEY_LENGTH,
-                value: AttributeValue::Tv(v),
-            } => Some(*v),
+            TransformAttribute { attr_type: ATTR_KEY_LENGTH, value: AttributeValue::Tv(v) } => Some(*v),
             _ => None,
         })
     }
@@ -327,11 +307,7 @@ impl SaPayload {
         }
         for (i, p) in self.proposals.iter().enumerate() {
             let start = out.len();
-            let last = if i + 1 == self.proposals.len() {
-                LAST_PROPOSAL
-            } else {
-                MORE_PROPOSALS
-            };
+            let last = if i + 1 == self.proposals.len() { LAST_PROPOSAL } else { MORE_PROPOSALS };
             out.extend_from_slice(&[last, 0, 0, 0]);
             p.emit(out)?;
             let len = u16_len(out.len() - start)?;
@@ -358,23 +334,14 @@ impl Proposal {
             }
             let mut tr = Reader::new(r.take(len - 4)?);
             transforms.push(Transform::parse(&mut tr)?);
-            let expect = if i + 1 == n_transforms {
-                LAST_TRANSFORM
-            } else {
-                MORE_TRANSFORMS
-            };
+            let expect = if i + 1 == n_transforms { LAST_TRANSFORM } else { MORE_TRANSFORMS };
             if last != expect {
                 return Err(ParseError::Malformed("transform Last Substruc"));
             }
         }
         // "Num Transforms" must describe exactly the transforms present.
         r.finish()?;
-        Ok(Proposal {
-            number,
-            protocol_id,
-            spi,
-            transforms,
-        })
+        Ok(Proposal { number, protocol_id, spi, transforms })
     }
 
     fn emit(&self, out: &mut Vec<u8>) -> Result<(), EmitError> {
@@ -385,11 +352,7 @@ impl Proposal {
         out.extend_from_slice(&self.spi);
         for (i, t) in self.transforms.iter().enumerate() {
             let start = out.len();
-            let last = if i + 1 == self.transforms.len() {
-                LAST_TRANSFORM
-            } else {
-                MORE_TRANSFORMS
-            };
+            let last = if i + 1 == self.transforms.len() { LAST_TRANSFORM } else { MORE_TRANSFORMS };
             out.extend_from_slice(&[last, 0, 0, 0]);
             t.emit(out)?;
             let len = u16_len(out.len() - start)?;
@@ -419,11 +382,7 @@ impl Transform {
             };
             attributes.push(TransformAttribute { attr_type, value });
         }
-        Ok(Transform {
-            transform_type,
-            transform_id,
-            attributes,
-        })
+        Ok(Transform { transform_type, transform_id, attributes })
     }
 
     fn emit(&self, out: &mut Vec<u8>) -> Result<(), EmitError> {
@@ -463,10 +422,7 @@ impl KePayload {
     fn parse(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         let dh_group = r.u16()?;
         r.skip(2)?;
-        Ok(KePayload {
-            dh_group,
-            data: r.rest().to_vec(),
-        })
+        Ok(KePayload { dh_group, data: r.rest().to_vec() })
     }
 
     fn emit(&self, out: &mut Vec<u8>) {
@@ -551,15 +507,11 @@ impl Identification {
         let data = r.rest();
         Ok(match t {
             id_type::IPV4_ADDR => {
-                let a: [u8; 4] = data
-                    .try_into()
-                    .map_err(|_| ParseError::Malformed("ID_IPV4_ADDR length"))?;
+                let a: [u8; 4] = data.try_into().map_err(|_| ParseError::Malformed("ID_IPV4_ADDR length"))?;
                 Identification::Ipv4(Ipv4Addr::from(a))
             }
             id_type::IPV6_ADDR => {
-                let a: [u8; 16] = data
-                    .try_into()
-                    .map_err(|_| ParseError::Malformed("ID_IPV6_ADDR length"))?;
+                let a: [u8; 16] = data.try_into().map_err(|_| ParseError::Malformed("ID_IPV6_ADDR length"))?;
                 Identification::Ipv6(Ipv6Addr::from(a))
             }
             id_type::FQDN => Identification::Fqdn(data.to_vec()),
@@ -567,10 +519,7 @@ impl Identification {
             id_type::KEY_ID => Identification::KeyId(data.to_vec()),
             id_type::DER_ASN1_DN => Identification::DerAsn1Dn(data.to_vec()),
             id_type::DER_ASN1_GN => Identification::DerAsn1Gn(data.to_vec()),
-            id_type => Identification::Other {
-                id_type,
-                data: data.to_vec(),
-            },
+            id_type => Identification::Other { id_type, data: data.to_vec() },
         })
     }
 
@@ -600,10 +549,7 @@ pub struct CertPayload {
 
 impl CertPayload {
     fn parse(r: &mut Reader<'_>) -> Result<Self, ParseError> {
-        Ok(CertPayload {
-            encoding: r.u8()?,
-            data: r.rest().to_vec(),
-        })
+        Ok(CertPayload { encoding: r.u8()?, data: r.rest().to_vec() })
     }
 
     fn emit(&self, out: &mut Vec<u8>) {
@@ -625,10 +571,7 @@ impl AuthPayload {
     fn parse(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         let method = AuthMethod(r.u8()?);
         r.skip(3)?;
-        Ok(AuthPayload {
-            method,
-            data: r.rest().to_vec(),
-        })
+        Ok(AuthPayload { method, data: r.rest().to_vec() })
     }
 
     fn emit(&self, out: &mut Vec<u8>) {
@@ -654,12 +597,7 @@ impl NotifyPayload {
     /// A notify that concerns no SA (protocol 0, no SPI).
     #[must_use]
     pub fn new(notify_type: NotifyType, data: Vec<u8>) -> Self {
-        NotifyPayload {
-            protocol_id: ProtocolId(0),
-            spi: Vec::new(),
-            notify_type,
-            data,
-        }
+        NotifyPayload { protocol_id: ProtocolId(0), spi: Vec::new(), notify_type, data }
     }
 
     fn parse(r: &mut Reader<'_>) -> Result<Self, ParseError> {
@@ -667,12 +605,7 @@ impl NotifyPayload {
         let spi_size = usize::from(r.u8()?);
         let notify_type = NotifyType(r.u16()?);
         let spi = r.take(spi_size)?.to_vec();
-        Ok(NotifyPayload {
-            protocol_id,
-            spi,
-            notify_type,
-            data: r.rest().to_vec(),
-        })
+        Ok(NotifyPayload { protocol_id, spi, notify_type, data: r.rest().to_vec() })
     }
 
     fn emit(&self, out: &mut Vec<u8>) -> Result<(), EmitError> {
@@ -705,29 +638,16 @@ impl DeletePayload {
         if rest.len() != n * usize::from(spi_size) {
             return Err(ParseError::BadLength);
         }
-        let spis = if spi_size == 0 {
-            Vec::new()
-        } else {
-            rest.chunks(usize::from(spi_size))
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
+        let spis =
+            if spi_size == 0 { Vec::new() } else { rest.chunks(usize::from(spi_size)).map(<[u8]>::to_vec).collect() };
         if spi_size == 0 && n != 0 {
             return Err(ParseError::Malformed("Delete with SPI size 0 and SPIs"));
         }
-        Ok(DeletePayload {
-            protocol_id,
-            spi_size,
-            spis,
-        })
+        Ok(DeletePayload { protocol_id, spi_size, spis })
     }
 
     fn emit(&self, out: &mut Vec<u8>) -> Result<(), EmitError> {
-        if self
-            .spis
-            .iter()
-            .any(|s| s.len() != usize::from(self.spi_size))
-        {
+        if self.spis.iter().any(|s| s.len() != usize::from(self.spi_size)) {
             return Err(EmitError::Invalid("Delete SPI of the wrong size"));
         }
         if self.spi_size == 0 && !self.spis.is_empty() {
@@ -791,10 +711,7 @@ impl TrafficSelector {
             ip_protocol: 0,
             start_port: 0,
             end_port: 0xffff,
-            range: AddressRange::V4 {
-                start: Ipv4Addr::UNSPECIFIED,
-                end: Ipv4Addr::BROADCAST,
-            },
+            range: AddressRange::V4 { start: Ipv4Addr::UNSPECIFIED, end: Ipv4Addr::BROADCAST },
         }
     }
 
@@ -823,27 +740,16 @@ impl TrafficSelector {
             let e = r.take(alen)?;
             let range = if alen == 4 {
                 AddressRange::V4 {
-                    start: Ipv4Addr::from(
-                        <[u8; 4]>::try_from(s).map_err(|_| ParseError::Truncated)?,
-                    ),
+                    start: Ipv4Addr::from(<[u8; 4]>::try_from(s).map_err(|_| ParseError::Truncated)?),
                     end: Ipv4Addr::from(<[u8; 4]>::try_from(e).map_err(|_| ParseError::Truncated)?),
                 }
             } else {
                 AddressRange::V6 {
-                    start: Ipv6Addr::from(
-                        <[u8; 16]>::try_from(s).map_err(|_| ParseError::Truncated)?,
-                    ),
-                    end: Ipv6Addr::from(
-                        <[u8; 16]>::try_from(e).map_err(|_| ParseError::Truncated)?,
-                    ),
+                    start: Ipv6Addr::from(<[u8; 16]>::try_from(s).map_err(|_| ParseError::Truncated)?),
+                    end: Ipv6Addr::from(<[u8; 16]>::try_from(e).map_err(|_| ParseError::Truncated)?),
                 }
             };
-            v.push(TrafficSelector {
-                ip_protocol,
-                start_port,
-                end_port,
-                range,
-            });
+            v.push(TrafficSelector { ip_protocol, start_port, end_port, range });
         }
         Ok(v)
     }
@@ -930,15 +836,9 @@ impl ConfigPayload {
             }
             let attr_type = r.u16()? & 0x7fff;
             let l = usize::from(r.u16()?);
-            attributes.push(ConfigAttribute {
-                attr_type,
-                value: r.take(l)?.to_vec(),
-            });
+            attributes.push(ConfigAttribute { attr_type, value: r.take(l)?.to_vec() });
         }
-        Ok(ConfigPayload {
-            cfg_type,
-            attributes,
-        })
+        Ok(ConfigPayload { cfg_type, attributes })
     }
 
     fn emit(&self, out: &mut Vec<u8>) -> Result<(), EmitError> {

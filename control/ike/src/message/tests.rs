@@ -53,31 +53,16 @@ fn parses_hand_built_sa_init_field_by_field() {
     assert_eq!(m.header.spi_r, 0);
     assert_eq!(m.header.minor_version, 0);
     assert_eq!(m.header.exchange_type, ExchangeType::IKE_SA_INIT);
-    assert_eq!(
-        m.header.flags,
-        Flags {
-            initiator: true,
-            version: false,
-            response: false
-        }
-    );
+    assert_eq!(m.header.flags, Flags { initiator: true, version: false, response: false });
     assert_eq!(m.header.message_id, 0);
     assert_eq!(m.payloads.len(), 7);
 
-    let Payload::Sa(sa) = &m.payloads[0] else {
-        panic!("SA expected")
-    };
+    let Payload::Sa(sa) = &m.payloads[0] else { panic!("SA expected") };
     assert_eq!(sa.proposals.len(), 1);
     let p = &sa.proposals[0];
-    assert_eq!(
-        (p.number, p.protocol_id, p.spi.len()),
-        (1, ProtocolId::IKE, 0)
-    );
-    let t: Vec<(TransformType, u16, Option<u16>)> = p
-        .transforms
-        .iter()
-        .map(|t| (t.transform_type, t.transform_id, t.key_length()))
-        .collect();
+    assert_eq!((p.number, p.protocol_id, p.spi.len()), (1, ProtocolId::IKE, 0));
+    let t: Vec<(TransformType, u16, Option<u16>)> =
+        p.transforms.iter().map(|t| (t.transform_type, t.transform_id, t.key_length())).collect();
     assert_eq!(
         t,
         vec![
@@ -87,9 +72,7 @@ fn parses_hand_built_sa_init_field_by_field() {
             (TransformType::DH, 19, None),
         ]
     );
-    let Payload::Ke(ke) = &m.payloads[1] else {
-        panic!("KE expected")
-    };
+    let Payload::Ke(ke) = &m.payloads[1] else { panic!("KE expected") };
     assert_eq!(ke.dh_group, 19);
     assert_eq!(ke.data, vec![0x11; 64]);
     assert_eq!(m.payloads[2], Payload::Nonce((0u8..32).collect()));
@@ -98,9 +81,7 @@ fn parses_hand_built_sa_init_field_by_field() {
     assert_eq!(nats[0].data, vec![0xaa; 20]);
     assert_eq!(nats[0].protocol_id, ProtocolId(0));
     assert!(nats[0].spi.is_empty());
-    let natd: Vec<_> = m
-        .notifies(NotifyType::NAT_DETECTION_DESTINATION_IP)
-        .collect();
+    let natd: Vec<_> = m.notifies(NotifyType::NAT_DETECTION_DESTINATION_IP).collect();
     assert_eq!(natd[0].data, vec![0xbb; 20]);
     let sha: Vec<_> = m.notifies(NotifyType::SIGNATURE_HASH_ALGORITHMS).collect();
     assert_eq!(sha[0].data, hex("000200030004"));
@@ -121,10 +102,7 @@ fn ts4() -> TrafficSelector {
         ip_protocol: 17,
         start_port: 500,
         end_port: 4500,
-        range: AddressRange::V4 {
-            start: Ipv4Addr::new(10, 0, 0, 0),
-            end: Ipv4Addr::new(10, 0, 255, 255),
-        },
+        range: AddressRange::V4 { start: Ipv4Addr::new(10, 0, 0, 0), end: Ipv4Addr::new(10, 0, 255, 255) },
     }
 }
 
@@ -133,10 +111,7 @@ fn ts6() -> TrafficSelector {
         ip_protocol: 0,
         start_port: 0,
         end_port: 65535,
-        range: AddressRange::V6 {
-            start: "2001:db8::".parse().unwrap(),
-            end: "2001:db8::ffff".parse().unwrap(),
-        },
+        range: AddressRange::V6 { start: "2001:db8::".parse().unwrap(), end: "2001:db8::ffff".parse().unwrap() },
     }
 }
 
@@ -153,25 +128,14 @@ fn every_payload() -> Vec<Payload> {
             Transform {
                 transform_type: TransformType(0xf0),
                 transform_id: 7,
-                attributes: vec![TransformAttribute {
-                    attr_type: 0x1234,
-                    value: AttributeValue::Tlv(vec![1, 2, 3]),
-                }],
+                attributes: vec![TransformAttribute { attr_type: 0x1234, value: AttributeValue::Tlv(vec![1, 2, 3]) }],
             },
         ],
     };
-    let esp2 = Proposal {
-        number: 2,
-        ..esp.clone()
-    };
+    let esp2 = Proposal { number: 2, ..esp.clone() };
     vec![
-        Payload::Sa(SaPayload {
-            proposals: vec![esp, esp2],
-        }),
-        Payload::Ke(KePayload {
-            dh_group: 31,
-            data: vec![9; 32],
-        }),
+        Payload::Sa(SaPayload { proposals: vec![esp, esp2] }),
+        Payload::Ke(KePayload { dh_group: 31, data: vec![9; 32] }),
         Payload::IdI(Identification::Ipv4(Ipv4Addr::new(192, 0, 2, 1))),
         Payload::IdR(Identification::Ipv6(Ipv6Addr::LOCALHOST)),
         Payload::IdI(Identification::Fqdn(b"gw.example.org".to_vec())),
@@ -179,22 +143,10 @@ fn every_payload() -> Vec<Payload> {
         Payload::IdI(Identification::KeyId(vec![0, 1, 2, 0xff])),
         Payload::IdR(Identification::DerAsn1Dn(vec![0x30, 0])),
         Payload::IdI(Identification::DerAsn1Gn(vec![0x30, 1, 0])),
-        Payload::IdR(Identification::Other {
-            id_type: 200,
-            data: vec![],
-        }),
-        Payload::Cert(CertPayload {
-            encoding: 4,
-            data: vec![0x30, 0x82],
-        }),
-        Payload::CertReq(CertPayload {
-            encoding: 4,
-            data: vec![0x55; 20],
-        }),
-        Payload::Auth(AuthPayload {
-            method: AuthMethod::SHARED_KEY_MIC,
-            data: vec![0xa5; 32],
-        }),
+        Payload::IdR(Identification::Other { id_type: 200, data: vec![] }),
+        Payload::Cert(CertPayload { encoding: 4, data: vec![0x30, 0x82] }),
+        Payload::CertReq(CertPayload { encoding: 4, data: vec![0x55; 20] }),
+        Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: vec![0xa5; 32] }),
         Payload::Nonce(vec![1; 16]),
         Payload::Nonce(vec![2; 256]),
         Payload::Notify(NotifyPayload {
@@ -203,46 +155,27 @@ fn every_payload() -> Vec<Payload> {
             notify_type: NotifyType::REKEY_SA,
             data: vec![],
         }),
-        Payload::Notify(NotifyPayload::new(
-            NotifyType::INVALID_KE_PAYLOAD,
-            vec![0, 19],
-        )),
+        Payload::Notify(NotifyPayload::new(NotifyType::INVALID_KE_PAYLOAD, vec![0, 19])),
         Payload::Notify(NotifyPayload::new(NotifyType(50000), vec![7])),
         Payload::Delete(DeletePayload {
             protocol_id: ProtocolId::ESP,
             spi_size: 4,
             spis: vec![vec![1, 1, 1, 1], vec![2, 2, 2, 2]],
         }),
-        Payload::Delete(DeletePayload {
-            protocol_id: ProtocolId::IKE,
-            spi_size: 0,
-            spis: vec![],
-        }),
+        Payload::Delete(DeletePayload { protocol_id: ProtocolId::IKE, spi_size: 0, spis: vec![] }),
         Payload::VendorId(vec![]),
         Payload::TsI(vec![ts4(), ts6()]),
         Payload::TsR(vec![ts6()]),
         Payload::Config(ConfigPayload {
             cfg_type: CfgType::CFG_REQUEST,
             attributes: vec![
-                ConfigAttribute {
-                    attr_type: 1,
-                    value: vec![],
-                },
-                ConfigAttribute {
-                    attr_type: 3,
-                    value: vec![8, 8, 8, 8],
-                },
+                ConfigAttribute { attr_type: 1, value: vec![] },
+                ConfigAttribute { attr_type: 3, value: vec![8, 8, 8, 8] },
             ],
         }),
         Payload::Eap(vec![1, 2, 0, 4]),
-        Payload::Unknown {
-            payload_type: PayloadType(150),
-            body: vec![0xee; 3],
-        },
-        Payload::Encrypted(EncryptedPayload {
-            first_inner: PayloadType::IDI,
-            data: vec![0x42; 48],
-        }),
+        Payload::Unknown { payload_type: PayloadType(150), body: vec![0xee; 3] },
+        Payload::Encrypted(EncryptedPayload { first_inner: PayloadType::IDI, data: vec![0x42; 48] }),
     ]
 }
 
@@ -252,11 +185,7 @@ fn header() -> Header {
         spi_r: 2,
         minor_version: 0,
         exchange_type: ExchangeType::IKE_AUTH,
-        flags: Flags {
-            initiator: false,
-            version: false,
-            response: true,
-        },
+        flags: Flags { initiator: false, version: false, response: true },
         message_id: 7,
     }
 }
@@ -265,18 +194,12 @@ fn header() -> Header {
 fn round_trip_every_payload_type() {
     let all = every_payload();
     // All together...
-    let m = Message {
-        header: header(),
-        payloads: all.clone(),
-    };
+    let m = Message { header: header(), payloads: all.clone() };
     let bytes = m.emit().unwrap();
     assert_eq!(Message::parse(&bytes).unwrap(), m);
     // ...and each alone, also as the inside of an SK payload where allowed.
     for p in all {
-        let m = Message {
-            header: header(),
-            payloads: vec![p.clone()],
-        };
+        let m = Message { header: header(), payloads: vec![p.clone()] };
         let bytes = m.emit().unwrap();
         assert_eq!(Message::parse(&bytes).unwrap(), m, "{p:?}");
         if !matches!(p, Payload::Encrypted(_) | Payload::EncryptedFragment(_)) {
@@ -298,10 +221,7 @@ fn round_trip_every_payload_type() {
     };
     assert_eq!(Message::parse(&m.emit().unwrap()).unwrap(), m);
     // Empty message (e.g. an INFORMATIONAL response without payloads).
-    let m = Message {
-        header: header(),
-        payloads: vec![],
-    };
+    let m = Message { header: header(), payloads: vec![] };
     let bytes = m.emit().unwrap();
     assert_eq!(bytes.len(), HEADER_LEN);
     assert_eq!(Message::parse(&bytes).unwrap(), m);
@@ -310,18 +230,9 @@ fn round_trip_every_payload_type() {
 #[test]
 fn flags_and_version_fields() {
     let mut h = header();
-    h.flags = Flags {
-        initiator: true,
-        version: true,
-        response: true,
-    };
+    h.flags = Flags { initiator: true, version: true, response: true };
     h.minor_version = 3;
-    let bytes = Message {
-        header: h,
-        payloads: vec![],
-    }
-    .emit()
-    .unwrap();
+    let bytes = Message { header: h, payloads: vec![] }.emit().unwrap();
     assert_eq!(bytes[17], 0x23);
     assert_eq!(bytes[19], 0x38);
     // Unused flag bits are ignored on receipt.
@@ -355,10 +266,7 @@ fn check_every_truncation(bytes: &[u8]) {
 #[test]
 fn truncation_at_every_offset_is_an_error() {
     check_every_truncation(&sa_init_request_bytes());
-    let m = Message {
-        header: header(),
-        payloads: every_payload(),
-    };
+    let m = Message { header: header(), payloads: every_payload() };
     check_every_truncation(&m.emit().unwrap());
 }
 
@@ -376,28 +284,16 @@ fn critical_bit_rule() {
     };
     // Not critical: skipped (kept as Unknown) and the rest parses.
     let m = Message::parse(&build(0x00, 200)).unwrap();
-    assert_eq!(
-        m.payloads.last(),
-        Some(&Payload::Unknown {
-            payload_type: PayloadType(200),
-            body: vec![0xab, 0xcd]
-        })
-    );
+    assert_eq!(m.payloads.last(), Some(&Payload::Unknown { payload_type: PayloadType(200), body: vec![0xab, 0xcd] }));
     // Reserved bits next to the critical bit are ignored.
     assert!(Message::parse(&build(0x7f, 200)).is_ok());
     // Critical: the whole message is rejected with UNSUPPORTED_CRITICAL_PAYLOAD(200).
     let e = Message::parse(&build(0x80, 200)).unwrap_err();
     assert_eq!(e, ParseError::UnsupportedCriticalPayload(PayloadType(200)));
-    assert_eq!(
-        e.notify(),
-        (NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![200])
-    );
+    assert_eq!(e.notify(), (NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![200]));
     // A known payload type with the critical bit set is parsed normally (bit ignored).
     let m = Message::parse(&build(0x80, 43)).unwrap();
-    assert_eq!(
-        m.payloads.last(),
-        Some(&Payload::VendorId(vec![0xab, 0xcd]))
-    );
+    assert_eq!(m.payloads.last(), Some(&Payload::VendorId(vec![0xab, 0xcd])));
     // Same rule inside an SK payload's chain.
     assert_eq!(
         parse_chain(PayloadType(99), &[0, 0x80, 0, 4], false).unwrap_err(),
@@ -439,52 +335,24 @@ fn strictness() {
     // Transform "last" marker wrong (first transform says last).
     let mut b = good.clone();
     b[40] = 0;
-    assert_eq!(
-        Message::parse(&b).unwrap_err(),
-        ParseError::Malformed("transform Last Substruc")
-    );
+    assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Malformed("transform Last Substruc"));
     // Proposal "last" marker with an invalid value.
     let mut b = good.clone();
     b[32] = 1;
-    assert_eq!(
-        Message::parse(&b).unwrap_err(),
-        ParseError::Malformed("proposal Last Substruc")
-    );
+    assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Malformed("proposal Last Substruc"));
     // Nonce shorter than 16 octets.
-    let m = Message {
-        header: header(),
-        payloads: vec![Payload::Nonce(vec![1; 15])],
-    };
+    let m = Message { header: header(), payloads: vec![Payload::Nonce(vec![1; 15])] };
     assert!(m.emit().is_err());
-    let mut b = Message {
-        header: header(),
-        payloads: vec![Payload::Nonce(vec![1; 16])],
-    }
-    .emit()
-    .unwrap();
+    let mut b = Message { header: header(), payloads: vec![Payload::Nonce(vec![1; 16])] }.emit().unwrap();
     b[28 + 3] -= 1;
     b.pop();
     b[27] -= 1;
-    assert_eq!(
-        Message::parse(&b).unwrap_err(),
-        ParseError::Malformed("nonce length outside 16..=256")
-    );
+    assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Malformed("nonce length outside 16..=256"));
     // The SK payload must be last, on emit and on parse.
-    let sk = Payload::Encrypted(EncryptedPayload {
-        first_inner: PayloadType::NONE,
-        data: vec![0; 32],
-    });
-    let m = Message {
-        header: header(),
-        payloads: vec![sk.clone(), Payload::VendorId(vec![])],
-    };
+    let sk = Payload::Encrypted(EncryptedPayload { first_inner: PayloadType::NONE, data: vec![0; 32] });
+    let m = Message { header: header(), payloads: vec![sk.clone(), Payload::VendorId(vec![])] };
     assert!(m.emit().is_err());
-    let mut b = Message {
-        header: header(),
-        payloads: vec![sk.clone()],
-    }
-    .emit()
-    .unwrap();
+    let mut b = Message { header: header(), payloads: vec![sk.clone()] }.emit().unwrap();
     b.extend([0, 0, 0, 4]); // a stray payload header after SK
     let len = u32::try_from(b.len()).unwrap();
     b[24..28].copy_from_slice(&len.to_be_bytes());
@@ -497,12 +365,7 @@ fn strictness() {
 
 #[test]
 fn substructure_strictness() {
-    let ts_msg = Message {
-        header: header(),
-        payloads: vec![Payload::TsI(vec![ts4()])],
-    }
-    .emit()
-    .unwrap();
+    let ts_msg = Message { header: header(), payloads: vec![Payload::TsI(vec![ts4()])] }.emit().unwrap();
     // Selector Length 15 instead of 16.
     let mut b = ts_msg.clone();
     b[28 + 4 + 4 + 3] = 15;
@@ -546,36 +409,21 @@ fn substructure_strictness() {
     .emit()
     .is_err());
     // ID_IPV4_ADDR with 5 octets.
-    let mut b = Message {
-        header: header(),
-        payloads: vec![Payload::IdI(Identification::KeyId(vec![0; 5]))],
-    }
-    .emit()
-    .unwrap();
+    let mut b =
+        Message { header: header(), payloads: vec![Payload::IdI(Identification::KeyId(vec![0; 5]))] }.emit().unwrap();
     b[28 + 4] = id_type::IPV4_ADDR;
-    assert_eq!(
-        Message::parse(&b).unwrap_err(),
-        ParseError::Malformed("ID_IPV4_ADDR length")
-    );
+    assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Malformed("ID_IPV4_ADDR length"));
     // A Notify whose SPI Size exceeds the payload.
-    let mut b = Message {
-        header: header(),
-        payloads: vec![Payload::Notify(NotifyPayload::new(
-            NotifyType::COOKIE,
-            vec![],
-        ))],
-    }
-    .emit()
-    .unwrap();
+    let mut b =
+        Message { header: header(), payloads: vec![Payload::Notify(NotifyPayload::new(NotifyType::COOKIE, vec![]))] }
+            .emit()
+            .unwrap();
     b[28 + 5] = 1;
     assert_eq!(Message::parse(&b).unwrap_err(), ParseError::Truncated);
     // Unknown payload emitted under a known type is refused.
     assert!(Message {
         header: header(),
-        payloads: vec![Payload::Unknown {
-            payload_type: PayloadType::NONCE,
-            body: vec![]
-        }],
+        payloads: vec![Payload::Unknown { payload_type: PayloadType::NONCE, body: vec![] }],
     }
     .emit()
     .is_err());
@@ -583,16 +431,10 @@ fn substructure_strictness() {
 
 #[test]
 fn payload_count_limit() {
-    let ok = Message {
-        header: header(),
-        payloads: vec![Payload::VendorId(vec![1]); MAX_PAYLOADS],
-    };
+    let ok = Message { header: header(), payloads: vec![Payload::VendorId(vec![1]); MAX_PAYLOADS] };
     let bytes = ok.emit().unwrap();
     assert_eq!(Message::parse(&bytes).unwrap(), ok);
-    let too_many = Message {
-        header: header(),
-        payloads: vec![Payload::VendorId(vec![1]); MAX_PAYLOADS + 1],
-    };
+    let too_many = Message { header: header(), payloads: vec![Payload::VendorId(vec![1]); MAX_PAYLOADS + 1] };
     assert_eq!(too_many.emit().unwrap_err(), EmitError::TooMany);
     // Build the 65-payload message by hand: append one more Vendor ID.
     let mut b = bytes;
@@ -608,16 +450,10 @@ fn payload_count_limit() {
 fn message_size_limit_on_emit() {
     let m = Message {
         header: header(),
-        payloads: vec![
-            Payload::VendorId(vec![0; 60_000]),
-            Payload::VendorId(vec![0; 10_000]),
-        ],
+        payloads: vec![Payload::VendorId(vec![0; 60_000]), Payload::VendorId(vec![0; 10_000])],
     };
     assert_eq!(m.emit().unwrap_err(), EmitError::TooLong);
-    let m = Message {
-        header: header(),
-        payloads: vec![Payload::VendorId(vec![0; 70_000])],
-    };
+    let m = Message { header: header(), payloads: vec![Payload::VendorId(vec![0; 70_000])] };
     assert_eq!(m.emit().unwrap_err(), EmitError::TooLong);
 }
 
@@ -627,8 +463,5 @@ fn registry_names() {
     assert_eq!(format!("{:?}", NotifyType(40000)), "NotifyType(40000)");
     assert!(NotifyType::TS_UNACCEPTABLE.is_error());
     assert!(!NotifyType::ADDITIONAL_TS_POSSIBLE.is_error());
-    assert_eq!(
-        ParseError::Truncated.notify(),
-        (NotifyType::INVALID_SYNTAX, vec![])
-    );
+    assert_eq!(ParseError::Truncated.notify(), (NotifyType::INVALID_SYNTAX, vec![]));
 }
