@@ -30,13 +30,7 @@ pub fn skeyseed(prf_alg: PrfAlg, ni: &[u8], nr: &[u8], g_ir: &[u8]) -> SecretByt
 
 /// `SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)` when rekeying an IKE SA (RFC 7296 §2.18).
 #[must_use]
-pub fn skeyseed_rekey(
-    prf_alg: PrfAlg,
-    old_sk_d: &SecretBytes,
-    g_ir_new: &[u8],
-    ni: &[u8],
-    nr: &[u8],
-) -> SecretBytes {
+pub fn skeyseed_rekey(prf_alg: PrfAlg, old_sk_d: &SecretBytes, g_ir_new: &[u8], ni: &[u8], nr: &[u8]) -> SecretBytes {
     prf(prf_alg, old_sk_d.expose(), &[g_ir_new, ni, nr])
 }
 
@@ -124,11 +118,7 @@ impl IkeSaKeys {
     /// [`CryptoError::KeyLength`] if the keys do not fit the suite (not possible for keys derived
     /// here).
     pub fn outbound(&self, initiator: bool) -> Result<SkCipher, CryptoError> {
-        let (e, a) = if initiator {
-            (&self.sk_ei, &self.sk_ai)
-        } else {
-            (&self.sk_er, &self.sk_ar)
-        };
+        let (e, a) = if initiator { (&self.sk_ei, &self.sk_ai) } else { (&self.sk_er, &self.sk_ar) };
         SkCipher::new(self.suite.encr, self.suite.integ, e, a)
     }
 
@@ -158,7 +148,7 @@ impl<'a> Splitter<'a> {
 }
 
 /// Keys of one Child SA pair (ESP), per direction.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildKeys {
     /// Encryption key material, initiator to responder (key then salt for GCM).
     pub encr_i: SecretBytes,
@@ -195,12 +185,7 @@ pub fn child_keymat(
     seed.extend_from_slice(nr);
     let km = prf_plus(prf_alg, sk_d.expose(), &seed, 2 * (e + a))?;
     let mut s = Splitter::new(km.expose());
-    Ok(ChildKeys {
-        encr_i: s.next(e),
-        integ_i: s.next(a),
-        encr_r: s.next(e),
-        integ_r: s.next(a),
-    })
+    Ok(ChildKeys { encr_i: s.next(e), integ_i: s.next(a), encr_r: s.next(e), integ_r: s.next(a) })
 }
 
 /// The key pad of RFC 7296 §2.15.
@@ -234,12 +219,7 @@ pub fn psk_auth(prf_alg: PrfAlg, psk: &SecretBytes, signed_octets: &[u8]) -> Vec
 
 /// Verifies a peer's shared-key AUTH data in constant time.
 #[must_use]
-pub fn verify_psk_auth(
-    prf_alg: PrfAlg,
-    psk: &SecretBytes,
-    signed_octets: &[u8],
-    received: &[u8],
-) -> bool {
+pub fn verify_psk_auth(prf_alg: PrfAlg, psk: &SecretBytes, signed_octets: &[u8], received: &[u8]) -> bool {
     let expect = psk_auth(prf_alg, psk, signed_octets);
     expect.len() == received.len() && bool::from(expect.ct_eq(received))
 }
