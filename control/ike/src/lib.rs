@@ -29,6 +29,8 @@
 //!   SA rekey, IKE SA rekey, with or without PFS, collisions per §2.8.1), INFORMATIONAL (DELETE,
 //!   DPD), NAT traversal, lifetimes with jitter. Every entry point takes `now`; outputs are pulled
 //!   (`poll_transmit`, `poll_timeout`, `poll_event`).
+//! * [`endpoint`]: the dispatcher a daemon drives with every IKE datagram: routes by IKE SPI,
+//!   creates responders, bounds half-open state with COOKIEs, aggregates outputs.
 //! * [`config`]: the connection configuration (the seed's IkeConfig/IpsecConfig).
 //! * [`nat`]: NAT detection hashes and NAT-T datagram framing (non-ESP marker, keepalives).
 //! * [`ts`]: traffic selector intersection and narrowing.
@@ -36,7 +38,7 @@
 //! # What the daemon does
 //!
 //! Read datagrams from the IKE (500) and NAT-T (4500) sockets, pass them through
-//! [`nat::classify`], give IKE messages to the right [`ike_sa::IkeSa`]; send every
+//! [`nat::classify`], give IKE messages to [`endpoint::Endpoint::handle`]; send every
 //! [`ike_sa::Transmit`] of `poll_transmit` as [`ike_sa::Transmit::to_datagram`] from its `local`
 //! address; sleep until `poll_timeout` and call `handle_timeout`; publish the Child SA events
 //! ([`ike_sa::Event`]) to the data plane.
@@ -65,6 +67,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod ike_sa;
 pub mod message;
 pub mod nat;

@@ -726,6 +726,10 @@ impl IkeSa {
         self.transmits.pop_front()
     }
 
+    pub(crate) fn transmits_pop(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
