@@ -64,6 +64,8 @@ pub struct Config {
     pub retransmit_initial: Duration,
     /// Retransmissions before giving up on a request.
     pub retransmit_max: u32,
+    /// The retransmission interval doubles up to this.
+    pub retransmit_max_interval: Duration,
     /// A responder drops an IKE SA that is not authenticated this long after IKE_SA_INIT.
     pub half_open_timeout: Duration,
 }
@@ -108,8 +110,21 @@ impl Config {
             keepalive_interval: Duration::from_secs(20),
             retransmit_initial: Duration::from_millis(500),
             retransmit_max: 5,
+            retransmit_max_interval: Duration::from_secs(30),
             half_open_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long a request is retransmitted before we give up: the sum of all intervals.
+    #[must_use]
+    pub fn retransmit_budget(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut interval = self.retransmit_initial;
+        for _ in 0..=self.retransmit_max.min(64) {
+            total += interval;
+            interval = interval.saturating_mul(2).min(self.retransmit_max_interval);
+        }
+        total
     }
 
     /// The time after which an SA with `lifetime` is rekeyed: `lifetime` minus the margin minus a
@@ -139,6 +154,8 @@ mod tests {
             assert!(t >= Duration::from_secs(850) && t <= Duration::from_secs(900), "{t:?}");
         }
         assert!(!format!("{c:?}").contains("107"), "PSK bytes never printed");
+        // 0.5 + 1 + 2 + 4 + 8 + 16 s.
+        assert_eq!(c.retransmit_budget(), Duration::from_millis(31_500));
         assert!(format!("{c:?}").contains("REDACTED"));
     }
 }

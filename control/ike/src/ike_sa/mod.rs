@@ -453,7 +453,8 @@ struct Child {
     peer_rekey: Option<(u32, Vec<u8>)>,
 }
 
-/// How long a replaced IKE SA waits for the peer's DELETE.
+/// How long a replaced IKE SA waits for the peer's DELETE, at least (and at least as long as
+/// the peer may retransmit its rekey request, assuming its retransmission settings are ours).
 const DYING_TIMEOUT: Duration = Duration::from_secs(60);
 /// Delay before retrying a rekey the peer refused (TEMPORARY_FAILURE etc.).
 const REKEY_RETRY: Duration = Duration::from_secs(10);
@@ -473,6 +474,11 @@ pub struct IkeSa {
     local_behind_nat: bool,
     remote_behind_nat: bool,
     children: Vec<Child>,
+    /// Outbound SPIs the peer deleted before we knew them (our CREATE_CHILD_SA was in flight).
+    deleted_early: Vec<u32>,
+    /// Collision records (old inbound SPI, peer's new inbound SPI, its smaller nonce) of SAs
+    /// deleted while our rekey of them was in flight.
+    orphaned_rekeys: Vec<(u32, u32, Vec<u8>)>,
     queue: VecDeque<Request>,
     ni: Vec<u8>,
     nr: Vec<u8>,
@@ -604,6 +610,8 @@ impl IkeSa {
             local_behind_nat: false,
             remote_behind_nat: false,
             children: Vec::new(),
+            deleted_early: Vec::new(),
+            orphaned_rekeys: Vec::new(),
             queue: VecDeque::new(),
             ni: Vec::new(),
             nr: Vec::new(),
@@ -870,6 +878,7 @@ impl IkeSa {
         if self.is_finished() {
             return;
         }
+        let cap = self.config.retransmit_max_interval;
         for idx in 0..self.cores.len() {
             let max = self.config.retransmit_max;
             let Some(p) = self.cores[idx].pending.as_mut() else {
@@ -888,7 +897,7 @@ impl IkeSa {
             }
             if now >= p.next {
                 p.count += 1;
-                p.interval = p.interval.saturating_mul(2);
+                p.interval = p.interval.saturating_mul(2).min(cap);
                 p.next = now + p.interval;
                 let bytes = p.bytes.clone();
                 self.send(bytes);
@@ -1217,6 +1226,10 @@ impl IkeSa {
             self.queue.clear();
         }
         self.cores.retain(|c| c.role != Role::Gone);
+        if !self.child_exchange_in_flight() {
+            self.deleted_early.clear();
+            self.orphaned_rekeys.clear();
+        }
     }
 
     fn request_on<R: CryptoRng + ?Sized>(
@@ -1599,22 +1612,13 @@ impl IkeSa {
         }
     }
 
-    /// Responder: processes IKE_AUTH; returns the response's inner payloads.
+    /// Responder: processes IKE_AUTH; returns the response's inner payloads. Once the initiator
+    /// is authenticated the IKE SA exists even if its first Child SA is refused (RFC 7296
+    /// §1.2): the response then carries IDr, AUTH and the error notification.
     fn on_auth_request<R: CryptoRng + ?Sized>(&mut self, opened: &Opened, rng: &mut R) -> Option<Vec<Payload>> {
         let p = &opened.inner;
-        let (
-            Some(Payload::IdI(idi)),
-            Some(Payload::Auth(auth)),
-            Some(Payload::Sa(sa)),
-            Some(Payload::TsI(tsi)),
-            Some(Payload::TsR(tsr)),
-        ) = (
-            find(p, PayloadType::IDI),
-            find(p, PayloadType::AUTH),
-            find(p, PayloadType::SA),
-            find(p, PayloadType::TSI),
-            find(p, PayloadType::TSR),
-        )
+        let (Some(Payload::IdI(idi)), Some(Payload::Auth(auth))) =
+            (find(p, PayloadType::IDI), find(p, PayloadType::AUTH))
         else {
             self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
             return Some(notify(NotifyType::INVALID_SYNTAX, vec![]));
@@ -1630,62 +1634,67 @@ impl IkeSa {
             self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
             return Some(notify(NotifyType::AUTHENTICATION_FAILED, vec![]));
         }
+        let idr = self.local_identity();
+        let octets_r = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
+        let auth_r = psk_auth(prf, &self.config.psk, &octets_r);
+        let mut out =
+            vec![Payload::IdR(idr), Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth_r })];
+        self.establish(rng);
+        match self.first_child_as_responder(p, rng) {
+            Ok((child, payloads)) => {
+                self.install_child(child, rng);
+                out.extend(payloads);
+            }
+            Err(t) => {
+                self.events.push_back(Event::ChildSaFailed(Failure::LocalError(t)));
+                out.extend(notify(t, vec![]));
+            }
+        }
+        Some(out)
+    }
+
+    fn first_child_as_responder<R: CryptoRng + ?Sized>(
+        &mut self,
+        p: &[Payload],
+        rng: &mut R,
+    ) -> Result<(ChildSa, Vec<Payload>), NotifyType> {
+        let (Some(Payload::Sa(sa)), Some(Payload::TsI(tsi)), Some(Payload::TsR(tsr))) =
+            (find(p, PayloadType::SA), find(p, PayloadType::TSI), find(p, PayloadType::TSR))
+        else {
+            return Err(NotifyType::INVALID_SYNTAX);
+        };
         let chosen = match select_proposal(&sa.proposals, &without_pfs(&self.config.esp_proposals)) {
             Ok(c) if c.protocol == ProtocolId::ESP && c.dh.is_none() => c,
-            _ => {
-                self.fail(Failure::LocalError(NotifyType::NO_PROPOSAL_CHOSEN));
-                return Some(notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![]));
-            }
+            _ => return Err(NotifyType::NO_PROPOSAL_CHOSEN),
         };
         let tsi = ts::narrow(tsi, &self.config.remote_ts);
         let tsr = ts::narrow(tsr, &self.config.local_ts);
         if tsi.is_empty() || tsr.is_empty() {
-            self.fail(Failure::LocalError(NotifyType::TS_UNACCEPTABLE));
-            return Some(notify(NotifyType::TS_UNACCEPTABLE, vec![]));
+            return Err(NotifyType::TS_UNACCEPTABLE);
         }
-        let Some(peer_spi) = spi32(&chosen.spi) else {
-            self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
-            return Some(notify(NotifyType::INVALID_SYNTAX, vec![]));
-        };
-        let our_spi = nonzero_u32(rng);
-        let idr = self.local_identity();
-        let octets_r = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
-        let auth_r = psk_auth(prf, &self.config.psk, &octets_r);
+        let peer_spi = spi32(&chosen.spi).ok_or(NotifyType::INVALID_SYNTAX)?;
+        let our_spi = self.new_child_spi(rng);
         let (ni, nr) = (self.ni.clone(), self.nr.clone());
-        let child =
-            self.make_child(0, &chosen, None, &ni, &nr, (peer_spi, our_spi), false, tsi.clone(), tsr.clone())?;
-        self.establish(rng);
-        self.install_child(child, rng);
-        Some(vec![
-            Payload::IdR(idr),
-            Payload::Auth(AuthPayload { method: AuthMethod::SHARED_KEY_MIC, data: auth_r }),
-            Payload::Sa(SaPayload { proposals: vec![chosen.to_proposal(our_spi.to_be_bytes().to_vec())] }),
-            Payload::TsI(tsi),
-            Payload::TsR(tsr),
-        ])
+        let child = self
+            .make_child(0, &chosen, None, &ni, &nr, (peer_spi, our_spi), false, tsi.clone(), tsr.clone())
+            .ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
+        Ok((
+            child,
+            vec![
+                Payload::Sa(SaPayload { proposals: vec![chosen.to_proposal(our_spi.to_be_bytes().to_vec())] }),
+                Payload::TsI(tsi),
+                Payload::TsR(tsr),
+            ],
+        ))
     }
 
     fn on_auth_response<R: CryptoRng + ?Sized>(&mut self, opened: &Opened, offer: ChildOffer, rng: &mut R) -> State {
         let p = &opened.inner;
-        if let Some(n) = first_error(p) {
-            self.fail(Failure::PeerError(n));
-            return State::Failed;
-        }
-        let (
-            Some(Payload::IdR(idr)),
-            Some(Payload::Auth(auth)),
-            Some(Payload::Sa(sa)),
-            Some(Payload::TsI(tsi)),
-            Some(Payload::TsR(tsr)),
-        ) = (
-            find(p, PayloadType::IDR),
-            find(p, PayloadType::AUTH),
-            find(p, PayloadType::SA),
-            find(p, PayloadType::TSI),
-            find(p, PayloadType::TSR),
-        )
+        let (Some(Payload::IdR(idr)), Some(Payload::Auth(auth))) =
+            (find(p, PayloadType::IDR), find(p, PayloadType::AUTH))
         else {
-            self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
+            // Not authenticated by the responder: AUTHENTICATION_FAILED or another fatal error.
+            self.fail(first_error(p).map_or(Failure::LocalError(NotifyType::INVALID_SYNTAX), Failure::PeerError));
             return State::Failed;
         };
         let Some((prf, sk_pr)) = self.cores[0].keys.as_ref().map(|k| (k.suite.prf, k.sk_pr.clone())) else {
@@ -1700,6 +1709,18 @@ impl IkeSa {
             self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
             return State::Failed;
         }
+        if let Some(n) = first_error(p) {
+            // The IKE SA is up; the responder refused the first Child SA.
+            self.establish(rng);
+            self.events.push_back(Event::ChildSaFailed(Failure::PeerError(n)));
+            return State::Established;
+        }
+        let (Some(Payload::Sa(sa)), Some(Payload::TsI(tsi)), Some(Payload::TsR(tsr))) =
+            (find(p, PayloadType::SA), find(p, PayloadType::TSI), find(p, PayloadType::TSR))
+        else {
+            self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
+            return State::Failed;
+        };
         let chosen = accept_reply(sa, &without_pfs(&self.config.esp_proposals), &offer.offer);
         let Some(chosen) = chosen.filter(|c| c.dh.is_none()) else {
             self.fail(Failure::LocalError(NotifyType::NO_PROPOSAL_CHOSEN));
@@ -1720,7 +1741,6 @@ impl IkeSa {
             self.fail(Failure::LocalError(NotifyType::INVALID_SYNTAX));
             return State::Failed;
         };
-        self.state = State::Established;
         self.establish(rng);
         self.install_child(child, rng);
         State::Established
@@ -1786,6 +1806,10 @@ impl IkeSa {
     fn remove_child(&mut self, spi_in: u32) -> Option<u32> {
         let i = self.children.iter().position(|c| c.sa.inbound_spi() == spi_in)?;
         let c = self.children.remove(i);
+        if let (ChildState::Rekeying, Some((n, m))) = (c.state, c.peer_rekey.clone()) {
+            // Collision not decided yet: keep its record for our response.
+            self.orphaned_rekeys.push((spi_in, n, m));
+        }
         self.events.push_back(Event::ChildSaDeleted { spi_in, spi_out: c.sa.outbound_spi() });
         Some(spi_in)
     }
@@ -1798,6 +1822,10 @@ impl IkeSa {
                 return s;
             }
         }
+    }
+
+    fn child_exchange_in_flight(&self) -> bool {
+        self.cores.iter().any(|c| c.pending.as_ref().is_some_and(|p| matches!(p.task, Task::CreateChild { .. })))
     }
 
     fn child_mut(&mut self, spi_in: u32) -> Option<&mut Child> {
@@ -1847,6 +1875,9 @@ impl IkeSa {
             Some(n) => {
                 let found = spi32(&n.spi).and_then(|s| self.children.iter().position(|c| c.sa.outbound_spi() == s));
                 match found {
+                    // It may be the SA our own CREATE_CHILD_SA in flight is creating (the peer
+                    // has it, we do not yet): ask the peer to retry rather than to forget it.
+                    None if self.child_exchange_in_flight() => return notify(NotifyType::TEMPORARY_FAILURE, vec![]),
                     None => return notify(NotifyType::CHILD_SA_NOT_FOUND, vec![]),
                     Some(i) if matches!(self.children[i].state, ChildState::Installed | ChildState::Rekeying) => {
                         Some(i)
@@ -1932,7 +1963,11 @@ impl IkeSa {
         let Some(ke) = ke.filter(|k| k.dh_group == group.id()) else {
             return notify(NotifyType::INVALID_KE_PAYLOAD, group.id().to_be_bytes().to_vec());
         };
-        if self.cores.iter().any(|c| matches!(c.role, Role::Candidate { .. })) {
+        // Refuse while another rekey collision is being resolved, or while one of our other
+        // exchanges is in flight on this IKE SA: it must complete before the SA is replaced and
+        // deleted, or its outcome would be known to one end only.
+        let busy = self.cores[idx].pending.as_ref().is_some_and(|p| !matches!(p.task, Task::RekeyIke { .. }));
+        if busy || self.cores.iter().any(|c| matches!(c.role, Role::Candidate { .. })) {
             return notify(NotifyType::TEMPORARY_FAILURE, vec![]);
         }
         let (dh, public) = group.generate(rng);
@@ -1951,7 +1986,7 @@ impl IkeSa {
             self.cores.push(core);
         } else {
             let old = self.cores[idx].spis();
-            self.cores[idx].role = Role::Dying { by_us: false, deadline: self.now + DYING_TIMEOUT };
+            self.cores[idx].role = Role::Dying { by_us: false, deadline: self.now + self.dying_timeout() };
             let new = core.spis();
             self.cores.push(core);
             self.ike_rekeyed(old, new, group, rng);
@@ -1961,6 +1996,10 @@ impl IkeSa {
             Payload::Nonce(nr),
             Payload::Ke(KePayload { dh_group: group.id(), data: public }),
         ]
+    }
+
+    fn dying_timeout(&self) -> Duration {
+        DYING_TIMEOUT.max(self.config.retransmit_budget() + self.config.retransmit_initial)
     }
 
     fn ike_rekeyed<R: CryptoRng + ?Sized>(&mut self, old: (u64, u64), new: (u64, u64), group: DhGroup, rng: &mut R) {
@@ -2002,8 +2041,12 @@ impl IkeSa {
                 ProtocolId::ESP => {
                     for s in d.spis.iter().filter_map(|s| spi32(s)) {
                         let found = self.children.iter().find(|c| c.sa.outbound_spi() == s).map(|c| c.sa.inbound_spi());
-                        if let Some(spi_in) = found.and_then(|i| self.remove_child(i)) {
-                            ours.push(spi_in.to_be_bytes().to_vec());
+                        match found.and_then(|i| self.remove_child(i)) {
+                            Some(spi_in) => ours.push(spi_in.to_be_bytes().to_vec()),
+                            // Perhaps the SA our CREATE_CHILD_SA in flight is creating: remember
+                            // that the peer deleted it already.
+                            None if self.child_exchange_in_flight() => self.deleted_early.push(s),
+                            None => {}
                         }
                     }
                 }
@@ -2134,25 +2177,47 @@ impl IkeSa {
                         c.state = ChildState::Installed;
                         c.rekey_at = Some(retry);
                     }
+                    // A rekey of an SA that is gone meanwhile: nothing to report.
+                    None if rekey.is_some() => {}
                     None => self.events.push_back(Event::ChildSaFailed(why)),
                 }
                 return;
             }
         };
         let new_in = child.inbound_spi();
+        if let Some(k) = self.deleted_early.iter().position(|s| *s == child.outbound_spi()) {
+            // The peer created and deleted it before our response arrived.
+            self.deleted_early.swap_remove(k);
+            if let Some(c) = rekey.and_then(|old| self.child_mut(old)) {
+                if c.state == ChildState::Rekeying {
+                    c.state = if c.peer_rekey.take().is_some() { ChildState::Rekeyed } else { ChildState::Installed };
+                }
+            }
+            return;
+        }
         self.install_child(child, rng);
         let Some(old) = rekey else {
             return;
         };
-        let Some(c) = self.child_mut(old) else {
-            return;
+        // The collision record: on the old SA, or kept aside if the old SA is already gone
+        // (the peer deleted it: as the winner, or at its hard lifetime).
+        let (present, collision) = match self.child_mut(old) {
+            Some(c) => (true, c.peer_rekey.take()),
+            None => match self.orphaned_rekeys.iter().position(|(s, _, _)| *s == old) {
+                Some(k) => {
+                    let (_, n, m) = self.orphaned_rekeys.swap_remove(k);
+                    (false, Some((n, m)))
+                }
+                None => (false, None),
+            },
         };
-        match c.peer_rekey.take() {
-            Some((peer_new, theirs)) if ours < theirs => {
+        match collision {
+            Some((_, theirs)) if ours < theirs => {
                 // We lose: delete our new SA; the peer deletes the old one.
-                c.state = ChildState::Rekeyed;
-                c.rekey_at = None;
-                let _ = peer_new;
+                if let Some(c) = self.child_mut(old) {
+                    c.state = ChildState::Rekeyed;
+                    c.rekey_at = None;
+                }
                 if let Some(n) = self.child_mut(new_in) {
                     n.state = ChildState::Deleting;
                 }
@@ -2160,17 +2225,24 @@ impl IkeSa {
             }
             Some((peer_new, _)) => {
                 // We win: delete the old SA; the peer deletes its new one.
-                c.state = ChildState::Deleting;
-                self.queue.push_front(Request::DeleteChild(old));
+                if present {
+                    if let Some(c) = self.child_mut(old) {
+                        c.state = ChildState::Deleting;
+                    }
+                    self.queue.push_front(Request::DeleteChild(old));
+                }
                 if let Some(n) = self.child_mut(peer_new) {
                     n.state = ChildState::Rekeyed;
                     n.rekey_at = None;
                 }
             }
-            None => {
-                c.state = ChildState::Deleting;
+            None if present => {
+                if let Some(c) = self.child_mut(old) {
+                    c.state = ChildState::Deleting;
+                }
                 self.queue.push_front(Request::DeleteChild(old));
             }
+            None => {}
         }
     }
 
@@ -2207,7 +2279,8 @@ impl IkeSa {
             Some((core, min_nonce(ni, nr)))
         })();
         let old = self.cores[idx].spis();
-        let dying = |by_us| Role::Dying { by_us, deadline: self.now + DYING_TIMEOUT };
+        let deadline = self.now + self.dying_timeout();
+        let dying = |by_us| Role::Dying { by_us, deadline };
         let Some((mut core, ours)) = result else {
             if let Some(ci) = cand {
                 // Collision and the peer refused ours: its new SA is the one.

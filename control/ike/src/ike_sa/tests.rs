@@ -194,7 +194,11 @@ fn unacceptable_traffic_selectors() {
     ci.remote_ts = vec![net(3)];
     let mut p = Pair::new(ci, cr);
     p.drive();
-    assert_eq!(p.ev_i, vec![Event::Failed(Failure::PeerError(NotifyType::TS_UNACCEPTABLE))]);
+    // The IKE SA comes up without the Child SA (RFC 7296 §1.2); the daemon decides what to do.
+    assert!(p.i.is_established() && p.r.is_established());
+    assert_eq!(p.ev_i[1..], [Event::ChildSaFailed(Failure::PeerError(NotifyType::TS_UNACCEPTABLE))]);
+    assert_eq!(p.ev_r[1..], [Event::ChildSaFailed(Failure::LocalError(NotifyType::TS_UNACCEPTABLE))]);
+    assert_consistent(&p);
 }
 
 #[test]
@@ -282,29 +286,97 @@ fn half_open_responder_gives_up() {
 // ----------------------------------------------------------------------------------------------
 // Robustness: faults on every message, malformed and unauthenticated input
 
+/// A long run through a faulty network; at the end (after a quiet period) both ends must agree.
+fn chaos_run(seed: u64, chaos: Chaos, from_start: bool, max_children_lost: usize, tune: impl Fn(&mut Config)) -> Pair {
+    let (mut ci, mut cr) = configs();
+    for c in [&mut ci, &mut cr] {
+        c.child_lifetime = Duration::from_secs(120);
+        c.ike_lifetime = Duration::from_secs(300);
+        c.retransmit_max = 8;
+        c.dpd_interval = Some(Duration::from_secs(40));
+        // At 15% loss each way a 30 s liveness check fails about once in 2000, rightly.
+        c.dpd_timeout = Duration::from_secs(90);
+        tune(c);
+    }
+    let mut p = Pair::with_seed(ci, cr, seed);
+    if !from_start {
+        p.establish();
+    }
+    p.set_chaos(chaos, seed + 1000);
+    p.run(Duration::from_secs(1000));
+    // Quiesce: no faults, let pending exchanges and deletes finish, and replaced IKE SAs whose
+    // DELETE never comes (the peer abandoned the exchange that made them) expire.
+    p.chaos = None;
+    let budget = p.i.config().retransmit_budget();
+    p.run(Duration::from_secs(70).max(budget + Duration::from_secs(60)));
+    if std::env::var("IKE_SEED").is_ok() {
+        eprintln!("END {:?} i pending {:?} r pending {:?}", p.now, p.i.poll_timeout(), p.r.poll_timeout());
+        for (who, ev) in [("i", &p.ev_i), ("r", &p.ev_r)] {
+            for e in ev {
+                match e {
+                    Event::ChildSaInstalled(c) => eprintln!("{who} inst {} {} init={}", c.spi_i, c.spi_r, c.initiator),
+                    e => eprintln!("{who} {e:?}"),
+                }
+            }
+        }
+    }
+    assert!(p.i.is_established() && p.r.is_established(), "seed {seed}: {:?} {:?}", p.ev_i.last(), p.ev_r.last());
+    assert_eq!(p.i.spis(), p.r.spis(), "seed {seed}");
+    assert_eq!(p.i.keys(), p.r.keys(), "seed {seed}");
+    assert_eq!(p.i.local_spis().len(), 1, "seed {seed}: no IKE SA leaked");
+    assert_eq!(p.r.local_spis().len(), 1, "seed {seed}: no IKE SA leaked");
+    assert_consistent(&p);
+    let n = p.i.child_sas().count();
+    assert!(n <= 1, "seed {seed}: no Child SA leaked");
+    assert!(n + max_children_lost >= 1, "seed {seed}: the Child SA survives the rekeys");
+    p
+}
+
+/// IKE_SEED=n runs one seed with an event trace; IKE_SEEDS=n runs seeds 0..n.
+fn seeds(default: u64) -> Vec<u64> {
+    match (std::env::var("IKE_SEED"), std::env::var("IKE_SEEDS")) {
+        (Ok(v), _) => vec![v.parse().unwrap()],
+        (_, Ok(n)) => (0..n.parse().unwrap()).collect(),
+        _ => (0..default).collect(),
+    }
+}
+
 #[test]
 fn loss_duplication_and_reordering_of_every_message() {
-    for seed in 0..24 {
-        let (mut ci, mut cr) = configs();
-        for c in [&mut ci, &mut cr] {
-            c.child_lifetime = Duration::from_secs(120);
-            c.ike_lifetime = Duration::from_secs(300);
-            c.retransmit_max = 8;
-            c.dpd_interval = Some(Duration::from_secs(40));
-        }
-        let mut p = Pair::with_seed(ci, cr, seed);
-        p.set_chaos(Chaos { drop: 150, dup: 150, delay: 200, max_delay: Duration::from_millis(1500) }, seed + 1000);
-        p.run(Duration::from_secs(1000));
-        // Quiesce: no faults, let pending deletes finish.
-        p.chaos = None;
-        p.run(Duration::from_secs(70));
-        assert!(p.i.is_established() && p.r.is_established(), "seed {seed}: {:?} {:?}", p.ev_i.last(), p.ev_r.last());
-        assert_eq!(p.i.spis(), p.r.spis(), "seed {seed}");
-        assert_eq!(p.i.keys(), p.r.keys(), "seed {seed}");
-        assert_consistent(&p);
-        assert_eq!(p.i.child_sas().count(), 1, "seed {seed}: exactly one Child SA survives the rekeys");
+    for seed in seeds(24) {
+        let chaos = Chaos { drop: 150, dup: 150, delay: 200, max_delay: Duration::from_millis(1500) };
+        let p = chaos_run(seed, chaos, true, 0, |_| {});
         assert!(count(&p.ev_i, |e| matches!(e, Event::IkeSaRekeyed { .. })) >= 2, "seed {seed}");
         assert!(installed(&p.ev_i).len() >= 8, "seed {seed}");
+    }
+}
+
+/// Both ends rekey at the same moments (no jitter), so nearly every rekey collides, over a
+/// network that loses 30% and delays beyond the retransmission interval.
+#[test]
+fn simultaneous_rekeys_over_a_bad_network() {
+    for seed in seeds(16) {
+        let chaos = Chaos { drop: 300, dup: 150, delay: 300, max_delay: Duration::from_millis(4000) };
+        // The handshake is done first: at this loss rate it may rightly fail (the responder
+        // drops half-open SAs after 30 s).
+        // At this loss rate a response is now and then lost 7 times in a row, a rekey does not
+        // complete within the 60 s before the hard lifetime, and the Child SA ends (on both
+        // sides alike: the daemon would create it again); allowed here, leaks are not.
+        let p = chaos_run(seed, chaos, false, 1, |c| {
+            c.rekey_jitter_percent = 0;
+            // Rekey early enough that an exchange survives 30% loss (whose retransmissions can
+            // take a minute) before the hard lifetime.
+            c.rekey_margin_percent = 30;
+            c.child_lifetime = Duration::from_secs(200);
+            c.ike_lifetime = Duration::from_secs(300);
+            // At 30% loss an exchange fails one attempt in two: 11 attempts all fail once in
+            // 1600 exchanges, which is a correct Failed(Timeout) but not the subject here.
+            c.retransmit_max = 20;
+            // At 30% loss a 30 s liveness check fails now and then, rightly; not the subject here.
+            c.dpd_interval = None;
+        });
+        assert!(count(&p.ev_i, |e| matches!(e, Event::IkeSaRekeyed { .. })) >= 2, "seed {seed}");
+        assert!(installed(&p.ev_i).len() >= 2, "seed {seed}");
     }
 }
 
@@ -884,31 +956,38 @@ fn ike_rekey_collision_response_overtakes_request() {
     }
 }
 
-/// The IKE SA is rekeyed while the other end's Child SA rekey is in flight on the old IKE SA,
-/// and the old IKE SA is deleted before that exchange completes: the Child SA rekey is retried
-/// on the new IKE SA, nothing is lost or leaked.
+/// One end rekeys the IKE SA while the other end's Child SA rekey is in flight on it: the IKE
+/// SA rekey is refused (TEMPORARY_FAILURE) until that exchange has completed, so no exchange is
+/// cut off by the deletion of the old IKE SA, then retried.
 #[test]
 fn ike_rekey_while_a_child_rekey_is_in_flight() {
-    let (ci, cr) = configs();
-    let mut p = Pair::new(ci, cr);
-    p.establish();
-    let now = p.now;
-    let spi = p.r.child_sas().next().unwrap().inbound_spi();
-    p.i.rekey_ike(now, &mut rng(1));
-    p.r.rekey_child(now, spi, &mut rng(2));
-    p.collect();
-    p.deliver_next(true); // IKE rekey request at r: r switches to the new IKE SA
-    let child_req = p.drop_next(false); // r's Child SA rekey on the old IKE SA, delayed
-    p.deliver_next(false); // IKE rekey response at i: i switches, sends DELETE on the old SA
-    p.deliver_next(true); // the DELETE at r: old IKE SA gone with r's exchange in it
-    p.flight.push(child_req);
-    p.drive(); // the late request hits nothing usable at i
-    assert_eq!(p.i.local_spis().len(), 1);
-    assert_eq!(p.r.local_spis().len(), 1);
-    assert_consistent(&p);
-    assert_eq!(installed(&p.ev_r).len(), 1, "not rekeyed yet");
-    p.run(Duration::from_secs(15));
-    assert_consistent(&p);
-    assert_eq!(installed(&p.ev_r).len(), 2, "rekey retried on the new IKE SA");
-    assert_eq!(p.r.child_sas().count(), 1);
+    for order in [true, false] {
+        let (ci, cr) = configs();
+        let mut p = Pair::new(ci, cr);
+        p.establish();
+        let now = p.now;
+        let spi = p.r.child_sas().next().unwrap().inbound_spi();
+        let old = p.i.spis();
+        p.i.rekey_ike(now, &mut rng(1));
+        p.r.rekey_child(now, spi, &mut rng(2));
+        p.collect();
+        if order {
+            p.deliver_next(true); // IKE rekey request at r: refused, r's own exchange is open
+            p.deliver_next(false);
+        } else {
+            p.deliver_next(false); // Child SA rekey at i, answered
+            p.deliver_next(true);
+        }
+        p.drive();
+        assert_eq!(p.i.spis(), old, "not rekeyed yet");
+        assert_consistent(&p);
+        assert_eq!(installed(&p.ev_r).len(), 2, "Child SA rekeyed");
+        p.run(Duration::from_secs(15));
+        assert_ne!(p.i.spis(), old, "IKE SA rekey retried and done");
+        assert_eq!(p.i.spis(), p.r.spis());
+        assert_eq!(p.i.local_spis().len(), 1);
+        assert_eq!(p.r.local_spis().len(), 1);
+        assert_consistent(&p);
+        assert_eq!(p.r.child_sas().count(), 1);
+    }
 }
