@@ -307,6 +307,7 @@ enum Task {
         ni: Vec<u8>,
         ts_i: Vec<TrafficSelector>,
         ts_r: Vec<TrafficSelector>,
+        retried: bool,
     },
     RekeyIke {
         spi: u64,
@@ -323,7 +324,12 @@ enum Task {
 /// Requests waiting for the window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Request {
-    CreateChild { rekey: Option<u32>, ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)> },
+    CreateChild {
+        rekey: Option<u32>,
+        ts: Option<(Vec<TrafficSelector>, Vec<TrafficSelector>)>,
+        /// The PFS group the peer asked for with INVALID_KE_PAYLOAD (retried once).
+        group: Option<DhGroup>,
+    },
     RekeyIke,
     DeleteChild(u32),
     DeleteIke,
@@ -807,7 +813,7 @@ impl IkeSa {
         rng: &mut R,
     ) {
         self.now = now;
-        self.queue.push_back(Request::CreateChild { rekey: None, ts });
+        self.queue.push_back(Request::CreateChild { rekey: None, ts, group: None });
         self.after(rng);
     }
 
@@ -817,7 +823,7 @@ impl IkeSa {
         if let Some(c) = self.children.iter_mut().find(|c| c.sa.inbound_spi() == spi_in) {
             if c.state == ChildState::Installed {
                 c.rekey_at = None;
-                self.queue.push_back(Request::CreateChild { rekey: Some(spi_in), ts: None });
+                self.queue.push_back(Request::CreateChild { rekey: Some(spi_in), ts: None, group: None });
             }
         }
         self.after(rng);
@@ -921,7 +927,11 @@ impl IkeSa {
                     self.queue.push_front(Request::DeleteChild(c.sa.inbound_spi()));
                 } else if c.state == ChildState::Installed && c.rekey_at.is_some_and(|r| now >= r) {
                     c.rekey_at = None;
-                    self.queue.push_back(Request::CreateChild { rekey: Some(c.sa.inbound_spi()), ts: None });
+                    self.queue.push_back(Request::CreateChild {
+                        rekey: Some(c.sa.inbound_spi()),
+                        ts: None,
+                        group: None,
+                    });
                 }
             }
             if self.ike_rekey_at.is_some_and(|r| now >= r) {
@@ -1265,7 +1275,7 @@ impl IkeSa {
                 })];
                 self.request_on(cur, ExchangeType::INFORMATIONAL, &inner, Task::DeleteChild { spi }, rng);
             }
-            Request::CreateChild { rekey, ts } => {
+            Request::CreateChild { rekey, ts, group: retry_group } => {
                 let (ts_i, ts_r) = match rekey {
                     Some(old) => {
                         let Some(c) = self.children.iter_mut().find(|c| c.sa.inbound_spi() == old) else {
@@ -1282,7 +1292,8 @@ impl IkeSa {
                 };
                 let spi = self.new_child_spi(rng);
                 let ni = nonce(rng);
-                let group = self.config.esp_proposals.iter().find_map(|p| p.dh.first().copied());
+                let group =
+                    retry_group.or_else(|| self.config.esp_proposals.iter().find_map(|p| p.dh.first().copied()));
                 let dh = group.map(|g| g.generate(rng));
                 let offer = build_offer(&self.config.esp_proposals, &spi.to_be_bytes());
                 let mut inner = Vec::new();
@@ -1301,7 +1312,16 @@ impl IkeSa {
                 }
                 inner.push(Payload::TsI(ts_i.clone()));
                 inner.push(Payload::TsR(ts_r.clone()));
-                let task = Task::CreateChild { rekey, spi, offer, dh: dh.map(|(d, _)| d), ni, ts_i, ts_r };
+                let task = Task::CreateChild {
+                    rekey,
+                    spi,
+                    offer,
+                    dh: dh.map(|(d, _)| d),
+                    ni,
+                    ts_i,
+                    ts_r,
+                    retried: retry_group.is_some(),
+                };
                 self.request_on(cur, ExchangeType::CREATE_CHILD_SA, &inner, task, rng);
             }
             Request::RekeyIke => {
@@ -2094,7 +2114,10 @@ impl IkeSa {
                     s => s,
                 };
             }
-            Task::CreateChild { rekey, spi, offer, dh, ni, ts_i, ts_r } => {
+            Task::CreateChild { rekey, spi, offer, dh, ni, ts_i, ts_r, retried } => {
+                if !retried && self.retry_child_with_group(opened, rekey, dh.as_ref(), &ts_i, &ts_r) {
+                    return;
+                }
                 self.on_create_child_response(idx, opened, rekey, spi, &offer, dh, &ni, (ts_i, ts_r), rng);
             }
             Task::RekeyIke { spi, dh, ni } => self.on_rekey_ike_response(idx, opened, spi, dh, &ni, rng),
@@ -2110,6 +2133,36 @@ impl IkeSa {
             }
             Task::Dpd => {}
         }
+    }
+
+    /// INVALID_KE_PAYLOAD in answer to a CREATE_CHILD_SA with PFS: if the group the peer wants is
+    /// one of ours, queue the same request again (once) with it.
+    fn retry_child_with_group(
+        &mut self,
+        opened: &Opened,
+        rekey: Option<u32>,
+        dh: Option<&DhPrivate>,
+        ts_i: &[TrafficSelector],
+        ts_r: &[TrafficSelector],
+    ) -> bool {
+        let Some(n) = notifies(&opened.inner, NotifyType::INVALID_KE_PAYLOAD).next() else {
+            return false;
+        };
+        let wanted = <[u8; 2]>::try_from(n.data.as_slice()).ok().map(u16::from_be_bytes).and_then(DhGroup::from_id);
+        let Some(g) = wanted.filter(|g| {
+            Some(*g) != dh.map(DhPrivate::group) && self.config.esp_proposals.iter().any(|p| p.dh.contains(g))
+        }) else {
+            return false;
+        };
+        if let Some(old) = rekey {
+            match self.child_mut(old) {
+                Some(c) if c.state == ChildState::Rekeying && c.peer_rekey.is_none() => c.state = ChildState::Installed,
+                _ => return false,
+            }
+        }
+        let ts = rekey.is_none().then(|| (ts_i.to_vec(), ts_r.to_vec()));
+        self.queue.push_front(Request::CreateChild { rekey, ts, group: Some(g) });
+        true
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -585,6 +585,29 @@ fn new_child_sa_with_and_without_pfs() {
 }
 
 #[test]
+fn child_pfs_group_retried_after_invalid_ke_payload() {
+    let (mut ci, mut cr) = configs();
+    ci.esp_proposals[0].dh = vec![DhGroup::Ecp256, DhGroup::Curve25519];
+    cr.esp_proposals[0].dh = vec![DhGroup::Curve25519];
+    let mut p = Pair::new(ci, cr);
+    p.establish();
+    let now = p.now;
+    p.i.create_child(now, None, &mut rng(5));
+    p.drive();
+    assert_eq!(p.sent_by_i.len(), 4, "CREATE_CHILD_SA sent twice");
+    assert_eq!(installed(&p.ev_i).len(), 2);
+    assert_consistent(&p);
+    // The rekey of that Child SA goes through the same retry.
+    let now = p.now;
+    let spi = installed(&p.ev_i)[1].inbound_spi();
+    p.i.rekey_child(now, spi, &mut rng(6));
+    p.drive();
+    assert_eq!(installed(&p.ev_i).len(), 3);
+    assert_consistent(&p);
+    assert_eq!(p.i.child_sas().count(), 2);
+}
+
+#[test]
 fn new_child_sa_failure_leaves_the_ike_sa_alone() {
     let (ci, cr) = configs();
     let mut p = Pair::new(ci, cr);
