@@ -24,9 +24,24 @@
 //!   construction, and proposal selection as responder.
 //! * [`crypto`]: PRF/prf+, SKEYSEED and the SK_* keys, Child SA KEYMAT, PSK AUTH, SK payload
 //!   encryption/integrity (CBC+HMAC and AES-GCM-16), and the DH groups.
-//! * [`ike_sa`]: the first state machine on top: IKE_SA_INIT + IKE_AUTH with a PSK, initiator and
-//!   responder, establishing the IKE SA and its first Child SA. Every entry point takes `now`;
-//!   outputs are pulled (`poll_transmit`, `poll_timeout`, `poll_event`).
+//! * [`ike_sa`]: one IKE connection with one peer: IKE_SA_INIT + IKE_AUTH with a PSK (initiator
+//!   and responder, COOKIE and INVALID_KE_PAYLOAD retries), CREATE_CHILD_SA (new Child SA, Child
+//!   SA rekey, IKE SA rekey, with or without PFS, collisions per §2.8.1), INFORMATIONAL (DELETE,
+//!   DPD), NAT traversal, lifetimes with jitter. Every entry point takes `now`; outputs are pulled
+//!   (`poll_transmit`, `poll_timeout`, `poll_event`).
+//! * [`endpoint`]: the dispatcher a daemon drives with every IKE datagram: routes by IKE SPI,
+//!   creates responders, bounds half-open state with COOKIEs, aggregates outputs.
+//! * [`config`]: the connection configuration (the seed's IkeConfig/IpsecConfig).
+//! * [`nat`]: NAT detection hashes and NAT-T datagram framing (non-ESP marker, keepalives).
+//! * [`ts`]: traffic selector intersection and narrowing.
+//!
+//! # What the daemon does
+//!
+//! Read datagrams from the IKE (500) and NAT-T (4500) sockets, pass them through
+//! [`nat::classify`], give IKE messages to [`endpoint::Endpoint::handle`]; send every
+//! [`ike_sa::Transmit`] of `poll_transmit` as [`ike_sa::Transmit::to_datagram`] from its `local`
+//! address; sleep until `poll_timeout` and call `handle_timeout`; publish the Child SA events
+//! ([`ike_sa::Event`]) to the data plane.
 //!
 //! # Dependencies and why
 //!
@@ -50,10 +65,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod ike_sa;
 pub mod message;
+pub mod nat;
 pub mod transforms;
+pub mod ts;
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod test_util;

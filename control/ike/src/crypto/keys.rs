@@ -148,7 +148,7 @@ impl<'a> Splitter<'a> {
 }
 
 /// Keys of one Child SA pair (ESP), per direction.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildKeys {
     /// Encryption key material, initiator to responder (key then salt for GCM).
     pub encr_i: SecretBytes,
