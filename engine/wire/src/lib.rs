@@ -431,6 +431,8 @@ pub(crate) mod bytes {
 
 #[cfg(test)]
 pub(crate) mod testdata;
+#[cfg(test)]
+mod testdata_captured;
 
 #[cfg(test)]
 mod tests {
