@@ -771,7 +771,7 @@ mod tests {
             assert_eq!(&emitted, fh, "emit_fragment_header writes the kernel's header");
             assert_eq!(whole.len(), offset as usize, "fragments are contiguous");
             let data = &ip.payload()[8..];
-            assert!(!more || data.len() % 8 == 0, "non-last fragments carry multiples of 8 bytes");
+            assert!(!more || data.len().is_multiple_of(8), "non-last fragments carry multiples of 8 bytes");
             whole.extend_from_slice(data);
         }
         assert_eq!(whole.len(), 8 + 3000);
