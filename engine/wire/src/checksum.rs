@@ -281,7 +281,7 @@ mod tests {
                 continue;
             }
             let old = u16::from_be_bytes([hdr[w], hdr[w + 1]]);
-            let new = if rng.next() % 8 == 0 { !old } else { rng.next() as u16 };
+            let new = if rng.next().is_multiple_of(8) { !old } else { rng.next() as u16 };
             let new = if w == 0 { 0x4500 | (new & 0xff) } else { new };
             hdr[w..w + 2].copy_from_slice(&new.to_be_bytes());
             let inc = update_u16(c, old, new);
@@ -300,7 +300,7 @@ mod tests {
             hdr[0] = 0x45;
             hdr[10..12].fill(0);
             let c = !data(&hdr);
-            let at = if rng.next() % 2 == 0 { 12 } else { 16 };
+            let at = if rng.next().is_multiple_of(2) { 12 } else { 16 };
             let old = u32::from_be_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
             let new = rng.next() as u32;
             hdr[at..at + 4].copy_from_slice(&new.to_be_bytes());
@@ -311,12 +311,12 @@ mod tests {
     #[test]
     fn ipv4_ttl_and_dscp_incremental_match_recompute() {
         let mut rng = Rng(0x0bad_cafe);
-        for i in 0..20_000 {
+        for i in 0..20_000u32 {
             let mut buf = [0u8; 20];
             buf.iter_mut().for_each(|b| *b = rng.byte());
             buf[0] = 0x45;
             buf[2..4].copy_from_slice(&20u16.to_be_bytes());
-            if i % 16 == 0 {
+            if i.is_multiple_of(16) {
                 buf[8] = 1 + (i % 3) as u8; // low TTLs, including 1 -> 0
             }
             let mut p = ipv4::Packet::new_unchecked(&mut buf[..]);

@@ -246,7 +246,7 @@ impl SkCipher {
         let iv_len = self.encr.iv_len();
         let icv_len = self.icv_len();
         let bs = self.encr.block_size();
-        if body_len < iv_len + icv_len + 1 || (body_len - iv_len - icv_len) % bs != 0 {
+        if body_len < iv_len + icv_len + 1 || !(body_len - iv_len - icv_len).is_multiple_of(bs) {
             return Err(CryptoError::BadCiphertext.into());
         }
         let ct_len = body_len - iv_len - icv_len;

@@ -77,7 +77,7 @@ struct CbcKey {
 impl CbcKey {
     /// Checks the IV and data lengths before anything is touched.
     fn check(&self, iv: &[u8], data: &[u8]) -> Result<(), CryptoError> {
-        if iv.len() != self.block_len || data.len() % self.block_len != 0 {
+        if iv.len() != self.block_len || !data.len().is_multiple_of(self.block_len) {
             Err(CryptoError::BadLength)
         } else {
             Ok(())

@@ -16,7 +16,7 @@ use super::*;
 /// Decodes hex, ignoring whitespace.
 fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex length: {s}");
+    assert!(digits.len().is_multiple_of(2), "odd hex length: {s}");
     digits.chunks(2).map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap()).collect()
 }
 
@@ -604,7 +604,7 @@ fn gcm_bursts_match_single_calls() {
             .map(|i| {
                 let n: [u8; 12] = rng.bytes(12).try_into().unwrap();
                 let a: [u8; 12] = rng.bytes(12).try_into().unwrap();
-                (n, a, if i % 2 == 0 { 8 } else { 12 })
+                (n, a, if (i as u32).is_multiple_of(2) { 8 } else { 12 })
             })
             .collect();
         let mut expected = plain.clone();

@@ -146,7 +146,7 @@ fn lpm_matches_brute_force() {
             let mut k = 0;
             reference.retain(|(p, t)| {
                 k += 1;
-                if k % 3 == 0 {
+                if (k as u64).is_multiple_of(3) {
                     assert_eq!(r.remove_route(*p), Some(*t));
                     false
                 } else {
@@ -220,7 +220,7 @@ fn flows_match_reference() {
                 Some(o) => reference[o].2 = TunnelId(i),
                 None => reference.push((s, t, TunnelId(i))),
             }
-            if i % 4 == 0 {
+            if i.is_multiple_of(4) {
                 let (s, t, id) = reference.swap_remove(rng.below(reference.len() as u64) as usize);
                 assert_eq!(f.remove_flow(s, t), Some(id));
             }
@@ -329,8 +329,8 @@ fn tunnel_switch_while_readers_read() {
         })
         .collect();
     start.wait();
-    for i in 0..20_000 {
-        let next = if i % 2 == 0 { &b } else { &a };
+    for i in 0..20_000u32 {
+        let next = if i.is_multiple_of(2) { &b } else { &a };
         let prev = tunnels.set_sa(TunnelId(7), Arc::clone(next)).unwrap();
         assert_ne!(prev.0, next.0);
     }
