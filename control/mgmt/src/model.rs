@@ -313,8 +313,10 @@ pub const DEFAULT_LOCAL_ASN: u32 = 45104;
 pub struct BgpConfig {
     pub enable_bgp: bool,
     /// A /30 inside 169.254.0.0/16, not a reserved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_cidr: Option<Cidr>,
     /// An address inside `tunnel_cidr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_bgp_ip: Option<IpAddr>,
     pub local_asn: u32,
 }
@@ -331,8 +333,10 @@ impl Default for BgpConfig {
 pub struct HealthCheckConfig {
     pub enable: bool,
     /// Destination address of the probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dip: Option<IpAddr>,
     /// Source address of the probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<IpAddr>,
     /// Seconds between probes, 1..=16.
     pub interval: u32,
