@@ -202,6 +202,34 @@ fn schema(t: &Ty) -> Value {
     }
 }
 
+/// A valid example value per parameter name (used by the examples phase of API fuzzers).
+fn example(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "VpnGatewayId" => "vpn-0123456789abcdefghij",
+        "CustomerGatewayId" => "cgw-0123456789abcdefghij",
+        "VpnConnectionId" => "vco-0123456789abcdefghij",
+        "Name" => "branch-office",
+        "PublicIp" => "198.51.100.1",
+        "IpAddress" => "203.0.113.1",
+        "Asn" => "65001",
+        "Description" => "head office",
+        "LocalSubnet" => "10.0.0.0/24",
+        "RemoteSubnet" => "192.168.0.0/24",
+        "IkeConfig" => {
+            r#"{"IkeVersion":"ikev2","IkeEncAlg":"aes256","IkeAuthAlg":"sha256","IkePfs":"group14","Psk":"Example-Psk-1"}"#
+        }
+        "IpsecConfig" => {
+            r#"{"IpsecEncAlg":"aes256","IpsecAuthAlg":"sha256","IpsecPfs":"group14","IpsecLifetime":3600}"#
+        }
+        "BgpConfig" => {
+            r#"{"EnableBgp":true,"TunnelCidr":"169.254.10.0/30","LocalBgpIp":"169.254.10.1","LocalAsn":"65001"}"#
+        }
+        "HealthCheckConfig" => r#"{"Enable":true,"Dip":"192.168.0.1","Sip":"10.0.0.1","Interval":3,"Retry":3}"#,
+        "ClientToken" => "0c593ea1-3bea-11e9-b96b-88e9fe637760",
+        _ => return None,
+    })
+}
+
 fn describe(p: &P) -> String {
     match &p.ty {
         Ty::Json(d) => d.to_string(),
@@ -344,13 +372,20 @@ pub fn document() -> Value {
         for code in ["400", "401", "403", "404", "405", "413", "500"] {
             responses.insert(code.into(), error.clone());
         }
+        let with_example = |p: &P| {
+            let mut sch = schema(&p.ty);
+            if let Some(e) = example(p.name) {
+                sch["example"] = e.into();
+            }
+            sch
+        };
         let query: Vec<Value> = params
             .iter()
-            .map(|p| json!({ "name": p.name, "in": "query", "required": p.required, "description": describe(p), "schema": schema(&p.ty) }))
+            .map(|p| json!({ "name": p.name, "in": "query", "required": p.required, "description": describe(p), "schema": with_example(p) }))
             .collect();
         let mut props = Map::new();
         for p in &params {
-            let mut sch = schema(&p.ty);
+            let mut sch = with_example(p);
             sch["description"] = describe(p).into();
             props.insert(p.name.into(), sch);
         }
