@@ -86,6 +86,8 @@ fn schemathesis_finds_no_server_errors() {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", "30", "--workers", "2", "--seed", "4", "--no-color", "--request-timeout", "10"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // schemathesis keeps an example database in ./.schemathesis: keep it out of the tree.
+        .current_dir(&dir)
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
