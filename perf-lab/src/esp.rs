@@ -6,7 +6,8 @@
 //! `raw_seal_gbps` (the backend's bare AEAD seal, or CBC encrypt + HMAC, over the same number of
 //! bytes per packet, one packet per call), and `encap_vs_raw` = encap packets/s ÷ raw seal
 //! operations/s. Then the SA-table scale case: routed encap (route lookup, tunnel lookup, SA) with
-//! 1 SA and with N SAs (default 1M), packets spread uniformly at random over all SAs.
+//! 1 SA and with N SAs (default 1M), packets spread uniformly at random over all SAs, and the
+//! resident memory per SA (outbound SA with its expanded key, tunnel entry and /32 route).
 
 use ipsec_benches::{ipv4_udp_packet, mean_size, sa_config, size_pattern, transform_name, EspWorkload};
 use ipsec_esp::crypto::{Cipher, Integrity, AEAD_TAG_LEN};
@@ -72,10 +73,13 @@ pub fn run(args: &EspArgs) {
     print_table(&table, args.json);
 
     if args.scale_sas > 0 {
-        let mut t2 = vec![["case", "SAs", "size", "encap Mpps", "vs 1 SA"].map(String::from)];
+        let mut t2 = vec![["case", "SAs", "size", "encap Mpps", "vs 1 SA", "RSS B/SA"].map(String::from)];
+        // Memory is measured on the first build of the big table (later builds reuse freed pages).
+        let mut mem_per_sa = None;
         for size in [64usize, 1420] {
-            let one = routed(1, size, args.seconds);
-            let many = routed(args.scale_sas, size, args.seconds);
+            let (one, _) = routed(1, size, args.seconds);
+            let (many, many_mem) = routed(args.scale_sas, size, args.seconds);
+            let mem = *mem_per_sa.get_or_insert(many_mem);
             for (n, pps) in [(1, one), (args.scale_sas, many)] {
                 let line = json!({
                     "case": "routed_encap_aes128gcm16",
@@ -83,6 +87,7 @@ pub fn run(args: &EspArgs) {
                     "size": size,
                     "encap_mpps": round3(pps / 1e6),
                     "vs_1_sa": round3(pps / one),
+                    "rss_bytes_per_sa": if n > 1 { mem.round() } else { 0.0 },
                 });
                 if args.json {
                     println!("{line}");
@@ -93,6 +98,7 @@ pub fn run(args: &EspArgs) {
                     size.to_string(),
                     format!("{:.2}", pps / 1e6),
                     format!("{:.2}", pps / one),
+                    if n > 1 { format!("{mem:.0}") } else { "-".into() },
                 ]);
             }
         }
@@ -177,8 +183,9 @@ fn raw_rate(c: Cipher, i: Integrity, pattern: &[usize], budget: Duration) -> f64
 
 /// Routed encap packets/s with `n` tunnels (one /32 route and one AES-128-GCM SA each), packets
 /// spread uniformly at random over the tunnels.
-fn routed(n: usize, size: usize, seconds: f64) -> f64 {
+fn routed(n: usize, size: usize, seconds: f64) -> (f64, f64) {
     let p = default_provider();
+    let rss_before = rss_bytes();
     let domain = Domain::new();
     let tables: OutboundTables<OutboundSa> = OutboundTables::new(&domain);
     let now = Instant::now();
@@ -190,6 +197,7 @@ fn routed(n: usize, size: usize, seconds: f64) -> f64 {
         tables.tunnels.set_sa(TunnelId(k as u32), Arc::new(OutboundSa::new(&cfg, p, now).expect("SA")));
         tables.routes.add_route(ipnet::IpNet::from(ipnet::Ipv4Net::new(dst(k), 32).unwrap()), TunnelId(k as u32));
     }
+    let bytes_per_sa = (rss_bytes().saturating_sub(rss_before)) as f64 / n as f64;
     // Destinations: a long pseudo-random sequence over all tunnels, prepared once.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let inners: Vec<Vec<u8>> = (0..4096)
@@ -223,7 +231,15 @@ fn routed(n: usize, size: usize, seconds: f64) -> f64 {
         busy += t.elapsed();
         packets += verdicts.iter().filter(|v| v.is_ok()).count() as u64;
     }
-    packets as f64 / busy.as_secs_f64()
+    (packets as f64 / busy.as_secs_f64(), bytes_per_sa)
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`), 0 if unknown.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()))
+        .map_or(0, |pages| pages * 4096)
 }
 
 fn round3(x: f64) -> f64 {
