@@ -34,7 +34,9 @@
 //! proxies) backs every table:
 //! * reads are lock-free and wait-free in the common case: one hash, a short probe, an atomic
 //!   pointer load; no reference counting, no reader-side writes other than pinning;
-//! * writes are lock-free too (CAS per entry, incremental resizing that readers never wait for);
+//! * writes are lock-free too (CAS per entry); resizes are `Blocking` for writers, so a reader never
+//!   has to search an old and a new table (papaya's incremental mode would make every lookup pay for
+//!   an unfinished resize until the next write finishes it);
 //! * memory reclamation is done by [`seize`]; all tables of a [`Domain`] share one
 //!   `seize::Collector`, so one guard pinned per burst covers the SPI table, the tunnel table and
 //!   every route/flow map. Pinning is a thread-local store plus a light barrier.

@@ -107,6 +107,8 @@ impl<T: Send + Sync + 'static> PrefixMap<T> {
         fn map<K: Send + 'static, T: Send + 'static>(domain: &Domain) -> papaya::HashMap<K, T, Hasher> {
             papaya::HashMap::builder()
                 .hasher(Hasher::default())
+                // Writers finish a resize before going on: readers (the workers) never search two tables.
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .shared_collector(Arc::clone(domain.collector()))
                 .build()
         }

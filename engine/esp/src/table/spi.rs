@@ -58,11 +58,13 @@ impl<V: Send + Sync + 'static> SpiTable<V> {
     }
 
     /// An empty table with room for `capacity` SAs before it first resizes (resizing is
-    /// incremental and never blocks readers, but pre-sizing avoids copying at startup).
+    /// blocking for writers only and never blocks readers, but pre-sizing avoids copying at startup).
     pub fn with_capacity(domain: &Domain, capacity: usize) -> Self {
         Self {
             map: papaya::HashMap::builder()
                 .hasher(Hasher::default())
+                // Writers finish a resize before going on: readers (the workers) never search two tables.
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .shared_collector(Arc::clone(domain.collector()))
                 .capacity(capacity)
                 .build(),

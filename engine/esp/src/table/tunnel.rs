@@ -27,6 +27,8 @@ impl<V: Send + Sync + 'static> TunnelTable<V> {
         Self {
             map: papaya::HashMap::builder()
                 .hasher(Hasher::default())
+                // Writers finish a resize before going on: readers (the workers) never search two tables.
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .shared_collector(Arc::clone(domain.collector()))
                 .capacity(capacity)
                 .build(),
