@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Both gateways run `ipsec-engine run` as child processes (XDP native mode on veth, AF_XDP copy
-//! mode, no pinning) on static configurations the test writes. The underlay goes through a bridge
+//! mode, no pinning) on static configurations the test writes. Every veth has two queues, so each
+//! engine runs two workers (the hosts' flow hashing decides which one a flow lands on). The underlay goes through a bridge
 //! in namespace `w` so that it can be watched: AF_XDP transmissions and XDP-redirected receptions
 //! bypass packet taps on the gateways' own interfaces, but not on the bridge's ports.
 //!
@@ -46,6 +47,8 @@ const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PROM_PORT: u16 = 9464;
 const UDP_PORT: u16 = 5001;
 const DATAGRAMS: usize = 2000;
+/// Queues of every veth, and so workers per engine (worker q serves outside q and inside q).
+const QUEUES: u32 = 2;
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -127,9 +130,11 @@ impl Topology {
         // (namespace, device) pairs joined by a veth.
         let links =
             [("ha", "a0", "g1", "g1i"), ("g1", "g1o", "w", "w1"), ("w", "w2", "g2", "g2o"), ("g2", "g2i", "hb", "b0")];
+        let q = QUEUES.to_string();
         for (na, da, nb, db) in links {
             #[rustfmt::skip]
-            run(&["ip", "-n", &t.ns(na), "link", "add", &t.dev(da), "type", "veth", "peer", "name", &t.dev(db),
+            run(&["ip", "-n", &t.ns(na), "link", "add", &t.dev(da), "numtxqueues", &q, "numrxqueues", &q,
+                  "type", "veth", "peer", "name", &t.dev(db), "numtxqueues", &q, "numrxqueues", &q,
                   "netns", &t.ns(nb)]);
         }
         let w = t.ns("w");
@@ -441,8 +446,8 @@ impl Case {
         };
         let mut s = format!(
             "[gateway]\nlocal_addrs = [\"{me}\"]\n\n\
-             [[interface]]\nname = \"{outside}\"\nrole = \"outside\"\n\n\
-             [[interface]]\nname = \"{inside}\"\nrole = \"inside\"\n\n\
+             [[interface]]\nname = \"{outside}\"\nrole = \"outside\"\nqueues = {QUEUES}\n\n\
+             [[interface]]\nname = \"{inside}\"\nrole = \"inside\"\nqueues = {QUEUES}\n\n\
              [[tunnel]]\nname = \"to-peer\"\nremote_addr = \"{peer}\"\nlocal_subnets = [\"{local_net}\"]\n\
              remote_subnets = [\"{remote_net}\"]\nrouting = \"{}\"\n{encap}\n",
             self.routing
@@ -650,6 +655,14 @@ fn run_case(t: &Topology, case: &Case) {
             .sum()
     };
     let before = scrape(&t.ns("g2"));
+    for w in 0..QUEUES {
+        assert!(
+            before
+                .keys()
+                .any(|k| k.starts_with("ipsec_worker_rx_packets_total") && k.contains(&format!("worker=\"{w}\""))),
+            "worker {w} missing from the metrics"
+        );
+    }
     let replay = d.esp_12.last().expect("an ESP frame to replay").clone();
     send_frame(&t.ns("w"), &t.dev("w2"), &replay);
     let deadline = Instant::now() + Duration::from_secs(5);
