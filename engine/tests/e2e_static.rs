@@ -11,17 +11,19 @@
 //! in namespace `w` so that it can be watched: AF_XDP transmissions and XDP-redirected receptions
 //! bypass packet taps on the gateways' own interfaces, but not on the bridge's ports.
 //!
-//! For each case (AES-128-GCM route-based; AES-128-CBC + HMAC-SHA1-96 policy-based in ESP-in-UDP):
+//! For each case (AES-128-GCM route-based; AES-128-CBC + HMAC-SHA1-96 policy-based in ESP-in-UDP;
+//! AES-256-GCM with IPv6 outer headers over 2001:db8:18::/64):
 //! - ping host-A → host-B and host-B → host-A;
 //! - 2000 UDP datagrams host-A → host-B arrive complete and intact;
-//! - the capture on the underlay holds only ESP (or ESP-in-UDP) between the gateways (and ARP),
+//! - the capture on the underlay holds only ESP (or ESP-in-UDP) between the gateways (and ARP,
+//!   IPv6 neighbour discovery / MLD),
 //!   and every ESP packet decrypts offline with the ESP core and the test's keys into an inner
 //!   packet between the two protected subnets; the datagrams are all there;
 //! - a captured ESP frame re-sent towards gw-2 is dropped as a replay and counted (gw-2's
 //!   Prometheus endpoint), and the per-SA counters match.
 //!
-//! Addresses: underlay 198.18.0.0/15, inner 192.0.2.0/24 and 198.51.100.0/24. IPv6 is disabled in
-//! every namespace. Nothing leaves the namespaces.
+//! Addresses: underlay 198.18.0.0/15 and 2001:db8:18::/64, inner 192.0.2.0/24 and 198.51.100.0/24.
+//! IPv6 is disabled everywhere except on the gateways' underlay interfaces. Nothing leaves the namespaces.
 //!
 //! Needs root. Without root it prints "SKIPPED: ..." and passes, unless
 //! `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
@@ -29,7 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +44,8 @@ use ipsec_esp::{default_provider, Cipher, EspWorker, EventQueue, InboundSa, Inte
 
 const GW1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const GW2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const GW1_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
+const GW2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
 const HOST_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PROM_PORT: u16 = 9464;
@@ -165,6 +169,13 @@ impl Topology {
         ] {
             run(&["ip", "-n", &t.ns(ns), "addr", "add", addr, "dev", &t.dev(dev)]);
             run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "up"]);
+        }
+        // IPv6 on the underlay only (for the IPv6-outer case), without DAD.
+        for (ns, dev, addr) in [("g1", "g1o", "2001:db8:18::1/64"), ("g2", "g2o", "2001:db8:18::2/64")] {
+            let (ns, dev) = (t.ns(ns), t.dev(dev));
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")]);
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=0")]);
+            run(&["ip", "-n", &ns, "addr", "add", addr, "dev", &dev, "nodad"]);
         }
         run(&["ip", "-n", &t.ns("ha"), "route", "add", "default", "via", "192.0.2.1"]);
         run(&["ip", "-n", &t.ns("hb"), "route", "add", "default", "via", "198.51.100.1"]);
@@ -408,9 +419,21 @@ struct Case {
     encap: Option<UdpEncap>,
     spi_12: u32,
     spi_21: u32,
+    /// IPv6 outer headers (underlay 2001:db8:18::/64) instead of IPv4.
+    outer_v6: bool,
 }
 
 impl Case {
+    /// The outer address of gw-`n`.
+    fn gw(&self, n: u8) -> IpAddr {
+        match (self.outer_v6, n) {
+            (false, 1) => IpAddr::V4(GW1),
+            (false, _) => IpAddr::V4(GW2),
+            (true, 1) => IpAddr::V6(GW1_V6),
+            (true, _) => IpAddr::V6(GW2_V6),
+        }
+    }
+
     fn keys(&self, spi: u32) -> (Vec<u8>, Vec<u8>) {
         let gen = |len: usize, salt: u32| -> Vec<u8> {
             (0..len).map(|k| ((k as u32).wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(40503)) as u8).collect()
@@ -436,9 +459,27 @@ impl Case {
     /// The configuration of gw-`n` (1 or 2).
     fn config(&self, t: &Topology, n: u8) -> String {
         let (me, peer, outside, inside, local_net, remote_net, spi_out, spi_in) = if n == 1 {
-            (GW1, GW2, t.dev("g1o"), t.dev("g1i"), "192.0.2.0/24", "198.51.100.0/24", self.spi_12, self.spi_21)
+            (
+                self.gw(1),
+                self.gw(2),
+                t.dev("g1o"),
+                t.dev("g1i"),
+                "192.0.2.0/24",
+                "198.51.100.0/24",
+                self.spi_12,
+                self.spi_21,
+            )
         } else {
-            (GW2, GW1, t.dev("g2o"), t.dev("g2i"), "198.51.100.0/24", "192.0.2.0/24", self.spi_21, self.spi_12)
+            (
+                self.gw(2),
+                self.gw(1),
+                t.dev("g2o"),
+                t.dev("g2i"),
+                "198.51.100.0/24",
+                "192.0.2.0/24",
+                self.spi_21,
+                self.spi_12,
+            )
         };
         let encap = match self.encap {
             Some(e) => format!("udp_encap = {{ local_port = {}, remote_port = {} }}\n", e.local_port, e.remote_port),
@@ -458,9 +499,9 @@ impl Case {
     }
 
     /// An offline inbound SA for the direction `src` → `dst` gateway with SPI `spi`.
-    fn offline_sa(&self, spi: u32, src: Ipv4Addr, dst: Ipv4Addr) -> InboundSa {
+    fn offline_sa(&self, spi: u32, src: IpAddr, dst: IpAddr) -> InboundSa {
         let (ek, ak) = self.keys(spi);
-        let mut cfg = SaConfig::new(spi, self.cipher, &ek, self.integrity, &ak, IpAddr::V4(dst), IpAddr::V4(src));
+        let mut cfg = SaConfig::new(spi, self.cipher, &ek, self.integrity, &ak, dst, src);
         cfg.encap = self.encap.map(|e| UdpEncap { local_port: e.remote_port, remote_port: e.local_port });
         cfg.replay_window = 0;
         InboundSa::new(&cfg, default_provider(), Instant::now()).expect("offline SA")
@@ -539,8 +580,9 @@ struct Decrypted {
 fn check_capture(case: &Case, frames: &[Vec<u8>]) -> Decrypted {
     let domain = Domain::new();
     let table: SpiTable<InboundSa> = SpiTable::new(&domain);
-    table.insert(Spi(case.spi_12), IpAddr::V4(GW2), Arc::new(case.offline_sa(case.spi_12, GW1, GW2))).unwrap();
-    table.insert(Spi(case.spi_21), IpAddr::V4(GW1), Arc::new(case.offline_sa(case.spi_21, GW2, GW1))).unwrap();
+    let (gw1, gw2) = (case.gw(1), case.gw(2));
+    table.insert(Spi(case.spi_12), gw2, Arc::new(case.offline_sa(case.spi_12, gw1, gw2))).unwrap();
+    table.insert(Spi(case.spi_21), gw1, Arc::new(case.offline_sa(case.spi_21, gw2, gw1))).unwrap();
     let mut worker = EspWorker::new(default_provider(), Arc::new(EventQueue::default())).unwrap();
     let mut out =
         Decrypted { esp_12: Vec::new(), udp_seqs: HashSet::new(), inner_icmp: 0, packets_12: 0, packets_21: 0 };
@@ -548,15 +590,19 @@ fn check_capture(case: &Case, frames: &[Vec<u8>]) -> Decrypted {
         let ethertype = u16::from_be_bytes([f[12], f[13]]);
         match ethertype {
             0x0806 => continue, // ARP
-            0x0800 => {}
+            0x0800 | 0x86dd => {}
             other => panic!("unexpected ethertype {other:#06x} on the underlay"),
         }
         let ip = &f[14..];
-        let sum = ipsec_wire::parse_ip(ip).expect("IPv4 on the underlay");
+        let sum = ipsec_wire::parse_ip(ip).expect("IP on the underlay");
         let (src, dst) = (sum.src, sum.dst);
+        // Neighbour discovery, router solicitations and MLD: the kernels' IPv6 link control.
+        if sum.protocol == ipsec_wire::IpProtocol::ICMPV6 && matches!(ip.get(sum.payload_offset), Some(130..=143)) {
+            continue;
+        }
         let pair = (src, dst);
         assert!(
-            pair == (IpAddr::V4(GW1), IpAddr::V4(GW2)) || pair == (IpAddr::V4(GW2), IpAddr::V4(GW1)),
+            pair == (gw1, gw2) || pair == (gw2, gw1),
             "IP packet between other addresses on the underlay: {src} -> {dst}"
         );
         match case.encap {
@@ -586,7 +632,7 @@ fn check_capture(case: &Case, frames: &[Vec<u8>]) -> Decrypted {
             (in_a(a) && in_b(b)) || (in_b(a) && in_a(b))
         };
         assert!(nets_ok(isum.src, isum.dst), "inner packet {} -> {}", isum.src, isum.dst);
-        if dst == IpAddr::V4(GW2) {
+        if dst == gw2 {
             out.packets_12 += 1;
             out.esp_12.push(f.clone());
         } else {
@@ -711,6 +757,7 @@ fn e2e_static_sas_through_two_engines() {
             encap: None,
             spi_12: 0x0000_1201,
             spi_21: 0x0000_2101,
+            outer_v6: false,
         },
         Case {
             name: "aes128-sha1-natt",
@@ -720,6 +767,17 @@ fn e2e_static_sas_through_two_engines() {
             encap: Some(UdpEncap::STANDARD),
             spi_12: 0x0000_1202,
             spi_21: 0x0000_2102,
+            outer_v6: false,
+        },
+        Case {
+            name: "aes256gcm16-ipv6-outer",
+            cipher: Cipher::AesGcm256,
+            integrity: Integrity::None,
+            routing: "destination",
+            encap: None,
+            spi_12: 0x0000_1203,
+            spi_21: 0x0000_2103,
+            outer_v6: true,
         },
     ];
     zero_copy_is_refused_clearly(&t, &cases[0]);
