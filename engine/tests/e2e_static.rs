@@ -215,7 +215,7 @@ impl Engine {
             .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
             .arg(&cfg)
             .args(["--no-pin", "--xdp-mode", "auto", "--prometheus", &format!("127.0.0.1:{PROM_PORT}")])
-            .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200"])
+            .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200", "--stats-interval", "1"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(File::create(&out).unwrap())
@@ -738,6 +738,7 @@ fn run_case(t: &Topology, case: &Case) {
     let l1 = gw1.stop();
     let l2 = gw2.stop();
     assert!(l1.contains("final stats") && l2.contains("final stats"), "engines stopped cleanly:\n{l1}\n{l2}");
+    assert!(l2.contains("stats:\n  worker 0:"), "periodic stats (--stats-interval 1) missing:\n{l2}");
     println!("{l2}");
 }
 
