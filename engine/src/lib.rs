@@ -3,9 +3,18 @@
 //!
 //! Contract so far: [`demo`] runs the complete ESP data path (routed encap, table-driven decap,
 //! counters, events) between two in-memory gateways; [`xdp`] loads the XDP steering program from
-//! `ebpf/`, fills its maps and attaches it. The AF_XDP engine process (per-queue pinned workers,
-//! neighbour resolution, control channel) will live here too.
-#![forbid(unsafe_code)]
+//! `ebpf/`, fills its maps and attaches it; [`run`] is the AF_XDP forwarding engine on a static
+//! configuration ([`config`]): per-queue workers ([`afxdp`]) with next hops from the kernel's
+//! tables ([`neigh`]) and counters ([`stats`]). The control channel will live here too.
+//!
+//! `unsafe` is forbidden everywhere but in [`afxdp`], which wraps xsk-rs's `unsafe fn` ring and
+//! frame accessors behind an ownership-tracking API (see its module documentation).
+#![deny(unsafe_code)]
 
+pub mod afxdp;
+pub mod config;
 pub mod demo;
+pub mod neigh;
+pub mod run;
+pub mod stats;
 pub mod xdp;

@@ -1,16 +1,29 @@
 //! `ipsec-engine`: the gateway's packet engine.
 //!
-//! Today it runs the in-memory demo of the ESP data path (`ipsec-engine demo`); the AF_XDP engine
-//! process (XDP steering, pinned poll-mode workers, control channel) is being built on the same
-//! ESP core.
+//! `ipsec-engine run --config FILE` runs the AF_XDP forwarding engine on a static configuration
+//! (see `engine/README.md`); `ipsec-engine demo` runs the in-memory demo of the ESP data path.
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ipsec_engine::run::RunOptions;
+use ipsec_engine::xdp::AttachMode;
 
 #[derive(Parser)]
 #[command(version, about = "IPsec gateway packet engine")]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Native (driver) mode, falling back to generic.
+    Auto,
+    Native,
+    Generic,
 }
 
 #[derive(Subcommand)]
@@ -21,12 +34,75 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         packets: usize,
     },
+    /// The forwarding engine: XDP steering + AF_XDP workers on a static SA configuration.
+    Run {
+        /// The static configuration (TOML): interfaces, tunnels, SAs.
+        #[arg(long)]
+        config: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+        /// Do not pin worker threads to cores (tests, shared machines).
+        #[arg(long)]
+        no_pin: bool,
+        /// Bind the AF_XDP sockets in zero-copy mode (fails where the driver refuses, e.g. veth).
+        #[arg(long)]
+        zero_copy: bool,
+        /// Never sleep when idle, and set the busy-poll socket options.
+        #[arg(long)]
+        busy_poll: bool,
+        /// Print counters every N seconds.
+        #[arg(long, value_name = "SECONDS")]
+        stats_interval: Option<f64>,
+        /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR:PORT")]
+        prometheus: Option<SocketAddr>,
+        /// Re-read the kernel's routes and neighbours every N milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        neigh_interval_ms: u64,
+        /// Frames per worker UMEM (4 KiB each).
+        #[arg(long, default_value_t = 4096)]
+        frames: u32,
+        /// Size of each AF_XDP ring (power of two).
+        #[arg(long, default_value_t = 1024)]
+        ring_size: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd.unwrap_or(Cmd::Demo { packets: 30_000 }) {
         Cmd::Demo { packets } => ipsec_engine::demo::run(packets),
+        Cmd::Run {
+            config,
+            xdp_mode,
+            no_pin,
+            zero_copy,
+            busy_poll,
+            stats_interval,
+            prometheus,
+            neigh_interval_ms,
+            frames,
+            ring_size,
+        } => {
+            ipsec_engine::run::init_logging();
+            ipsec_engine::run::run(RunOptions {
+                config,
+                attach: match xdp_mode {
+                    Mode::Auto => AttachMode::Auto,
+                    Mode::Native => AttachMode::Native,
+                    Mode::Generic => AttachMode::Generic,
+                },
+                pin: !no_pin,
+                zero_copy,
+                busy_poll,
+                stats_interval: stats_interval.filter(|s| *s > 0.0).map(Duration::from_secs_f64),
+                prometheus,
+                neigh_interval: Duration::from_millis(neigh_interval_ms.max(10)),
+                frames,
+                ring_size,
+            })
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

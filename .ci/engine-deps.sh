@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages the engine needs (idempotent; sourced by .ci/run and .ci/test):
+# - xsk-rs builds libxdp and libbpf from source (feature use_cc_build) and runs bindgen:
+#   clang (libclang), m4, libelf-dev, zlib1g-dev, make, pkg-config;
+# - engine/tests/e2e_static.rs turns off checksum offload on veth with ethtool.
+engine_pkgs=(clang m4 libelf-dev zlib1g-dev make pkg-config ethtool)
+engine_missing=()
+for p in "${engine_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || engine_missing+=("$p")
+done
+if [ ${#engine_missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        printf '\n== installing %s\n' "${engine_missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${engine_missing[@]}" >/dev/null
+    else
+        echo "missing packages for the engine: ${engine_missing[*]} (apt-get install them as root)" >&2
+    fi
+fi

@@ -1,0 +1,436 @@
+//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration.
+//!
+//! Start-up: load the configuration and build the SA tables; load the XDP steering program on the
+//! outside interface (role outside: ESP / ESP-in-UDP / IKE to the gateway's addresses) and on the
+//! inside interface (role inside: destinations in the tunnels' remote subnets), native mode with a
+//! fallback to generic; read the kernel's routes and neighbours ([`crate::neigh`]); then per queue
+//! `q` open one worker with one UMEM and two AF_XDP sockets, (outside, q) and (inside, q), insert
+//! them into the programs' XSKS maps at index `q`, and start the worker thread (pinned to a core
+//! unless `--no-pin`).
+//!
+//! Worker loop, per burst of up to 64 frames and per socket:
+//! - **outside**: Ethernet (VLAN tags skipped) → IP → ESP (protocol 50) or ESP-in-UDP (port 4500,
+//!   non-zero first word) go to `decap_with_table`; IKE and NAT keepalives are counted and dropped
+//!   (the control process will take IKE later); the inner packet goes out of the inside interface
+//!   to the kernel's next hop for its destination.
+//! - **inside**: IP packets go to `encap_routed` (route or flow lookup, SA, crypto); the ESP packet
+//!   goes out of the outside interface to the next hop for the peer gateway.
+//! - L2: a new untagged Ethernet header with the interface's MAC and the neighbour's MAC; an
+//!   unresolved neighbour is counted (`no_neighbour`) and the kernel nudged to resolve it.
+//!
+//! Stops on SIGINT / SIGTERM: workers finish their burst, counters are printed, the XDP programs
+//! are detached.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipsec_esp::packet::PacketBuf;
+use ipsec_esp::{default_provider, EspWorker, EventQueue, Verdict, HEADROOM, MAX_BURST};
+use ipsec_wire::ethernet::{self, EtherType};
+use ipsec_wire::{esp, parse_ip, IpProtocol, IpVersion};
+
+use crate::afxdp::{Disposition, RxBurst, XskIo, XskOptions};
+use crate::config::{EngineConfig, Tables};
+use crate::neigh::{Miss, Resolver, ResolverHandle};
+use crate::stats::{EngineDrop, StatsSources, WorkerStats};
+use crate::xdp::{AttachMode, Prefix, Role, SteeringConfig, XdpSteering};
+
+/// Options of `ipsec-engine run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub attach: AttachMode,
+    pub pin: bool,
+    pub zero_copy: bool,
+    pub busy_poll: bool,
+    pub stats_interval: Option<Duration>,
+    pub prometheus: Option<SocketAddr>,
+    pub neigh_interval: Duration,
+    pub frames: u32,
+    pub ring_size: u32,
+}
+
+const OUTSIDE: usize = 0;
+const INSIDE: usize = 1;
+const ETH_LEN: usize = 14;
+/// Where an inner packet is placed before encapsulation: room for the largest outer headers and
+/// the new Ethernet header in front.
+const ENCAP_AT: usize = ETH_LEN + HEADROOM;
+
+struct Worker {
+    io: XskIo,
+    esp: EspWorker,
+    tables: Arc<Tables>,
+    resolver: ResolverHandle,
+    stats: Arc<WorkerStats>,
+    devs: [String; 2],
+    busy_poll: bool,
+}
+
+/// What the first pass found in a frame.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Goes to the ESP core: IP header at `l3`, `len` bytes.
+    Esp {
+        l3: usize,
+        len: usize,
+    },
+    Drop(EngineDrop),
+}
+
+impl Worker {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut burst = RxBurst::default();
+        let mut disp = [Disposition::Drop; MAX_BURST];
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            self.io.reclaim();
+            self.resolver.refresh();
+            let mut got = 0;
+            for port in [OUTSIDE, INSIDE] {
+                let n = self.io.recv(port, &mut burst);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                self.stats.rx[port].add(n as u64);
+                let io = &mut self.io;
+                let (esp, tables, resolver, stats, devs) =
+                    (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs);
+                io.with_frames(&mut burst, |frames| {
+                    process(port, frames, &mut disp[..n], esp, tables, resolver, stats, devs);
+                });
+                let before = io.counters.tx_ring_full;
+                io.dispatch(&mut burst, &disp[..n]);
+                let full = io.counters.tx_ring_full - before;
+                if full > 0 {
+                    stats.count_drop(EngineDrop::TxRingFull, full);
+                }
+                for d in &disp[..n] {
+                    if let Disposition::Send { port, .. } = d {
+                        stats.tx[*port].add(1);
+                    }
+                }
+            }
+            self.stats.wakeups.add(self.io.counters.wakeups.saturating_sub(self.stats.wakeups.get()));
+            if got == 0 {
+                idle = idle.saturating_add(1);
+                if !self.busy_poll && idle > 64 {
+                    self.io.wait(10);
+                }
+            } else {
+                idle = 0;
+            }
+        }
+    }
+}
+
+fn classify_outside(frame: &[u8]) -> Slot {
+    let Ok(l3) = ethernet::l3_info(frame) else { return Slot::Drop(EngineDrop::NotIp) };
+    if l3.ethertype != EtherType::IPV4 && l3.ethertype != EtherType::IPV6 {
+        return Slot::Drop(EngineDrop::NotIp);
+    }
+    let ip = &frame[l3.offset..];
+    let Ok(sum) = parse_ip(ip) else { return Slot::Drop(EngineDrop::NotIp) };
+    let len = sum.packet_end.min(ip.len());
+    // Fragments are refused by the ESP core (counted there as outer_fragment).
+    if sum.protocol == IpProtocol::ESP || sum.fragment.is_some() {
+        return Slot::Esp { l3: l3.offset, len };
+    }
+    if sum.protocol == IpProtocol::UDP {
+        match sum.ports(ip) {
+            Some((_, 500)) => return Slot::Drop(EngineDrop::Ike),
+            Some((_, 4500)) => {
+                let payload = ip.get(sum.payload_offset + 8..len).unwrap_or(&[]);
+                return match esp::classify_udp_encap(payload) {
+                    esp::UdpEncap::Esp => Slot::Esp { l3: l3.offset, len },
+                    esp::UdpEncap::Ike => Slot::Drop(EngineDrop::Ike),
+                    esp::UdpEncap::NatKeepalive => Slot::Drop(EngineDrop::NatKeepalive),
+                    esp::UdpEncap::Invalid => Slot::Drop(EngineDrop::NotEsp),
+                };
+            }
+            _ => {}
+        }
+    }
+    Slot::Drop(EngineDrop::NotEsp)
+}
+
+fn classify_inside(frame: &[u8]) -> Slot {
+    let Ok(l3) = ethernet::l3_info(frame) else { return Slot::Drop(EngineDrop::NotIp) };
+    if l3.ethertype != EtherType::IPV4 && l3.ethertype != EtherType::IPV6 {
+        return Slot::Drop(EngineDrop::NotIp);
+    }
+    let ip = &frame[l3.offset..];
+    match parse_ip(ip) {
+        Ok(sum) => Slot::Esp { l3: l3.offset, len: sum.packet_end.min(ip.len()) },
+        Err(_) => Slot::Drop(EngineDrop::NotIp),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process(
+    port: usize,
+    frames: &mut [(&mut [u8], usize)],
+    disp: &mut [Disposition],
+    esp: &mut EspWorker,
+    tables: &Tables,
+    resolver: &mut ResolverHandle,
+    stats: &WorkerStats,
+    devs: &[String; 2],
+) {
+    let now = Instant::now();
+    let n = frames.len();
+    let mut slots = [Slot::Drop(EngineDrop::NotIp); MAX_BURST];
+    for (i, (buf, len)) in frames.iter_mut().enumerate() {
+        let rx = &buf[..(*len).min(buf.len())];
+        slots[i] = if port == OUTSIDE { classify_outside(rx) } else { classify_inside(rx) };
+        if port == INSIDE {
+            // Make room in front for the outer headers: move the inner packet to ENCAP_AT.
+            if let Slot::Esp { l3, len } = slots[i] {
+                if ENCAP_AT + len + ipsec_esp::TAILROOM > buf.len() {
+                    slots[i] = Slot::Drop(EngineDrop::TooBig);
+                } else {
+                    buf.copy_within(l3..l3 + len, ENCAP_AT);
+                    slots[i] = Slot::Esp { l3: ENCAP_AT, len };
+                }
+            }
+        }
+    }
+    // The ESP core, on the packets that go there.
+    let mut idx = [0usize; MAX_BURST];
+    let mut spans = [(0usize, 0usize); MAX_BURST];
+    let mut verdicts: [Verdict; MAX_BURST] = [Ok(()); MAX_BURST];
+    let mut m = 0;
+    {
+        let mut pkts: arrayvec::ArrayVec<PacketBuf<'_>, MAX_BURST> = arrayvec::ArrayVec::new();
+        for (i, (buf, _)) in frames.iter_mut().enumerate() {
+            if let Slot::Esp { l3, len } = slots[i] {
+                pkts.push(PacketBuf::new(buf, l3, len));
+                idx[m] = i;
+                m += 1;
+            }
+        }
+        if m > 0 {
+            if port == OUTSIDE {
+                let guard = tables.inbound.pin();
+                esp.decap_with_table(now, &tables.inbound, &guard, &mut pkts, &mut verdicts[..m]);
+            } else {
+                let guard = tables.outbound.pin();
+                esp.encap_routed(now, &tables.outbound, &guard, &mut pkts, &mut verdicts[..m]);
+            }
+        }
+        for (k, p) in pkts.iter().enumerate() {
+            spans[k] = (p.start, p.len);
+        }
+    }
+    for d in disp.iter_mut().take(n) {
+        *d = Disposition::Drop;
+    }
+    for s in slots.iter().take(n) {
+        if let Slot::Drop(r) = s {
+            stats.count_drop(*r, 1);
+        }
+    }
+    // Out to the other side: L2 header, move to the frame's start.
+    let out_port = if port == OUTSIDE { INSIDE } else { OUTSIDE };
+    let dev = &devs[out_port];
+    for k in 0..m {
+        if verdicts[k].is_err() {
+            continue; // counted by the ESP core
+        }
+        let i = idx[k];
+        let (start, len) = spans[k];
+        let buf = &mut *frames[i].0;
+        let pkt = &buf[start..start + len];
+        let Ok(sum) = parse_ip(pkt) else {
+            stats.count_drop(EngineDrop::NotIp, 1);
+            continue;
+        };
+        let hop = match resolver.snapshot().next_hop(sum.dst, dev) {
+            Ok(h) => h,
+            Err(Miss::Unresolved(addr)) => {
+                stats.count_drop(EngineDrop::NoNeighbour, 1);
+                resolver.nudge(addr, dev, now);
+                continue;
+            }
+            Err(_) => {
+                stats.count_drop(EngineDrop::NoRouteOut, 1);
+                continue;
+            }
+        };
+        if start < ETH_LEN || len > hop.mtu as usize {
+            // MTU handling (fragmentation, ICMP too big) is not there yet.
+            stats.count_drop(EngineDrop::TooBig, 1);
+            continue;
+        }
+        let ethertype = match sum.version {
+            IpVersion::V4 => EtherType::IPV4,
+            IpVersion::V6 => EtherType::IPV6,
+        };
+        let e = start - ETH_LEN;
+        buf[e..e + 6].copy_from_slice(&hop.dst_mac);
+        buf[e + 6..e + 12].copy_from_slice(&hop.src_mac);
+        buf[e + 12..e + 14].copy_from_slice(&ethertype.0.to_be_bytes());
+        if e != 0 {
+            buf.copy_within(e..start + len, 0);
+        }
+        disp[i] = Disposition::Send { port: out_port, len: ETH_LEN + len };
+    }
+}
+
+/// Installs a tracing subscriber (RUST_LOG, default `info`) writing to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn prefix_of(n: &ipnet::IpNet) -> Prefix {
+    Prefix::new(n.network(), n.prefix_len())
+}
+
+/// Runs the engine until SIGINT / SIGTERM.
+pub fn run(opts: RunOptions) -> Result<(), String> {
+    let cfg = EngineConfig::load(&opts.config).map_err(|e| format!("{}: {e}", opts.config.display()))?;
+    let tables = Arc::new(cfg.build(default_provider(), Instant::now()).map_err(|e| e.to_string())?);
+    tracing::info!(
+        tunnels = cfg.tunnels.len(),
+        outbound_sas = tables.outbound_sas.len(),
+        inbound_sas = tables.inbound_sas.len(),
+        "configuration loaded from {}",
+        opts.config.display()
+    );
+    let outside: Vec<_> = cfg.interfaces_of(Role::Outside).collect();
+    let inside: Vec<_> = cfg.interfaces_of(Role::Inside).collect();
+    let (Some(out_if), Some(in_if)) = (outside.first(), inside.first()) else {
+        return Err("the configuration needs one outside and one inside interface".into());
+    };
+    if outside.len() > 1 || inside.len() > 1 {
+        return Err("more than one outside or inside interface is not supported yet".into());
+    }
+    if out_if.queues != in_if.queues {
+        return Err(format!(
+            "interface {} has {} queues and {} has {}: paired queues are needed (one worker serves both)",
+            out_if.name, out_if.queues, in_if.name, in_if.queues
+        ));
+    }
+    let queues = out_if.queues;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
+    }
+
+    // XDP steering on both interfaces.
+    let mut out_cfg = SteeringConfig::new(Role::Outside);
+    out_cfg.local_addrs = cfg.local_addrs.clone();
+    let mut in_cfg = SteeringConfig::new(Role::Inside);
+    in_cfg.protected = cfg.protected_prefixes().iter().map(prefix_of).collect();
+    let mut steering = Vec::new();
+    for (ifc, sc) in [(out_if, out_cfg), (in_if, in_cfg)] {
+        let mut s = XdpSteering::load(&sc).map_err(|e| format!("{}: {e}", ifc.name))?;
+        let mode = s.attach(&ifc.name, opts.attach).map_err(|e| e.to_string())?;
+        tracing::info!(interface = %ifc.name, role = ?ifc.role, "XDP program attached ({mode:?} mode)");
+        steering.push((ifc.name.clone(), s));
+    }
+
+    let resolver = Resolver::start(opts.neigh_interval, stop.clone())?;
+    let cores = if opts.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    if opts.pin && cores.is_empty() {
+        tracing::warn!("no core list available: workers are not pinned");
+    }
+
+    let xsk_opts = XskOptions {
+        zero_copy: opts.zero_copy,
+        busy_poll: opts.busy_poll,
+        frames: opts.frames,
+        ring_size: opts.ring_size,
+    };
+    let mut workers = Vec::new();
+    let mut worker_stats = Vec::new();
+    for q in 0..queues {
+        let io =
+            XskIo::open(&[(out_if.name.clone(), q), (in_if.name.clone(), q)], &xsk_opts).map_err(|e| e.to_string())?;
+        steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| e.to_string())?;
+        steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| e.to_string())?;
+        let esp = EspWorker::new(default_provider(), Arc::new(EventQueue::default())).map_err(|e| e.to_string())?;
+        let stats = Arc::new(WorkerStats::new(
+            q as usize,
+            vec![io.name(OUTSIDE).into(), io.name(INSIDE).into()],
+            esp.counters().clone(),
+        ));
+        worker_stats.push(stats.clone());
+        tracing::info!(
+            worker = q,
+            "AF_XDP sockets {} and {} on one UMEM ({} mode)",
+            io.name(OUTSIDE),
+            io.name(INSIDE),
+            if opts.zero_copy { "zero-copy" } else { "copy" }
+        );
+        workers.push(Worker {
+            io,
+            esp,
+            tables: tables.clone(),
+            resolver: resolver.handle(),
+            stats,
+            devs: [out_if.name.clone(), in_if.name.clone()],
+            busy_poll: opts.busy_poll,
+        });
+    }
+
+    let sources = Arc::new(StatsSources {
+        workers: worker_stats,
+        outbound_sas: tables.outbound_sas.clone(),
+        inbound_sas: tables.inbound_sas.clone(),
+        steering: Arc::new(Mutex::new(steering)),
+    });
+    if let Some(addr) = opts.prometheus {
+        crate::stats::serve_prometheus(addr, sources.clone(), stop.clone())?;
+    }
+
+    let mut handles = Vec::new();
+    for (q, w) in workers.into_iter().enumerate() {
+        let stop = stop.clone();
+        let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
+        let h = std::thread::Builder::new()
+            .name(format!("worker-{q}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if core_affinity::set_for_current(c) {
+                        tracing::info!(worker = q, core = c.id, "pinned");
+                    } else {
+                        tracing::warn!(worker = q, core = c.id, "pinning failed");
+                    }
+                }
+                w.run(&stop);
+            })
+            .map_err(|e| format!("worker thread: {e}"))?;
+        handles.push(h);
+    }
+    tracing::info!(workers = handles.len(), "engine running");
+    println!("ipsec-engine: running ({} workers)", handles.len());
+
+    let mut last_stats = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(every) = opts.stats_interval {
+            if last_stats.elapsed() >= every {
+                last_stats = Instant::now();
+                println!("stats:\n{}", sources.render_text());
+            }
+        }
+        if !stop.load(Ordering::Relaxed) && handles.iter().any(|h| h.is_finished()) {
+            stop.store(true, Ordering::Relaxed);
+            tracing::error!("a worker stopped unexpectedly");
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    println!("final stats:\n{}", sources.render_text());
+    tracing::info!("stopped; detaching XDP programs");
+    Ok(())
+}
