@@ -177,6 +177,8 @@ impl EspForwarder {
                     }
                 }
             }
+            // Not ours (e.g. the kernel's IPv6 router solicitations on the TUN): dropped silently.
+            (Err(DropReason::NoRoute), _) => {}
             (Err(r), _) => logln!(log, "forwarder: outbound packet dropped: {r}"),
             _ => {}
         }
