@@ -139,6 +139,8 @@ struct Case {
     our_ike: &'static str,
     our_esp: &'static str,
     multi: bool,
+    /// Also rekey the Child SA (from charon) and ping again: exercises PFS where configured.
+    rekey: bool,
 }
 
 const CASES: &[Case] = &[
@@ -149,6 +151,7 @@ const CASES: &[Case] = &[
         our_ike: "enc = \"aes\"\nauth = \"sha1\"\ndh_group = 2",
         our_esp: "enc = \"aes\"\nauth = \"sha1\"\npfs_group = \"disabled\"",
         multi: false,
+        rekey: false,
     },
     Case {
         name: "aes256-sha256-modp2048",
@@ -157,6 +160,7 @@ const CASES: &[Case] = &[
         our_ike: "enc = \"aes256\"\nauth = \"sha256\"\ndh_group = 14",
         our_esp: "enc = \"aes256\"\nauth = \"sha256\"\npfs_group = \"disabled\"",
         multi: false,
+        rekey: false,
     },
     Case {
         name: "3des-md5-modp1024",
@@ -165,6 +169,7 @@ const CASES: &[Case] = &[
         our_ike: "enc = \"3des\"\nauth = \"md5\"\ndh_group = 2",
         our_esp: "enc = \"3des\"\nauth = \"md5\"\npfs_group = \"disabled\"",
         multi: false,
+        rekey: false,
     },
     Case {
         name: "aes192-sha384-modp1536",
@@ -173,6 +178,7 @@ const CASES: &[Case] = &[
         our_ike: "enc = \"aes192\"\nauth = \"sha384\"\ndh_group = 5",
         our_esp: "enc = \"aes192\"\nauth = \"sha384\"\npfs_group = \"disabled\"",
         multi: false,
+        rekey: false,
     },
     Case {
         name: "aes128gcm16-prfsha256-ecp256",
@@ -181,6 +187,7 @@ const CASES: &[Case] = &[
         our_ike: "proposals = [\"aes128gcm16-prfsha256-ecp256\"]",
         our_esp: "proposals = [\"aes128gcm16\"]",
         multi: false,
+        rekey: false,
     },
     Case {
         name: "aes256-sha512-modp2048+pfs14",
@@ -189,6 +196,7 @@ const CASES: &[Case] = &[
         our_ike: "enc = \"aes256\"\nauth = \"sha512\"\ndh_group = 14",
         our_esp: "enc = \"aes256\"\nauth = \"sha512\"\npfs_group = 14",
         multi: false,
+        rekey: true,
     },
     Case {
         name: "2x2 subnets (aes128-sha256-ecp256)",
@@ -197,6 +205,7 @@ const CASES: &[Case] = &[
         our_ike: "proposals = [\"aes128-sha256-ecp256\"]",
         our_esp: "proposals = [\"aes128-sha256\"]",
         multi: true,
+        rekey: false,
     },
 ];
 
@@ -521,6 +530,27 @@ fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<Str
             }
             let _ = write!(detail, ", ping {s}->{d} {rx}/{tx}");
         }
+        if case.rekey {
+            let o = charon.swanctl(&["--rekey", "--child", "t"]);
+            if !o.status.success() {
+                return Err(format!("swanctl --rekey: {}", text(&o)));
+            }
+            ours.wait_count("CHILD_SA installed", 2, Duration::from_secs(5))?;
+            ours.wait_log("CHILD_SA deleted", Duration::from_secs(5))?;
+            swan_has(&charon, &ours)?;
+            let log = charon.log();
+            let with_ke =
+                |l: &&str| l.contains("generating CREATE_CHILD_SA request") && l.contains("N(REKEY_SA) SA No KE");
+            if !log.lines().any(|l| with_ke(&l)) {
+                return Err("charon's rekey request carried no KE payload (no PFS)".into());
+            }
+            let (tx, rx, out) = ping(lab, "192.0.2.1", "198.51.100.1", 3, "0.2");
+            if rx == 0 {
+                return Err(format!("ping after the PFS rekey: {tx} sent, 0 received\n{out}"));
+            }
+            let (i, o) = ours.last_child().unwrap_or_default();
+            let _ = write!(detail, ", PFS rekey (KE) -> {i}/{o}, ping {rx}/{tx}");
+        }
         Ok(detail)
     })();
     charon.kill("-TERM");
@@ -560,6 +590,7 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
         our_ike: "enc = \"aes256\"\nauth = \"sha256\"\ndh_group = 14",
         our_esp: "enc = \"aes256\"\nauth = \"sha256\"\npfs_group = 14",
         multi: false,
+        rekey: false,
     };
     let mut results = Vec::new();
     let tag = format!("rekey-{we_initiate}");
@@ -576,7 +607,8 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
         results.push(("setup".into(), Err(format!("{e}\n{}\n{}", tail(&ours.log(), 30), tail(&charon.log(), 30)))));
         return results;
     }
-    let steps: [(&str, Box<dyn Fn() -> Output>, &str); 4] = [
+    type Action<'a> = Box<dyn Fn() -> Output + 'a>;
+    let steps: [(&str, Action<'_>, &str); 4] = [
         ("child rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--child", "t"])), "CHILD_SA installed"),
         ("IKE rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--ike", "t"])), "IKE_SA rekeyed"),
         ("child rekey by us", Box::new(|| ours.ctl("rekey-child")), "CHILD_SA installed"),
