@@ -24,6 +24,20 @@
 //!   `rekey-child NAME`, `rekey-ike NAME`, `terminate NAME`, `status`
 //!   ([`daemon::control_request`] is the client side).
 //! * `unsafe` is denied except in [`tun`] (the `TUNSETIFF` ioctl, with its SAFETY argument).
+//!
+//! # Running
+//!
+//! ```text
+//! ipsec-control check-config /etc/ipsec-control.toml
+//! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--forwarder TUN]
+//! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
+//! ```
+//!
+//! The config format is documented in [`config`]. `--forwarder` (root, interop tests only) serves
+//! the Child SAs in userspace through a TUN device; without it the SAs are only logged until the
+//! engine's control channel exists. Tests: `cargo test -p ipsec-control` (the loopback test runs
+//! unprivileged; `tests/interop_strongswan.rs` needs root and strongSwan, see its documentation;
+//! `INTEROP_ONLY=<case substring>|rekey` runs a subset, `INTEROP_KEEP=1` keeps the logs).
 #![deny(unsafe_code)]
 
 pub mod config;

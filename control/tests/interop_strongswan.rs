@@ -199,6 +199,15 @@ const CASES: &[Case] = &[
         rekey: true,
     },
     Case {
+        name: "aes256gcm16-prfsha384-curve25519+pfs",
+        swan_ike: "aes256gcm16-prfsha384-curve25519",
+        swan_esp: "aes256gcm16-curve25519",
+        our_ike: "proposals = [\"aes256gcm16-prfsha384-curve25519\"]",
+        our_esp: "proposals = [\"aes256gcm16-curve25519\"]",
+        multi: false,
+        rekey: true,
+    },
+    Case {
         name: "2x2 subnets (aes128-sha256-ecp256)",
         swan_ike: "aes128-sha256-ecp256",
         swan_esp: "aes128-sha256",
@@ -689,11 +698,11 @@ fn interop_strongswan() {
             let r = cell(&mut lab, case, we_initiate, i);
             match &r {
                 Ok(d) => {
-                    let _ = writeln!(report, "  PASS {:<36} {role}  {d}", case.name);
+                    let _ = writeln!(report, "  PASS {:<40} {role}  {d}", case.name);
                 }
                 Err(e) => {
                     failures += 1;
-                    let _ = writeln!(report, "  FAIL {:<36} {role}  {}", case.name, e.lines().next().unwrap_or(""));
+                    let _ = writeln!(report, "  FAIL {:<40} {role}  {}", case.name, e.lines().next().unwrap_or(""));
                     eprintln!("=== {} ({role}) failed:\n{e}", case.name);
                 }
             }

@@ -41,6 +41,7 @@ fn config(me: &str, peer: &str, port: u16, ours: &str, theirs: &str, initiate: b
 ike_port = {port}
 natt_port = {natt}
 control_socket = "{sock}"
+state_file = "{sock}.state"
 [[connection]]
 name = "lo"
 local_addr = "{me}"
@@ -78,7 +79,7 @@ fn two_daemons_over_loopback() {
     let sock_b = dir.join("b.sock");
     let (la, lb) = (Buf::default(), Buf::default());
     let (ra, rb) = (RecordingSink::default(), RecordingSink::default());
-    let ca = config("127.0.0.1", "127.0.0.2", port, "192.0.2.0/24", "198.51.100.0/24", true, sock_a.to_str().unwrap());
+    let ca = config("127.0.0.1", "127.0.0.2", port, "192.0.2.0/24", "198.51.100.0/24", false, sock_a.to_str().unwrap());
     let cb = config("127.0.0.2", "127.0.0.1", port, "198.51.100.0/24", "192.0.2.0/24", false, sock_b.to_str().unwrap());
     let mut a = Daemon::new(ca, Box::new(ra.clone()), Logger::new(Box::new(la.clone()))).unwrap();
     let mut b = Daemon::new(cb, Box::new(rb.clone()), Logger::new(Box::new(lb.clone()))).unwrap();
@@ -89,8 +90,22 @@ fn two_daemons_over_loopback() {
     }
     a.start();
     b.start();
+    // effect_immediately = false on both: nothing happens until `initiate` on the control socket.
+    step_both(&mut a, &mut b, || true, "nothing");
+    assert!(ra.snapshot().is_empty());
+    let s = sock_a.clone();
+    let client = std::thread::spawn(move || control_request(&s, "initiate lo"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("initiating"));
     step_both(&mut a, &mut b, || !ra.installed().is_empty() && !rb.installed().is_empty(), "the Child SA");
     let (a_in, a_out) = ra.installed()[0];
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let state = std::path::PathBuf::from(format!("{}.state", sock_a.display()));
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600, "state file mode");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(text.contains(&format!("spi_in={a_in:08x}")) && !text.contains(PSK), "{text}");
+    }
     assert_eq!(rb.installed(), vec![(a_out, a_in)], "both ends installed the same SA");
 
     // Our own Child SA rekey through the control socket (the client runs on a thread; the daemon
