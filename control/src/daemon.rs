@@ -251,6 +251,27 @@ impl Daemon {
         Ok(())
     }
 
+    /// Deletes every IKE SA (INFORMATIONAL with DELETE, so the peer removes its SAs too) and runs
+    /// the loop until they are gone or `grace` has passed.
+    ///
+    /// # Errors
+    /// A poll error.
+    pub fn shutdown(&mut self, grace: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        let live: Vec<(usize, SaHandle)> = (0..self.conns.len()).filter_map(|i| self.live(i).map(|h| (i, h))).collect();
+        logln!(self.log, "shutting down: closing {} IKE SA(s)", live.len());
+        for &(i, h) in &live {
+            let rng = &mut self.rng;
+            self.conns[i].endpoint.with_sa(h, |sa| sa.close(now, rng));
+        }
+        self.flush(now);
+        let deadline = now + grace;
+        while Instant::now() < deadline && (0..self.conns.len()).any(|i| self.live(i).is_some()) {
+            self.step(Duration::from_millis(50))?;
+        }
+        Ok(())
+    }
+
     fn drain(&mut self, on_natt: bool, now: Instant) {
         let mut buf = std::mem::take(&mut self.buf);
         let port = if on_natt { self.settings.natt_port } else { self.settings.ike_port };

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use ipsec_control::config::DaemonConfig;
 use ipsec_control::daemon::{control_request, Daemon};
@@ -17,7 +18,7 @@ const DEFAULT_SOCKET: &str = "/run/ipsec-control/ctl.sock";
 
 const USAGE: &str = "usage:
   ipsec-control run --config FILE [--forwarder TUN] [--log FILE]
-      run the daemon; --forwarder serves the Child SAs with the userspace ESP forwarder on TUN
+      run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --forwarder serves the Child SAs with the userspace ESP forwarder on TUN
       (interop tests only); logs go to stderr or FILE
   ipsec-control check-config FILE
   ipsec-control initiate|rekey-child|rekey-ike|terminate NAME [--socket PATH]
@@ -93,8 +94,11 @@ fn run(args: &[String]) -> Result<(), String> {
         d.set_sink(Box::new(LogSink(log.clone()))).map_err(|e| e.to_string())?;
     }
     d.start();
-    let stop = AtomicBool::new(false);
-    let r = d.run(&stop).map_err(|e| e.to_string());
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let r = d.run(&stop).and_then(|()| d.shutdown(std::time::Duration::from_secs(3))).map_err(|e| e.to_string());
     logln!(log, "exiting: {r:?}");
     r
 }

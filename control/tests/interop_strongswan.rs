@@ -560,6 +560,18 @@ fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<Str
             let (i, o) = ours.last_child().unwrap_or_default();
             let _ = write!(detail, ", PFS rekey (KE) -> {i}/{o}, ping {rx}/{tx}");
         }
+        // Graceful stop: SIGTERM makes our daemon delete its IKE SA; charon must drop it.
+        let pid = lab.children.last().map(Child::id).ok_or("no daemon")?;
+        let _ = run("kill", &["-TERM", &pid.to_string()]);
+        ours.wait_log("exiting", Duration::from_secs(5))?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while charon.list_sas().contains("ESTABLISHED") {
+            if Instant::now() > deadline {
+                return Err(format!("charon kept the SA after our SIGTERM:\n{}", charon.list_sas()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        detail.push_str(", SIGTERM -> DELETE, charon SA gone");
         Ok(detail)
     })();
     charon.kill("-TERM");
