@@ -9,6 +9,12 @@
 //!   outer IPv4/IPv6 + UDP header (the addresses and ports it really had), decapsulated by
 //!   [`EspWorker::decap_burst`] (anti-replay, ICV, selectors) and written to the TUN.
 //!
+//! Outbound SA choice on rekeys: the newest matching SA the peer is known to have. An SA we
+//! created as *responder* (the peer's rekey or new Child SA) is not used for sending until ESP
+//! arrives on it or it is the only one left: the peer installs it only when our response arrives,
+//! so sending on it at once loses packets for a round trip (or much longer if the response is
+//! lost). strongSwan defers the responder's outbound SA in the same way.
+//!
 //! Only UDP-encapsulated SAs can be served (we have no raw ESP socket); the strongSwan
 //! kernel-libipsec peer of the tests always encapsulates. Routes for every connection's remote
 //! subnets point at the TUN (`ip route replace`), and the device goes when the daemon exits.
@@ -46,6 +52,9 @@ struct Outbound {
     remote_nets: Vec<IpNet>,
     peer: SocketAddr,
     sa: OutboundSa,
+    /// Whether the peer is known to have this SA: we initiated its exchange (so the peer installed
+    /// it before answering), or ESP arrived on its inbound half.
+    confirmed: bool,
 }
 
 /// The forwarder; see the module documentation.
@@ -162,8 +171,9 @@ impl EspForwarder {
         let mut v = [Ok(())];
         let mut peer = None;
         worker.encap_burst(now, &mut pkts, &mut v, |_src, dst: IpAddr| {
-            let e =
-                out.iter().rev().find(|e| e.remote_nets.iter().any(|n| n.contains(&dst))).ok_or(DropReason::NoRoute)?;
+            // The newest SA the peer is known to have, else the newest (see the module doc).
+            let matching = || out.iter().rev().filter(|e| e.remote_nets.iter().any(|n| n.contains(&dst)));
+            let e = matching().find(|e| e.confirmed).or_else(|| matching().next()).ok_or(DropReason::NoRoute)?;
             peer = Some(e.peer);
             Ok(&e.sa)
         });
@@ -206,6 +216,7 @@ impl SaSink for EspForwarder {
                     remote_nets: sa.remote_ts().iter().flat_map(selector_prefixes).collect(),
                     peer: SocketAddr::new(sa.remote.ip(), encap.remote_port),
                     sa: o,
+                    confirmed: sa.initiator,
                 });
                 self.inb.insert(sa.inbound_spi(), i);
                 logln!(
@@ -242,6 +253,9 @@ impl SaSink for EspForwarder {
         self.worker.decap_burst(now, &mut pkts, &mut v, |spi, _dst| inb.get(&spi));
         match v[0] {
             Ok(()) => {
+                if let Some(o) = self.out.iter_mut().find(|o| o.spi_in == spi && !o.confirmed) {
+                    o.confirmed = true;
+                }
                 if let Err(e) = self.tun.send(pkts[0].data()) {
                     logln!(self.log, "forwarder: TUN write: {e}");
                 }

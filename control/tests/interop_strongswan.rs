@@ -13,9 +13,16 @@
 //! For every proposal case and both roles (we initiate / charon initiates): the IKE SA and the
 //! Child SA come up, `swanctl --list-sas` shows the Child SA INSTALLED with the SPIs our daemon
 //! logged, and a ping from 192.0.2.1 to 198.51.100.1 crosses our userspace ESP forwarder and
-//! charon's libipsec. Then, under a running ping: Child SA and IKE SA rekeys started by charon
-//! and by us (at most one lost packet each). Finally charon is killed and our DPD must notice
-//! within 30 s and remove the SAs. Everything runs sequentially with short timeouts.
+//! charon's libipsec; SIGTERM makes our daemon DELETE the IKE SA and charon must drop it. Then, in
+//! both roles, under a running ping (at most one lost packet per step): Child SA and IKE SA rekeys
+//! started by charon and by us; rekey collisions (both ends at once, made deterministic by dropping
+//! IKE messages with nftables in netns a); a rekey of the SA we just created as responder whose
+//! response charon has not received yet (charon answers CHILD_SA_NOT_FOUND: we recreate the
+//! Child SA, RFC 7296 §2.25). Finally charon is killed and our DPD must notice within 30 s and
+//! remove the SAs. Everything runs sequentially with short timeouts (about two minutes).
+//!
+//! Knobs: `INTEROP_ONLY=<case name substring>|rekey`, `INTEROP_STEP=<rekey step substring>`,
+//! `INTEROP_KEEP=1` (keep logs and configs in the temporary directory).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,7 +51,7 @@ fn is_root() -> bool {
 }
 
 fn ensure_strongswan() {
-    if Path::new(CHARON).exists() && Path::new("/usr/sbin/swanctl").exists() {
+    if Path::new(CHARON).exists() && Path::new("/usr/sbin/swanctl").exists() && Path::new("/usr/sbin/nft").exists() {
         return;
     }
     ok("apt-get", &["update"]);
@@ -58,6 +65,7 @@ fn ensure_strongswan() {
             "strongswan-swanctl",
             "iputils-ping",
             "tcpdump",
+            "nftables",
         ])
         .output()
         .expect("apt-get");
@@ -249,6 +257,7 @@ impl Charon {
   load = random nonce openssl aes des sha1 sha2 md5 hmac gcm pem pkcs1 x509 pubkey gmp kdf kernel-libipsec kernel-netlink socket-default vici updown
   port = 500
   port_nat_t = 4500
+  retransmit_timeout = 1
   plugins {{
     vici {{
       socket = unix://{d}/charon.vici
@@ -263,6 +272,7 @@ impl Charon {
       cfg = 2
       net = 1
       enc = 1
+      mgr = 2
       flush_line = yes
       ike_name = yes
     }}
@@ -453,6 +463,26 @@ dpd_timeout = 12
         Some((field("spi_in=")?, field("spi_out=")?))
     }
 
+    /// (spi_in, spi_out) of the one Child SA our daemon holds (installed and not deleted).
+    fn live_child(&self) -> Result<(String, String), String> {
+        let mut live: Vec<(String, String)> = Vec::new();
+        for line in self.log().lines() {
+            let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
+            let (Some(i), Some(o)) = (field("spi_in="), field("spi_out=")) else {
+                continue;
+            };
+            if line.contains("CHILD_SA installed") {
+                live.push((i, o));
+            } else if line.contains("CHILD_SA deleted") {
+                live.retain(|x| x.0 != i);
+            }
+        }
+        match live.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Err(format!("we hold {} Child SAs: {live:?}", live.len())),
+        }
+    }
+
     /// (SPIi, SPIr) of our current IKE SA, from the last "established" or "rekeyed" line.
     fn ike_spis(&self) -> Option<(String, String)> {
         let l = self.log();
@@ -488,7 +518,7 @@ fn ping(lab: &Lab, src: &str, dst: &str, count: u32, interval: &str) -> (u32, u3
 
 /// Waits until charon lists the Child SA INSTALLED with our SPIs (its inbound = our outbound).
 fn swan_has(charon: &Charon, ours: &Ours) -> Result<(), String> {
-    let (spi_in, spi_out) = ours.last_child().ok_or("no Child SA SPIs in our log")?;
+    let (spi_in, spi_out) = ours.live_child()?;
     let (ike_i, ike_r) = ours.ike_spis().ok_or("no IKE SPIs in our log")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -506,6 +536,48 @@ fn swan_has(charon: &Charon, ours: &Ours) -> Result<(), String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// Every IKE message on port 4500 (non-ESP marker).
+    All,
+    /// IKE responses only (R flag).
+    Responses,
+}
+
+/// Drops IKE messages on port 4500 in both directions in netns a (`None`: stops dropping).
+fn block_ike(lab: &Lab, how: Option<Block>) {
+    let _ = lab.ns(&lab.a, &["nft", "delete", "table", "inet", "ipt"]);
+    let Some(how) = how else {
+        return;
+    };
+    lab.ns_ok(&lab.a, &["nft", "add", "table", "inet", "ipt"]);
+    // UDP payload: the 4-octet zero marker at bit 64, the IKE flags octet at 8 + 4 + 19.
+    let rule = match how {
+        Block::All => "udp dport 4500 @th,64,32 0 drop",
+        Block::Responses => "udp dport 4500 @th,64,32 0 @th,248,8 & 0x20 == 0x20 drop",
+    };
+    for hook in ["input", "output"] {
+        let chain = format!("{{ type filter hook {hook} priority 0; }}");
+        lab.ns_ok(&lab.a, &["nft", "add", "chain", "inet", "ipt", hook, &chain]);
+        lab.ns_ok(&lab.a, &["nft", "add", "rule", "inet", "ipt", hook, rule]);
+    }
+}
+
+/// Waits until charon has exactly one IKE SA and one Child SA (no redundant SA left over).
+fn swan_single(charon: &Charon) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let l = charon.list_sas();
+        if l.matches("ESTABLISHED").count() == 1 && l.matches("INSTALLED").count() == 1 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("charon does not settle on one IKE SA and one Child SA:\n{l}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -629,32 +701,96 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
         return results;
     }
     type Action<'a> = Box<dyn Fn() -> Output + 'a>;
-    let steps: [(&str, Action<'_>, &str); 4] = [
-        ("child rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--child", "t"])), "CHILD_SA installed"),
-        ("IKE rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--ike", "t"])), "IKE_SA rekeyed"),
-        ("child rekey by us", Box::new(|| ours.ctl("rekey-child")), "CHILD_SA installed"),
-        ("IKE rekey by us", Box::new(|| ours.ctl("rekey-ike")), "IKE_SA rekeyed"),
+    // A rekey collision (RFC 7296 §2.8.1/§2.8.2), made deterministic with nftables in netns a:
+    // all IKE messages on 4500 are dropped while both ends send their CREATE_CHILD_SA request;
+    // then only responses are dropped, so both retransmitted requests arrive while both ends have
+    // theirs outstanding; then everything passes and the nonces decide.
+    let collide = |swan: &'static str, ctl: &'static str| -> Action<'_> {
+        let (charon, ours, lab) = (&charon, &ours, &*lab);
+        Box::new(move || {
+            block_ike(lab, Some(Block::All));
+            let o = ours.ctl(ctl);
+            let o2 = charon.swanctl(&["--rekey", swan, "t"]);
+            std::thread::sleep(Duration::from_millis(300));
+            block_ike(lab, Some(Block::Responses));
+            std::thread::sleep(Duration::from_millis(2000));
+            block_ike(lab, None);
+            if o.status.success() {
+                o2
+            } else {
+                o
+            }
+        })
+    };
+    // charon rekeys, our response is lost, and we rekey the SA we just created before charon has
+    // it: charon answers CHILD_SA_NOT_FOUND (Child SA) or ignores the unknown IKE SPIs (IKE SA)
+    // until its retransmission gets our response.
+    let after_lost = |swan: &'static str, ctl: &'static str, marker: &'static str| -> Action<'_> {
+        let (charon, ours, lab) = (&charon, &ours, &*lab);
+        Box::new(move || {
+            block_ike(lab, Some(Block::Responses));
+            let before = ours.log().matches(marker).count();
+            let o2 = charon.swanctl(&["--rekey", swan, "t"]);
+            let _ = ours.wait_count(marker, before + 1, Duration::from_secs(3));
+            let o = ours.ctl(ctl);
+            std::thread::sleep(Duration::from_millis(1500));
+            block_ike(lab, None);
+            if o.status.success() {
+                o2
+            } else {
+                o
+            }
+        })
+    };
+    const CHILD: &str = "CHILD_SA installed";
+    const IKE: &str = "IKE_SA rekeyed";
+    // (name, action, marker, how many new markers, whether charon must end with exactly one SA)
+    let steps: [(&str, Action<'_>, &str, usize, bool); 8] = [
+        ("child rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--child", "t"])), CHILD, 1, true),
+        ("IKE rekey by charon", Box::new(|| charon.swanctl(&["--rekey", "--ike", "t"])), IKE, 1, true),
+        ("child rekey by us", Box::new(|| ours.ctl("rekey-child")), CHILD, 1, true),
+        ("IKE rekey by us", Box::new(|| ours.ctl("rekey-ike")), IKE, 1, true),
+        ("child rekey collision", collide("--child", "rekey-child"), CHILD, 2, true),
+        ("IKE rekey collision", collide("--ike", "rekey-ike"), IKE, 1, true),
+        ("IKE rekey after lost response", after_lost("--ike", "rekey-ike", IKE), IKE, 2, true),
+        // charon answers CHILD_SA_NOT_FOUND and we recreate the Child SA (RFC 7296 §2.25); charon
+        // keeps the SA it did not have yet as a stale extra one (it would expire at its lifetime),
+        // so this step comes last and has no single-SA check.
+        ("child rekey after lost response", after_lost("--child", "rekey-child", CHILD), CHILD, 2, false),
     ];
-    for (name, action, marker) in steps {
+    let only_step = std::env::var("INTEROP_STEP").ok();
+    for (name, action, marker, n, single) in steps {
+        if only_step.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let before = ours.log().matches(marker).count();
         let lab_ref: &Lab = lab;
         let r = std::thread::scope(|s| {
-            let pinger = s.spawn(|| ping(lab_ref, "192.0.2.1", "198.51.100.1", 30, "0.1"));
-            std::thread::sleep(Duration::from_millis(800));
+            let pinger = s.spawn(|| ping(lab_ref, "192.0.2.1", "198.51.100.1", 40, "0.1"));
+            std::thread::sleep(Duration::from_millis(500));
             let o = action();
-            let done = ours.wait_count(marker, before + 1, Duration::from_secs(8));
+            let done = ours.wait_count(marker, before + n, Duration::from_secs(15));
             let (tx, rx, out) = pinger.join().unwrap();
             if !o.status.success() {
                 return Err(format!("command failed: {}", text(&o)));
             }
             done?;
+            if single {
+                swan_single(&charon)?;
+            }
+            if name == "child rekey after lost response"
+                && !charon.log().contains("unable to rekey, CHILD_SA not found")
+            {
+                return Err("charon never answered CHILD_SA_NOT_FOUND: the scenario did not happen".into());
+            }
+            swan_has(&charon, &ours)?;
             let lost = tx.saturating_sub(rx);
-            let (spi_in, spi_out) = ours.last_child().unwrap_or_default();
+            let (spi_in, spi_out) = ours.live_child()?;
             let d = format!("ping {rx}/{tx} (lost {lost}), child now {spi_in}/{spi_out}");
             if tx == 0 || lost > 1 {
                 Err(format!("{d}\n{out}"))
             } else {
-                swan_has(&charon, &ours).map(|()| d)
+                Ok(d)
             }
         });
         results.push((
