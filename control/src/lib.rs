@@ -1,5 +1,51 @@
-//! IPsec control plane (IKE, store, management API).
+//! IPsec control plane: the `ipsec-control` daemon around the sans-IO IKEv2 core
+//! ([`ipsec_ike`]).
 //!
-//! Not built yet: see the IKEv2 and management issues. This crate exists so that the workspace has
-//! its final shape from the start.
-#![forbid(unsafe_code)]
+//! # Contract
+//!
+//! * **One thread, one owner.** [`daemon::Daemon`] owns the UDP sockets (IKE 500 and NAT-T 4500,
+//!   bound to the configured local address), one [`ipsec_ike::endpoint::Endpoint`] per configured
+//!   connection, the RNG and the clock; it is the only code here that reads the time. Timers are
+//!   the endpoints' `poll_timeout`; the non-ESP marker is added and stripped at the sockets
+//!   ([`ipsec_ike::nat::classify`], `Transmit::to_datagram`); NAT keepalives are the IKE core's
+//!   transmits like any other.
+//! * **Child SAs leave through [`sink::SaSink`]**, in event order: a rekey installs the new SA
+//!   before it deletes the old one (make-before-break); DELETE, expiry and DPD failure delete.
+//!   Implementations: [`sink::RecordingSink`] (tests) and [`forwarder::EspForwarder`] (a TUN +
+//!   ESP-in-UDP userspace forwarder over the engine's ESP core, **for interop tests only**; the
+//!   AF_XDP engine's control channel will replace it).
+//! * **Configuration** is a TOML file ([`config`]) until the management API lands. IKEv1 is
+//!   refused with a clear error.
+//! * **Secrets stay secret.** PSKs are read into the IKE core's zeroizing `SecretBytes` and never
+//!   formatted: config errors do not echo source lines, `Debug` of every config type redacts the
+//!   PSK, the log ([`log`]) carries SPIs, algorithms and addresses only. The control socket and
+//!   the state file are created mode 0600.
+//! * **Control**: a Unix socket (0600) taking one command per connection: `initiate NAME`,
+//!   `rekey-child NAME`, `rekey-ike NAME`, `terminate NAME`, `status`
+//!   ([`daemon::control_request`] is the client side).
+//! * `unsafe` is denied except in [`tun`] (the `TUNSETIFF` ioctl, with its SAFETY argument).
+//!
+//! # Running
+//!
+//! ```text
+//! ipsec-control check-config /etc/ipsec-control.toml
+//! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--forwarder TUN]
+//! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
+//! ```
+//!
+//! The config format is documented in [`config`]. `--forwarder` (root, interop tests only) serves
+//! the Child SAs in userspace through a TUN device; without it the SAs are only logged until the
+//! engine's control channel exists. Tests: `cargo test -p ipsec-control` (the loopback test runs
+//! unprivileged; `tests/interop_strongswan.rs` needs root and strongSwan, see its documentation;
+//! `INTEROP_ONLY=<case substring>|rekey` runs a subset, `INTEROP_KEEP=1` keeps the logs).
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod forwarder;
+pub mod log;
+pub mod sink;
+pub mod tun;
+
+pub use daemon::Daemon;
+pub use sink::{RecordingSink, SaSink};

@@ -2223,8 +2223,19 @@ impl IkeSa {
                         c.peer_rekey = None;
                         c.state = ChildState::Rekeyed;
                     }
-                    Some((old, _)) if why == Failure::PeerError(NotifyType::CHILD_SA_NOT_FOUND) => {
+                    Some((old, c)) if why == Failure::PeerError(NotifyType::CHILD_SA_NOT_FOUND) => {
+                        // RFC 7296 §2.25: delete it silently and create a new Child SA from
+                        // scratch unless one for these selectors still exists. (strongSwan answers
+                        // so for an SA it does not have *yet*: one we created as responder of its
+                        // own rekey whose response it has not received.)
+                        let ts = (c.sa.local_ts().to_vec(), c.sa.remote_ts().to_vec());
                         self.remove_child(old);
+                        let covered = self.children.iter().any(|k| {
+                            k.state != ChildState::Deleting && k.sa.local_ts() == ts.0 && k.sa.remote_ts() == ts.1
+                        });
+                        if !covered {
+                            self.queue.push_back(Request::CreateChild { rekey: None, ts: Some(ts), group: None });
+                        }
                     }
                     Some((_, c)) => {
                         c.state = ChildState::Installed;

@@ -770,6 +770,47 @@ fn child_rekey_collision_response_overtakes_request() {
     }
 }
 
+/// Found in interop with strongSwan (control/tests/interop_strongswan.rs): a peer answers a Child
+/// SA rekey with CHILD_SA_NOT_FOUND when it does not have that SA (yet); strongSwan did so for an
+/// SA we had just created as responder of its own rekey, whose response it had not received. We
+/// used to drop the SA and stay without any Child SA; RFC 7296 §2.25: delete it silently and
+/// create a new Child SA from scratch (unless one for the same selectors still exists).
+#[test]
+fn child_sa_not_found_on_rekey_recreates_the_child_sa() {
+    let (ci, cr) = configs();
+    let mut p = Pair::new(ci, cr);
+    p.establish();
+    let (ci0, cr0) = first_child(&p);
+    // i forgets the SA without telling r (the state strongSwan was in).
+    p.i.children.clear();
+    p.ev_i.push(Event::ChildSaDeleted { spi_in: ci0.inbound_spi(), spi_out: ci0.outbound_spi() });
+    let now = p.now;
+    p.r.rekey_child(now, cr0.inbound_spi(), &mut rng(3));
+    p.drive();
+    assert_eq!(p.r.child_sas().count(), 1, "a new Child SA replaces the one the peer did not know");
+    let new = p.r.child_sas().next().unwrap().clone();
+    assert_ne!(new.inbound_spi(), cr0.inbound_spi());
+    assert!(new.initiator, "created from scratch by r");
+    assert_eq!((new.local_ts(), new.remote_ts()), (cr0.local_ts(), cr0.remote_ts()));
+    assert_eq!(count(&p.ev_r, |e| matches!(e, Event::ChildSaFailed(_))), 0);
+    assert_consistent(&p);
+
+    // With another Child SA for the same selectors left, nothing is recreated.
+    let now = p.now;
+    p.r.create_child(now, None, &mut rng(4));
+    p.drive();
+    assert_eq!(p.r.child_sas().count(), 2);
+    let spi_i = p.i.children[0].sa.inbound_spi();
+    let gone = p.i.children.remove(0);
+    p.ev_i.push(Event::ChildSaDeleted { spi_in: spi_i, spi_out: gone.sa.outbound_spi() });
+    let victim = p.r.child_sas().find(|c| c.outbound_spi() == spi_i).unwrap().inbound_spi();
+    let now = p.now;
+    p.r.rekey_child(now, victim, &mut rng(5));
+    p.drive();
+    assert_eq!(p.r.child_sas().count(), 1);
+    assert_consistent(&p);
+}
+
 // ----------------------------------------------------------------------------------------------
 // INFORMATIONAL
 

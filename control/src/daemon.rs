@@ -1,0 +1,634 @@
+//! The daemon's event loop: two UDP sockets (IKE 500, NAT-T 4500) bound to the configured local
+//! address, the local control socket, the sink's file descriptor (the forwarder's TUN), and the
+//! timers of the IKE endpoints.
+//!
+//! # Why a single-threaded `mio` loop
+//!
+//! The IKE core is sans-IO and single-owner: every input (datagram, timer, command) must reach the
+//! `Endpoint` of its connection in order, and every output (transmits, events) be drained after it.
+//! One thread with one readiness poll over four descriptors does exactly that without locks; the
+//! poll's timeout is the earliest `poll_timeout` of the endpoints. Plain std sockets with
+//! `set_read_timeout` would need a thread per descriptor (or busy polling) as soon as the TUN and
+//! the control socket join; `mio` is the minimal portable epoll wrapper (no async runtime).
+//!
+//! This module is the only place that reads the clock (`Instant::now()` once per loop iteration)
+//! and the only owner of the RNG (ChaCha20 seeded from the OS).
+//!
+//! # Connections and dispatch
+//!
+//! Each configured connection has its own [`Endpoint`] (its responder configuration is that
+//! connection's). An IKE_SA_INIT request goes to the connection whose `remote_addr` is the
+//! sender's address, else to the first `%any` connection; every other message to the connection
+//! that owns the IKE SPI it is addressed to.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipsec_ike::endpoint::{Endpoint, EndpointConfig, SaHandle};
+use ipsec_ike::ike_sa::{ChildSa, Event, Transmit};
+use ipsec_ike::message::{ExchangeType, Header};
+use ipsec_ike::nat::{self, Received};
+use mio::net::UdpSocket;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+
+use crate::config::{selector_prefixes, Connection, DaemonConfig, DaemonSettings};
+use crate::log::Logger;
+use crate::logln;
+use crate::sink::SaSink;
+
+const IKE: Token = Token(0);
+const NATT: Token = Token(1);
+const CTL: Token = Token(2);
+const SINK: Token = Token(3);
+
+struct Conn {
+    spec: Connection,
+    endpoint: Endpoint,
+    /// The connection's current IKE SA (the last one established or initiated).
+    handle: Option<SaHandle>,
+}
+
+/// The daemon; see the module documentation.
+pub struct Daemon {
+    settings: DaemonSettings,
+    conns: Vec<Conn>,
+    poll: Poll,
+    events: Events,
+    ike: UdpSocket,
+    natt: UdpSocket,
+    natt_std: std::net::UdpSocket,
+    ctl: Option<(UnixListener, PathBuf)>,
+    sink: Box<dyn SaSink>,
+    sink_registered: bool,
+    rng: ChaCha20Rng,
+    log: Logger,
+    /// Our inbound Child SA SPI → its connection (DPD is postponed by inbound ESP).
+    spi_owner: HashMap<u32, (usize, SaHandle)>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("settings", &self.settings).field("conns", &self.conns.len()).finish()
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+impl Daemon {
+    /// Binds the sockets and the control socket; initiates nothing yet (see [`Daemon::start`]).
+    ///
+    /// # Errors
+    /// Socket errors (address in use, no such address, permissions).
+    pub fn new(config: DaemonConfig, sink: Box<dyn SaSink>, log: Logger) -> io::Result<Self> {
+        let s = config.daemon.clone();
+        let ike_std = bind_udp(SocketAddr::new(s.listen, s.ike_port))?;
+        let natt_std = bind_udp(SocketAddr::new(s.listen, s.natt_port))?;
+        let mut ike = UdpSocket::from_std(ike_std);
+        let mut natt = UdpSocket::from_std(natt_std.try_clone()?);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut ike, IKE, Interest::READABLE)?;
+        poll.registry().register(&mut natt, NATT, Interest::READABLE)?;
+        let ctl = match &s.control_socket {
+            Some(p) => {
+                let l = bind_control(p)?;
+                poll.registry().register(&mut SourceFd(&l.as_raw_fd()), CTL, Interest::READABLE)?;
+                Some((l, p.clone()))
+            }
+            None => None,
+        };
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
+        let conns = config
+            .connections
+            .into_iter()
+            .map(|spec| Conn {
+                endpoint: Endpoint::new(EndpointConfig::new(Some(spec.ike.clone()))),
+                spec,
+                handle: None,
+            })
+            .collect();
+        let mut d = Daemon {
+            settings: s,
+            conns,
+            poll,
+            events: Events::with_capacity(64),
+            ike,
+            natt,
+            natt_std,
+            ctl,
+            sink,
+            sink_registered: false,
+            rng: ChaCha20Rng::from_seed(seed),
+            log,
+            spi_owner: HashMap::new(),
+            buf: vec![0u8; 65536],
+        };
+        d.register_sink()?;
+        logln!(
+            d.log,
+            "listening on {} (IKE {}, NAT-T {}), {} connection(s)",
+            d.settings.listen,
+            d.settings.ike_port,
+            d.settings.natt_port,
+            d.conns.len()
+        );
+        for c in &d.conns {
+            logln!(d.log, "conn {}: {:?}", c.spec.name, c.spec);
+        }
+        Ok(d)
+    }
+
+    /// A clone of the NAT-T socket (the forwarder sends ESP in UDP from it).
+    ///
+    /// # Errors
+    /// `dup` failed.
+    pub fn natt_socket(&self) -> io::Result<std::net::UdpSocket> {
+        self.natt_std.try_clone()
+    }
+
+    /// Replaces the sink (before any SA exists).
+    ///
+    /// # Errors
+    /// Registering its descriptor failed.
+    pub fn set_sink(&mut self, sink: Box<dyn SaSink>) -> io::Result<()> {
+        if self.sink_registered {
+            if let Some(fd) = self.sink.poll_fd() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
+            self.sink_registered = false;
+        }
+        self.sink = sink;
+        self.register_sink()
+    }
+
+    fn register_sink(&mut self) -> io::Result<()> {
+        if let Some(fd) = self.sink.poll_fd() {
+            self.poll.registry().register(&mut SourceFd(&fd), SINK, Interest::READABLE)?;
+            self.sink_registered = true;
+        }
+        Ok(())
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn settings(&self) -> &DaemonSettings {
+        &self.settings
+    }
+
+    /// Initiates every connection with `effect_immediately`.
+    pub fn start(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            if self.conns[i].spec.effect_immediately {
+                let _ = self.initiate(i, now);
+            } else {
+                logln!(self.log, "conn {}: waiting (effect_immediately = false)", self.conns[i].spec.name);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Runs until `stop` is set (checked at least every 200 ms).
+    ///
+    /// # Errors
+    /// A poll error.
+    pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            self.step(Duration::from_millis(200))?;
+        }
+        Ok(())
+    }
+
+    /// One loop iteration: waits for I/O or the next timer (at most `max_wait`), handles it.
+    ///
+    /// # Errors
+    /// A poll error.
+    pub fn step(&mut self, max_wait: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        let wait = self
+            .conns
+            .iter()
+            .filter_map(|c| c.endpoint.poll_timeout())
+            .min()
+            .map_or(max_wait, |t| t.saturating_duration_since(now).min(max_wait));
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        let tokens: Vec<Token> = self.events.iter().map(mio::event::Event::token).collect();
+        for t in tokens {
+            match t {
+                IKE => self.drain(false, now),
+                NATT => self.drain(true, now),
+                CTL => self.accept(now),
+                SINK => self.sink.on_readable(now),
+                _ => {}
+            }
+        }
+        for c in &mut self.conns {
+            if c.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                c.endpoint.handle_timeout(now, &mut self.rng);
+            }
+        }
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Deletes every IKE SA (INFORMATIONAL with DELETE, so the peer removes its SAs too) and runs
+    /// the loop until they are gone or `grace` has passed.
+    ///
+    /// # Errors
+    /// A poll error.
+    pub fn shutdown(&mut self, grace: Duration) -> io::Result<()> {
+        let now = Instant::now();
+        let live: Vec<(usize, SaHandle)> = (0..self.conns.len()).filter_map(|i| self.live(i).map(|h| (i, h))).collect();
+        logln!(self.log, "shutting down: closing {} IKE SA(s)", live.len());
+        for &(i, h) in &live {
+            let rng = &mut self.rng;
+            self.conns[i].endpoint.with_sa(h, |sa| sa.close(now, rng));
+        }
+        self.flush(now);
+        let deadline = now + grace;
+        while Instant::now() < deadline && (0..self.conns.len()).any(|i| self.live(i).is_some()) {
+            self.step(Duration::from_millis(50))?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, on_natt: bool, now: Instant) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let port = if on_natt { self.settings.natt_port } else { self.settings.ike_port };
+        let local = SocketAddr::new(self.settings.listen, port);
+        loop {
+            let sock = if on_natt { &self.natt } else { &self.ike };
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    logln!(self.log, "recv on port {port}: {e}");
+                    break;
+                }
+            };
+            match nat::classify(on_natt, &buf[..n]) {
+                Received::Ike(msg) => self.dispatch(now, local, from, msg),
+                Received::Esp(d) => {
+                    if let Some(spi) = self.sink.esp_received(now, from, local, d) {
+                        if let Some(&(i, h)) = self.spi_owner.get(&spi) {
+                            self.conns[i].endpoint.with_sa(h, |sa| sa.note_inbound_traffic(now));
+                        }
+                    }
+                }
+                Received::Keepalive | Received::Invalid => {}
+            }
+            self.flush(now);
+        }
+        self.buf = buf;
+    }
+
+    fn dispatch(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, msg: &[u8]) {
+        let Ok(p) = Header::peek(msg) else {
+            return;
+        };
+        let h = p.header;
+        logln!(
+            self.log,
+            "recv {} {} mid {} ({} B) from {remote}",
+            h.exchange_type.name().unwrap_or("?"),
+            if h.flags.response { "response" } else { "request" },
+            h.message_id,
+            msg.len()
+        );
+        let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
+            self.conns
+                .iter()
+                .position(|c| c.spec.remote == Some(remote.ip()))
+                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none()))
+        } else {
+            let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
+            self.conns.iter().position(|c| {
+                c.endpoint.handles().any(|hd| c.endpoint.ike_sa(hd).is_some_and(|sa| sa.local_spis().contains(&ours)))
+            })
+        };
+        match idx {
+            Some(i) => self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng),
+            None => logln!(self.log, "  no connection for this message from {remote}: dropped"),
+        }
+    }
+
+    fn send(&self, t: &Transmit) {
+        let sock = if t.local.port() == self.settings.natt_port { &self.natt } else { &self.ike };
+        if !t.is_keepalive() {
+            if let Ok(p) = Header::peek(&t.payload) {
+                let h = p.header;
+                logln!(
+                    self.log,
+                    "send {} {} mid {} ({} B) to {}",
+                    h.exchange_type.name().unwrap_or("?"),
+                    if h.flags.response { "response" } else { "request" },
+                    h.message_id,
+                    t.payload.len(),
+                    t.remote
+                );
+            }
+        }
+        if let Err(e) = sock.send_to(&t.to_datagram(), t.remote) {
+            logln!(self.log, "send to {}: {e}", t.remote);
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        loop {
+            let mut any = false;
+            for i in 0..self.conns.len() {
+                while let Some(t) = self.conns[i].endpoint.poll_transmit(now) {
+                    any = true;
+                    self.send(&t);
+                }
+                while let Some((h, ev)) = self.conns[i].endpoint.poll_event() {
+                    any = true;
+                    self.on_event(i, h, ev);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, i: usize, h: SaHandle, ev: Event) {
+        let name = self.conns[i].spec.name.clone();
+        let mut changed = true;
+        match ev {
+            Event::IkeSaEstablished { spi_i, spi_r, local, remote } => {
+                self.conns[i].handle = Some(h);
+                logln!(
+                    self.log,
+                    "conn {name}: IKE_SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}"
+                );
+            }
+            Event::ChildSaInstalled(sa) => {
+                logln!(self.log, "conn {name}: CHILD_SA installed {}", describe(&sa));
+                self.spi_owner.insert(sa.inbound_spi(), (i, h));
+                self.sink.install(&name, sa);
+            }
+            Event::ChildSaDeleted { spi_in, spi_out } => {
+                logln!(self.log, "conn {name}: CHILD_SA deleted spi_in={spi_in:08x} spi_out={spi_out:08x}");
+                self.spi_owner.remove(&spi_in);
+                self.sink.delete(&name, spi_in, spi_out);
+            }
+            Event::ChildSaFailed(f) => {
+                logln!(self.log, "conn {name}: CHILD_SA negotiation failed: {f:?}");
+                changed = false;
+            }
+            Event::IkeSaRekeyed { old, new } => {
+                logln!(
+                    self.log,
+                    "conn {name}: IKE_SA rekeyed {:016x}/{:016x} -> spi_i={:016x} spi_r={:016x}",
+                    old.0,
+                    old.1,
+                    new.0,
+                    new.1
+                );
+            }
+            Event::EndpointsChanged { local, remote, encap } => {
+                logln!(self.log, "conn {name}: endpoints changed {local} <-> {remote} encap {encap:?}");
+                self.sink.update_endpoints(&name, local, remote, encap);
+            }
+            Event::PeerDead => {
+                logln!(self.log, "conn {name}: peer dead (DPD), IKE_SA and CHILD_SAs removed");
+                self.forget(i, h);
+            }
+            Event::Closed => {
+                logln!(self.log, "conn {name}: IKE_SA closed");
+                self.forget(i, h);
+            }
+            Event::Failed(f) => {
+                logln!(self.log, "conn {name}: IKE_SA failed: {f:?}");
+                self.forget(i, h);
+            }
+        }
+        if changed {
+            self.write_state();
+        }
+    }
+
+    fn forget(&mut self, i: usize, h: SaHandle) {
+        if self.conns[i].handle == Some(h) {
+            self.conns[i].handle = None;
+        }
+        self.spi_owner.retain(|_, v| *v != (i, h));
+    }
+
+    fn live(&self, i: usize) -> Option<SaHandle> {
+        let c = &self.conns[i];
+        c.handle.filter(|h| c.endpoint.ike_sa(*h).is_some_and(|sa| !sa.is_finished()))
+    }
+
+    fn initiate(&mut self, i: usize, now: Instant) -> Result<String, String> {
+        let c = &self.conns[i];
+        let name = c.spec.name.clone();
+        if self.live(i).is_some() {
+            return Ok(format!("conn {name}: already up or connecting"));
+        }
+        let Some(remote) = c.spec.remote else {
+            return Err(format!("conn {name}: remote_addr is %any, cannot initiate"));
+        };
+        let local = SocketAddr::new(self.settings.listen, self.settings.ike_port);
+        let remote = SocketAddr::new(remote, c.spec.remote_port);
+        let cfg = c.spec.ike.clone();
+        let h = self.conns[i].endpoint.connect(cfg, local, remote, now, &mut self.rng);
+        self.conns[i].handle = Some(h);
+        logln!(self.log, "conn {name}: initiating {local} -> {remote}");
+        Ok(format!("conn {name}: initiating"))
+    }
+
+    /// Executes a control command (`initiate NAME`, `rekey-child NAME`, `rekey-ike NAME`,
+    /// `terminate NAME`, `status`) and returns its answer.
+    pub fn command(&mut self, line: &str, now: Instant) -> Result<String, String> {
+        let mut words = line.split_whitespace();
+        let verb = words.next().unwrap_or("");
+        if verb == "status" {
+            return Ok(self.status());
+        }
+        let name = words.next().ok_or_else(|| format!("usage: {verb} NAME"))?;
+        let i = self
+            .conns
+            .iter()
+            .position(|c| c.spec.name == name)
+            .ok_or_else(|| format!("no connection named {name:?}"))?;
+        logln!(self.log, "control: {verb} {name}");
+        let r = match verb {
+            "initiate" => self.initiate(i, now),
+            "rekey-child" | "rekey-ike" | "terminate" => {
+                let h = self.live(i).ok_or_else(|| format!("conn {name}: not up"))?;
+                let rng = &mut self.rng;
+                self.conns[i].endpoint.with_sa(h, |sa| match verb {
+                    "rekey-child" => {
+                        let spis: Vec<u32> = sa.child_sas().map(ChildSa::inbound_spi).collect();
+                        for s in spis {
+                            sa.rekey_child(now, s, rng);
+                        }
+                    }
+                    "rekey-ike" => sa.rekey_ike(now, rng),
+                    _ => sa.close(now, rng),
+                });
+                Ok(format!("conn {name}: {verb} started"))
+            }
+            _ => Err(format!("unknown command {verb:?}")),
+        };
+        self.flush(now);
+        r
+    }
+
+    fn status(&self) -> String {
+        let mut s = String::new();
+        for (i, c) in self.conns.iter().enumerate() {
+            s.push_str(&format!("conn {}:", c.spec.name));
+            match self.live(i).and_then(|h| c.endpoint.ike_sa(h)) {
+                Some(sa) => {
+                    let (a, b) = sa.spis();
+                    s.push_str(&format!(" {} spi_i={a:016x} spi_r={b:016x}\n", sa.state_name()));
+                    for ch in sa.child_sas() {
+                        s.push_str(&format!(
+                            "  child spi_in={:08x} spi_out={:08x}\n",
+                            ch.inbound_spi(),
+                            ch.outbound_spi()
+                        ));
+                    }
+                }
+                None => s.push_str(" down\n"),
+            }
+        }
+        s
+    }
+
+    fn write_state(&self) {
+        let Some(path) = &self.settings.state_file else {
+            return;
+        };
+        if let Err(e) = write_private(path, self.status().as_bytes()) {
+            logln!(self.log, "state file {}: {e}", path.display());
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some((l, _)) = &self.ctl else {
+                return;
+            };
+            let stream = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    logln!(self.log, "control socket accept: {e}");
+                    return;
+                }
+            };
+            // A short blocking exchange with a local root client: read one line, answer, close.
+            let std_stream = stream;
+            let _ = std_stream.set_nonblocking(false);
+            let _ = std_stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = std_stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let mut line = String::new();
+            if BufReader::new(&std_stream).take(4096).read_line(&mut line).is_err() {
+                continue;
+            }
+            let reply = match self.command(line.trim(), now) {
+                Ok(s) => format!("ok {s}\n"),
+                Err(s) => format!("error {s}\n"),
+            };
+            let _ = (&std_stream).write_all(reply.as_bytes());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some((_, p)) = &self.ctl {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn bind_control(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Writes a file readable by its owner only (mode 0600), atomically (temporary file + rename).
+///
+/// # Errors
+/// File system errors.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// One line describing a Child SA for the log (SPIs, algorithms, selectors, endpoints; no keys).
+#[must_use]
+pub fn describe(sa: &ChildSa) -> String {
+    let nets = |ts: &[ipsec_ike::message::TrafficSelector]| -> String {
+        ts.iter().flat_map(selector_prefixes).map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+    };
+    format!(
+        "spi_in={:08x} spi_out={:08x} encr={:?} integ={:?} esn={:?} local_ts={} remote_ts={} {} <-> {} encap={}",
+        sa.inbound_spi(),
+        sa.outbound_spi(),
+        sa.encr,
+        sa.integ,
+        sa.esn,
+        nets(sa.local_ts()),
+        nets(sa.remote_ts()),
+        sa.local,
+        sa.remote,
+        sa.encap.map_or_else(|| "none".to_string(), |e| format!("udp {}->{}", e.local_port, e.remote_port)),
+    )
+}
+
+/// Sends one control command to a running daemon and returns its answer.
+///
+/// # Errors
+/// The socket cannot be reached, or the daemon answered with an error.
+pub fn control_request(socket: &Path, line: &str) -> Result<String, String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(format!("{line}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.strip_prefix("ok ") {
+        Some(r) => Ok(r.trim_end().to_string()),
+        None => Err(out.strip_prefix("error ").unwrap_or(&out).trim_end().to_string()),
+    }
+}

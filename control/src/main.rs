@@ -1,0 +1,132 @@
+//! `ipsec-control`: the IKEv2 daemon (`run`) and its local control client (`initiate`, ...).
+//! See the library documentation of `ipsec_control` for the contract.
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use ipsec_control::config::DaemonConfig;
+use ipsec_control::daemon::{control_request, Daemon};
+use ipsec_control::forwarder::EspForwarder;
+use ipsec_control::log::Logger;
+use ipsec_control::sink::SaSink;
+use ipsec_control::{logln, RecordingSink};
+
+const DEFAULT_SOCKET: &str = "/run/ipsec-control/ctl.sock";
+
+const USAGE: &str = "usage:
+  ipsec-control run --config FILE [--forwarder TUN] [--log FILE]
+      run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --forwarder serves the Child SAs with the userspace ESP forwarder on TUN
+      (interop tests only); logs go to stderr or FILE
+  ipsec-control check-config FILE
+  ipsec-control initiate|rekey-child|rekey-ike|terminate NAME [--socket PATH]
+  ipsec-control status [--socket PATH]
+      talk to a running daemon over its control socket (default /run/ipsec-control/ctl.sock)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("check-config") => match args.get(1) {
+            Some(f) => DaemonConfig::load(f.as_ref())
+                .map(|c| println!("ok: {} connection(s)", c.connections.len()))
+                .map_err(|e| e.to_string()),
+            None => Err(USAGE.into()),
+        },
+        Some(cmd @ ("initiate" | "rekey-child" | "rekey-ike" | "terminate" | "status")) => client(cmd, &args[1..]),
+        _ => Err(USAGE.into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipsec-control: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn client(cmd: &str, args: &[String]) -> Result<(), String> {
+    let socket = PathBuf::from(opt(args, "--socket").unwrap_or_else(|| DEFAULT_SOCKET.into()));
+    let line = match cmd {
+        "status" => "status".to_string(),
+        _ => {
+            let name = args.first().filter(|a| !a.starts_with("--")).ok_or(USAGE)?;
+            format!("{cmd} {name}")
+        }
+    };
+    let out = control_request(&socket, &line)?;
+    println!("{out}");
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let path = opt(args, "--config").ok_or(USAGE)?;
+    let log = match opt(args, "--log") {
+        Some(f) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&f)
+                .map_err(|e| format!("{f}: {e}"))?;
+            Logger::new(Box::new(file))
+        }
+        None => Logger::stderr(),
+    };
+    let mut cfg = DaemonConfig::load(path.as_ref()).map_err(|e| e.to_string())?;
+    if cfg.daemon.control_socket.is_none() {
+        cfg.daemon.control_socket = Some(DEFAULT_SOCKET.into());
+    }
+    let routes: Vec<ipnet::IpNet> = cfg.connections.iter().flat_map(|c| c.remote_subnets.clone()).collect();
+    let mut d = Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).map_err(|e| e.to_string())?;
+    if let Some(tun) = opt(args, "--forwarder") {
+        let sock = d.natt_socket().map_err(|e| e.to_string())?;
+        let f = EspForwarder::new(&tun, &routes, sock, log.clone()).map_err(|e| format!("forwarder: {e}"))?;
+        d.set_sink(Box::new(f) as Box<dyn SaSink>).map_err(|e| e.to_string())?;
+    } else {
+        d.set_sink(Box::new(LogSink(log.clone()))).map_err(|e| e.to_string())?;
+    }
+    d.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let r = d.run(&stop).and_then(|()| d.shutdown(std::time::Duration::from_secs(3))).map_err(|e| e.to_string());
+    logln!(log, "exiting: {r:?}");
+    r
+}
+
+/// The default sink without a data plane: the daemon already logs every SA; this only says so.
+struct LogSink(Logger);
+
+impl SaSink for LogSink {
+    fn install(&mut self, conn: &str, sa: ipsec_ike::ike_sa::ChildSa) {
+        logln!(
+            self.0,
+            "sink: conn {conn}: install {:08x}/{:08x} (no data plane attached)",
+            sa.inbound_spi(),
+            sa.outbound_spi()
+        );
+    }
+
+    fn delete(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        logln!(self.0, "sink: conn {conn}: delete {spi_in:08x}/{spi_out:08x}");
+    }
+
+    fn update_endpoints(
+        &mut self,
+        conn: &str,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        _encap: Option<ipsec_ike::ike_sa::UdpEncap>,
+    ) {
+        logln!(self.0, "sink: conn {conn}: endpoints {local} <-> {remote}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Publication of Child SAs to a data plane: the [`SaSink`] trait and a recording implementation.
+//!
+//! The daemon calls the sink for every Child SA event of the IKE core, in order: on a rekey the
+//! new SA is installed before the old one is deleted (make-before-break), so a data plane that
+//! sends on the newest outbound SA and accepts on every installed inbound SA loses nothing.
+//!
+//! Implementations: [`RecordingSink`] (tests), [`crate::forwarder::EspForwarder`] (the userspace
+//! ESP forwarder of the interop tests). The engine's control channel will be the third.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ipsec_ike::ike_sa::{ChildSa, UdpEncap};
+
+/// Where negotiated Child SAs go.
+pub trait SaSink {
+    /// Installs both directions of a Child SA of connection `conn`.
+    fn install(&mut self, conn: &str, sa: ChildSa);
+    /// Removes the Child SA with these SPIs (our inbound, our outbound).
+    fn delete(&mut self, conn: &str, spi_in: u32, spi_out: u32);
+    /// Moves every Child SA of `conn` to these endpoints (NAT mapping change).
+    fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>);
+
+    /// ESP in UDP that arrived on our NAT-T socket at `to` from `from`. Returns the inbound SPI of
+    /// the SA that accepted it, if any (the daemon then postpones that connection's DPD).
+    fn esp_received(&mut self, _now: Instant, _from: SocketAddr, _to: SocketAddr, _datagram: &[u8]) -> Option<u32> {
+        None
+    }
+    /// A file descriptor the daemon should poll for readability on the sink's behalf.
+    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Called when [`SaSink::poll_fd`] is readable.
+    fn on_readable(&mut self, _now: Instant) {}
+}
+
+/// What a [`RecordingSink`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkRecord {
+    /// [`SaSink::install`].
+    Install {
+        /// Connection.
+        conn: String,
+        /// The SA.
+        sa: Box<ChildSa>,
+    },
+    /// [`SaSink::delete`].
+    Delete {
+        /// Connection.
+        conn: String,
+        /// Our inbound SPI.
+        spi_in: u32,
+        /// Our outbound SPI.
+        spi_out: u32,
+    },
+    /// [`SaSink::update_endpoints`].
+    Endpoints {
+        /// Connection.
+        conn: String,
+        /// Our address.
+        local: SocketAddr,
+        /// The peer's.
+        remote: SocketAddr,
+        /// Encapsulation.
+        encap: Option<UdpEncap>,
+    },
+}
+
+/// A sink that only records (shared, so a test keeps a handle while the daemon owns the sink).
+#[derive(Clone, Debug, Default)]
+pub struct RecordingSink {
+    /// Everything seen, in order.
+    pub records: Arc<Mutex<Vec<SinkRecord>>>,
+}
+
+impl RecordingSink {
+    /// A snapshot of the records.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<SinkRecord> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// (inbound, outbound) SPIs of the SAs installed and not deleted, in installation order.
+    #[must_use]
+    pub fn installed(&self) -> Vec<(u32, u32)> {
+        let mut v = Vec::new();
+        for r in self.snapshot() {
+            match r {
+                SinkRecord::Install { sa, .. } => v.push((sa.inbound_spi(), sa.outbound_spi())),
+                SinkRecord::Delete { spi_in, spi_out, .. } => v.retain(|x| *x != (spi_in, spi_out)),
+                SinkRecord::Endpoints { .. } => {}
+            }
+        }
+        v
+    }
+
+    fn push(&self, r: SinkRecord) {
+        if let Ok(mut v) = self.records.lock() {
+            v.push(r);
+        }
+    }
+}
+
+impl SaSink for RecordingSink {
+    fn install(&mut self, conn: &str, sa: ChildSa) {
+        self.push(SinkRecord::Install { conn: conn.into(), sa: Box::new(sa) });
+    }
+
+    fn delete(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        self.push(SinkRecord::Delete { conn: conn.into(), spi_in, spi_out });
+    }
+
+    fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {
+        self.push(SinkRecord::Endpoints { conn: conn.into(), local, remote, encap });
+    }
+}

@@ -1,0 +1,137 @@
+//! Two in-process daemons over loopback UDP (127.0.0.1 ↔ 127.0.0.2, unprivileged ports), each
+//! with a recording sink: IKE SA and Child SA come up with matching SPIs on both ends, a Child SA
+//! rekey is make-before-break in the sink, a control-socket `terminate` deletes everything, and the
+//! PSK never appears in either log.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipsec_control::config::DaemonConfig;
+use ipsec_control::daemon::control_request;
+use ipsec_control::log::Logger;
+use ipsec_control::sink::SinkRecord;
+use ipsec_control::{Daemon, RecordingSink};
+
+const PSK: &str = "loopback-psk-5f1e2d3c4b5a";
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn config(me: &str, peer: &str, port: u16, ours: &str, theirs: &str, initiate: bool, sock: &str) -> DaemonConfig {
+    let doc = format!(
+        r#"
+[daemon]
+ike_port = {port}
+natt_port = {natt}
+control_socket = "{sock}"
+state_file = "{sock}.state"
+[[connection]]
+name = "lo"
+local_addr = "{me}"
+remote_addr = "{peer}"
+remote_port = {port}
+local_subnets = ["{ours}"]
+remote_subnets = ["{theirs}"]
+psk = "{PSK}"
+effect_immediately = {initiate}
+force_encap = true
+[connection.ike]
+proposals = ["aes128gcm16-prfsha256-ecp256", "aes256-sha256-modp2048"]
+[connection.ipsec]
+proposals = ["aes256-sha512-modp2048"]
+"#,
+        natt = port + 1
+    );
+    DaemonConfig::parse(&doc, None).unwrap()
+}
+
+fn step_both(a: &mut Daemon, b: &mut Daemon, until: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !until() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        a.step(Duration::from_millis(5)).unwrap();
+        b.step(Duration::from_millis(5)).unwrap();
+    }
+}
+
+#[test]
+fn two_daemons_over_loopback() {
+    let port = 20000 + (std::process::id() % 20000) as u16 * 2;
+    let dir = std::env::temp_dir().join(format!("ipsec-control-lo-{}", std::process::id()));
+    let sock_a = dir.join("a.sock");
+    let sock_b = dir.join("b.sock");
+    let (la, lb) = (Buf::default(), Buf::default());
+    let (ra, rb) = (RecordingSink::default(), RecordingSink::default());
+    let ca = config("127.0.0.1", "127.0.0.2", port, "192.0.2.0/24", "198.51.100.0/24", false, sock_a.to_str().unwrap());
+    let cb = config("127.0.0.2", "127.0.0.1", port, "198.51.100.0/24", "192.0.2.0/24", false, sock_b.to_str().unwrap());
+    let mut a = Daemon::new(ca, Box::new(ra.clone()), Logger::new(Box::new(la.clone()))).unwrap();
+    let mut b = Daemon::new(cb, Box::new(rb.clone()), Logger::new(Box::new(lb.clone()))).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sock_a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "control socket mode");
+    }
+    a.start();
+    b.start();
+    // effect_immediately = false on both: nothing happens until `initiate` on the control socket.
+    step_both(&mut a, &mut b, || true, "nothing");
+    assert!(ra.snapshot().is_empty());
+    let s = sock_a.clone();
+    let client = std::thread::spawn(move || control_request(&s, "initiate lo"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("initiating"));
+    step_both(&mut a, &mut b, || !ra.installed().is_empty() && !rb.installed().is_empty(), "the Child SA");
+    let (a_in, a_out) = ra.installed()[0];
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let state = std::path::PathBuf::from(format!("{}.state", sock_a.display()));
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600, "state file mode");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(text.contains(&format!("spi_in={a_in:08x}")) && !text.contains(PSK), "{text}");
+    }
+    assert_eq!(rb.installed(), vec![(a_out, a_in)], "both ends installed the same SA");
+
+    // Our own Child SA rekey through the control socket (the client runs on a thread; the daemon
+    // answers from its loop).
+    let s = sock_a.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-child lo"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("rekey-child started"));
+    step_both(&mut a, &mut b, || ra.installed().len() == 1 && ra.installed()[0] != (a_in, a_out), "the rekey");
+    step_both(&mut a, &mut b, || rb.installed().len() == 1 && rb.installed()[0].0 != a_out, "the peer's rekey");
+    // Make-before-break: the new SA was installed before the old one was deleted.
+    let recs = ra.snapshot();
+    let del = recs.iter().position(|r| matches!(r, SinkRecord::Delete { spi_in, .. } if *spi_in == a_in)).unwrap();
+    let new_inst = recs.iter().position(|r| matches!(r, SinkRecord::Install { sa, .. } if sa.inbound_spi() != a_in));
+    assert!(new_inst.unwrap() < del, "{recs:?}");
+
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "terminate lo"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    client.join().unwrap().unwrap();
+    step_both(&mut a, &mut b, || ra.installed().is_empty() && rb.installed().is_empty(), "the deletes");
+    drop((a, b));
+
+    for (name, log) in [("a", la.text()), ("b", lb.text())] {
+        assert!(log.contains("CHILD_SA installed"), "{name}: {log}");
+        assert!(!log.contains(PSK), "{name}'s log shows the PSK");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
