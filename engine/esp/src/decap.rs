@@ -41,11 +41,7 @@ struct Meta {
     outer_ecn: u8,
 }
 
-struct Run<'s> {
-    start: usize,
-    end: usize,
-    sa: &'s InboundSa,
-}
+type Run<'s> = crate::packet::Run<'s, InboundSa>;
 
 impl EspWorker {
     /// Decapsulates a burst of at most [`MAX_BURST`] outer IP packets in place.
@@ -75,14 +71,7 @@ impl EspWorker {
             });
         }
 
-        let mut runs: ArrayVec<Run<'s>, MAX_BURST> = ArrayVec::new();
-        for i in 0..n {
-            let Some(sa) = sas[i] else { continue };
-            match runs.last_mut() {
-                Some(r) if core::ptr::eq(r.sa, sa) => r.end = i + 1,
-                _ => runs.push(Run { start: i, end: i + 1, sa }),
-            }
-        }
+        let runs = crate::packet::group_runs(&sas[..n]);
 
         for run in &runs {
             self.open_run(run, pkts, &meta, &mut sas, verdicts);

@@ -60,12 +60,7 @@ struct Meta {
 /// One-entry cache of the last resolution, keyed by (inner source, inner destination).
 type ResolveCache<'s> = Option<((IpAddr, IpAddr), Result<&'s OutboundSa, DropReason>)>;
 
-/// A run of packets (indices `start..end`, skipping dropped ones) sharing one SA.
-struct Run<'s> {
-    start: usize,
-    end: usize,
-    sa: &'s OutboundSa,
-}
+type Run<'s> = crate::packet::Run<'s, OutboundSa>;
 
 impl EspWorker {
     /// Encapsulates a burst of at most [`MAX_BURST`] inner IP packets in place.
@@ -100,14 +95,7 @@ impl EspWorker {
         }
 
         // Pass 1b: group runs of one SA, reserve sequence numbers per run, write headers.
-        let mut runs: ArrayVec<Run<'s>, MAX_BURST> = ArrayVec::new();
-        for i in 0..n {
-            let Some(sa) = sas[i] else { continue };
-            match runs.last_mut() {
-                Some(r) if core::ptr::eq(r.sa, sa) => r.end = i + 1,
-                _ => runs.push(Run { start: i, end: i + 1, sa }),
-            }
-        }
+        let runs = crate::packet::group_runs(&sas[..n]);
         for run in &runs {
             let sa = run.sa;
             let count = (run.start..run.end).filter(|&i| sas[i].is_some()).count() as u32;

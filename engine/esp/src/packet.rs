@@ -59,3 +59,25 @@ pub type Verdict = Result<(), crate::DropReason>;
 
 /// Largest burst the batch functions accept in one call (they keep per-packet state on the stack).
 pub const MAX_BURST: usize = 64;
+
+/// A run of packets of one burst (indices `start..end`, dropped ones skipped) that share one SA:
+/// the unit of sequence-number reservation, batched crypto and counter updates.
+pub(crate) struct Run<'s, S> {
+    pub start: usize,
+    pub end: usize,
+    pub sa: &'s S,
+}
+
+/// Groups consecutive packets with the same SA (by address) into runs; `None` entries (dropped
+/// packets) neither start nor break a run.
+pub(crate) fn group_runs<'s, S>(sas: &[Option<&'s S>]) -> arrayvec::ArrayVec<Run<'s, S>, MAX_BURST> {
+    let mut runs: arrayvec::ArrayVec<Run<'s, S>, MAX_BURST> = arrayvec::ArrayVec::new();
+    for (i, sa) in sas.iter().enumerate() {
+        let Some(sa) = *sa else { continue };
+        match runs.last_mut() {
+            Some(r) if core::ptr::eq(r.sa, sa) => r.end = i + 1,
+            _ => runs.push(Run { start: i, end: i + 1, sa }),
+        }
+    }
+    runs
+}
