@@ -28,6 +28,9 @@
 //! Needs root. Without root it prints "SKIPPED: ..." and passes, unless
 //! `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 
+mod common;
+use common::run;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -55,49 +58,11 @@ const DATAGRAMS: usize = 2000;
 const QUEUES: u32 = 2;
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let why = if euid != 0 {
-        "needs root".to_string()
-    } else if Command::new("ip").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
-        "needs iproute2 (ip)".to_string()
-    } else {
-        let probe = format!("e2e{}p", std::process::id());
-        match Command::new("ip").args(["netns", "add", &probe]).output() {
-            Ok(out) if out.status.success() => {
-                let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-                return true;
-            }
-            Ok(out) => format!("cannot make network namespaces: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            Err(e) => format!("cannot run ip: {e}"),
-        }
-    };
-    if std::env::var("IPSEC_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("e2e_static cannot run ({why}) and IPSEC_REQUIRE_ROOT_TESTS=1 is set");
-    }
-    println!("SKIPPED: {why}");
-    false
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    common::can_run("e2e", "e2e_static")
 }
 
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("e2e") else { continue };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let suffix = &rest[pid.len()..];
-        if pid.is_empty() || !matches!(suffix, "ha" | "g1" | "w" | "g2" | "hb" | "p") {
-            continue;
-        }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+    common::remove_stale_namespaces("e2e", &["ha", "g1", "w", "g2", "hb", "p"]);
 }
 
 /// The five namespaces and their links; deleted on drop.

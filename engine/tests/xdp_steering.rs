@@ -16,6 +16,9 @@
 //! Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN for setns). Without root it prints
 //! "SKIPPED: needs root" and passes, unless `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 
+mod common;
+use common::run;
+
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -40,53 +43,12 @@ const ADDR6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 /// How long to wait for a frame to be counted.
 const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Whether the test can run here: root, with iproute2 and the right to make namespaces. When it
-/// cannot, it prints why and passes, unless `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let why = if euid != 0 {
-        "needs root".to_string()
-    } else if Command::new("ip").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
-        "needs iproute2 (ip)".to_string()
-    } else {
-        let probe = format!("xdpt{}p", std::process::id());
-        match Command::new("ip").args(["netns", "add", &probe]).output() {
-            Ok(out) if out.status.success() => {
-                let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-                return true;
-            }
-            Ok(out) => format!("cannot make network namespaces: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            Err(e) => format!("cannot run ip: {e}"),
-        }
-    };
-    if std::env::var("IPSEC_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("xdp_steering cannot run ({why}) and IPSEC_REQUIRE_ROOT_TESTS=1 is set");
-    }
-    println!("SKIPPED: {why}");
-    false
+    common::can_run("xdpt", "xdp_steering")
 }
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Removes namespaces this test made in earlier runs whose process is gone.
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("xdpt") else { continue };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let suffix = &rest[pid.len()..];
-        if pid.is_empty() || !matches!(suffix, "a" | "b" | "p") {
-            continue;
-        }
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
+    common::remove_stale_namespaces("xdpt", &["a", "b", "p"]);
 }
 
 /// Two namespaces joined by a veth pair; deleted (with the veth) on drop.
