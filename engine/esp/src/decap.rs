@@ -92,13 +92,7 @@ impl EspWorker {
                     Err(r) => self.fail(&mut verdicts[i], &mut sas[i], &sa.core.counters, r),
                 }
             }
-            if packets == 0 {
-                continue;
-            }
-            self.counters.decap_packets.add(packets);
-            self.counters.decap_bytes.add(bytes);
-            let (tp, tb) = sa.core.counters.add(packets, bytes);
-            sa.core.state.check(sa.core.event_ctx(Direction::Inbound, &self.events), now, tp, tb);
+            self.account_run(&sa.core, Direction::Inbound, now, packets, bytes);
         }
     }
 

@@ -156,13 +156,7 @@ impl EspWorker {
                 packets += 1;
                 bytes += u64::from(m.inner_len);
             }
-            if packets == 0 {
-                continue;
-            }
-            self.counters.encap_packets.add(packets);
-            self.counters.encap_bytes.add(bytes);
-            let (tp, tb) = sa.core.counters.add(packets, bytes);
-            sa.core.state.check(sa.core.event_ctx(Direction::Outbound, &self.events), now, tp, tb);
+            self.account_run(&sa.core, Direction::Outbound, now, packets, bytes);
         }
     }
 

@@ -6,10 +6,11 @@
 
 use crate::counters::WorkerCounters;
 use crate::crypto::{CryptoError, CryptoProvider};
-use crate::events::EventQueue;
+use crate::events::{Direction, EventQueue};
 use rand_chacha::ChaCha12Rng;
 use rand_core::{Rng, SeedableRng};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Per-core ESP context.
 pub struct EspWorker {
@@ -44,6 +45,29 @@ impl EspWorker {
     /// The queue this worker raises SA events on.
     pub fn events(&self) -> &Arc<EventQueue> {
         &self.events
+    }
+
+    /// Counts a finished run of `packets` packets (`bytes` inner bytes) of one SA, in this worker's
+    /// and the SA's counters, and checks the SA's lifetime against its new totals.
+    pub(crate) fn account_run(
+        &self,
+        sa: &crate::sa::SaCore,
+        direction: Direction,
+        now: Instant,
+        packets: u64,
+        bytes: u64,
+    ) {
+        if packets == 0 {
+            return;
+        }
+        let (p, b) = match direction {
+            Direction::Outbound => (&self.counters.encap_packets, &self.counters.encap_bytes),
+            Direction::Inbound => (&self.counters.decap_packets, &self.counters.decap_bytes),
+        };
+        p.add(packets);
+        b.add(bytes);
+        let (tp, tb) = sa.counters.add(packets, bytes);
+        sa.state.check(sa.event_ctx(direction, &self.events), now, tp, tb);
     }
 
     #[inline]
