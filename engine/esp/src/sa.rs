@@ -378,6 +378,11 @@ impl OutboundSa {
         self.core.spi
     }
 
+    /// The peer's outer (tunnel) address.
+    pub fn remote(&self) -> IpAddr {
+        self.core.remote
+    }
+
     pub fn counters(&self) -> &SaCounters {
         &self.core.counters
     }
