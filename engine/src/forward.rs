@@ -133,6 +133,9 @@ pub struct Forwarder {
     pending: ArrayVec<Pending, BACKLOG_PACKETS>,
     /// One-entry cache of the last MTU lookup in this burst: (src, dst) → inner MTU.
     cache: Option<((IpAddr, IpAddr), Option<usize>)>,
+    /// This burst's outside link MTU, and the length up to which no lookup is needed.
+    link_mtu: usize,
+    floor: usize,
 }
 
 impl Forwarder {
@@ -144,12 +147,20 @@ impl Forwarder {
             backlog: vec![0; BACKLOG_BYTES],
             pending: ArrayVec::new(),
             cache: None,
+            link_mtu: 1500,
+            floor: 0,
         }
     }
 
-    /// Forgets per-burst state (call before each burst: the tables may have changed).
-    pub fn begin_burst(&mut self) {
+    /// Sets up per-burst state (call before each burst: the tables may have changed).
+    pub fn begin_burst(&mut self, ctx: &MtuContext<'_, '_>) {
         self.cache = None;
+        self.link_mtu = ctx.snapshot.link_mtu(ctx.outside_dev).unwrap_or(1500) as usize;
+        self.floor = match self.min_tunnel_mtu {
+            Some(m) => self.link_mtu.min(usize::from(m)),
+            None => self.link_mtu,
+        }
+        .saturating_sub(MAX_OVERHEAD);
     }
 
     /// Handles an inner packet at `frame[l3..l3 + len]`, received from the inside in a frame
@@ -174,13 +185,8 @@ impl Forwarder {
         if ttl <= 1 {
             return self.icmp_error(frame, l3, len, ErrorKind::TimeExceeded, EngineDrop::TtlExpired, ctx, stats, now);
         }
-        let link_mtu = ctx.snapshot.link_mtu(ctx.outside_dev).unwrap_or(1500) as usize;
-        let floor = match self.min_tunnel_mtu {
-            Some(m) => link_mtu.min(usize::from(m)),
-            None => link_mtu,
-        }
-        .saturating_sub(MAX_OVERHEAD);
-        if len > floor {
+        let link_mtu = self.link_mtu;
+        if len > self.floor {
             let key = (sum.src, sum.dst);
             let inner_mtu = match self.cache {
                 Some((k, m)) if k == key => m,
@@ -411,6 +417,79 @@ mod tests {
         // A long pause refills to the burst, not beyond.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+    }
+
+    fn stats() -> WorkerStats {
+        WorkerStats::new(0, vec!["out/0".into(), "in/0".into()], Default::default())
+    }
+
+    /// A received frame: Ethernet header, then an IPv4 UDP packet of `len` bytes without DF.
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 4096];
+        f[..12].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[8, 0]);
+        let p = &mut f[ETH_LEN..ETH_LEN + len];
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(seed);
+        }
+        let mut ip = ipv4::Packet::new_unchecked(p);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(len as u16);
+        ip.set_ident(u16::from(seed));
+        ip.clear_flags();
+        ip.set_ttl(64);
+        ip.set_next_header(ipsec_wire::IpProtocol::UDP);
+        ip.set_src_addr([192, 0, 2, 2].into());
+        ip.set_dst_addr([198, 51, 100, 2].into());
+        ip.fill_checksum();
+        f
+    }
+
+    #[test]
+    fn queued_packets_are_written_as_fragments_into_frames() {
+        let mut f = Forwarder::new(Vec::new(), None);
+        let st = stats();
+        let a = frame(1500, 3);
+        let b = frame(3000, 5);
+        assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Queued);
+        assert_eq!(f.queue(&b, ETH_LEN, 3000, 1446), Inside::Queued);
+        assert_eq!(f.frames_wanted(64), 2 + 3);
+        // Only 4 frames: the first packet's 2 go, the second waits.
+        let mut bufs: Vec<Vec<u8>> = (0..4).map(|_| vec![0xa5u8; 4096]).collect();
+        let mut frames: Vec<(&mut [u8], usize)> = bufs.iter_mut().map(|b| (&mut b[..], 0)).collect();
+        assert_eq!(f.write_fragments(&mut frames, &st), 2);
+        let mut payload = Vec::new();
+        for (buf, len) in &frames[..2] {
+            assert_eq!(&buf[..14], &a[..14]);
+            let ip = ipv4::Packet::new_checked(&buf[ETH_LEN..*len]).unwrap();
+            assert!(ip.verify_checksum() && ip.total_len() as usize <= 1446);
+            payload.extend_from_slice(ip.payload());
+        }
+        assert_eq!(payload, &a[ETH_LEN + 20..ETH_LEN + 1500]);
+        assert!(f.has_pending());
+        assert_eq!(f.frames_wanted(64), 3);
+        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0xa5u8; 4096]).collect();
+        let mut frames: Vec<(&mut [u8], usize)> = bufs.iter_mut().map(|b| (&mut b[..], 0)).collect();
+        assert_eq!(f.write_fragments(&mut frames, &st), 3);
+        let mut payload = Vec::new();
+        for (buf, len) in &frames[..3] {
+            payload.extend_from_slice(ipv4::Packet::new_checked(&buf[ETH_LEN..*len]).unwrap().payload());
+        }
+        assert_eq!(payload, &b[ETH_LEN + 20..ETH_LEN + 3000], "the backlog was compacted correctly");
+        assert!(!f.has_pending());
+        assert_eq!((st.fwd.fragmented.get(), st.fwd.fragments.get()), (2, 5));
+    }
+
+    #[test]
+    fn the_backlog_is_bounded() {
+        let mut f = Forwarder::new(Vec::new(), None);
+        let a = frame(1500, 3);
+        for _ in 0..BACKLOG_PACKETS {
+            assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Queued);
+        }
+        assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Drop(EngineDrop::FragNoFrames));
+        assert_eq!(f.drop_pending(), BACKLOG_PACKETS);
     }
 
     #[test]

@@ -247,7 +247,6 @@ fn process(
     let now = Instant::now();
     let n = frames.len();
     let mut slots = [Slot::Drop(EngineDrop::NotIp); MAX_BURST];
-    fwd.begin_burst();
     let out_guard = tables.outbound.pin();
     let mtu_ctx = MtuContext {
         outbound: &tables.outbound,
@@ -256,6 +255,7 @@ fn process(
         outside_dev: &devs[OUTSIDE],
         inside_dev: &devs[INSIDE],
     };
+    fwd.begin_burst(&mtu_ctx);
     for (i, (buf, len)) in frames.iter_mut().enumerate() {
         let rx = &buf[..(*len).min(buf.len())];
         slots[i] = if port == OUTSIDE { classify_outside(rx) } else { classify_inside(rx) };
