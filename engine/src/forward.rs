@@ -192,7 +192,8 @@ impl Forwarder {
                 Some((k, m)) if k == key => m,
                 _ => {
                     let m = ctx.outbound.resolve(sum.src, sum.dst, ctx.guard).map(|(_, sa)| {
-                        let outer = ctx.snapshot.next_hop(sa.remote(), ctx.outside_dev).map_or(link_mtu, |h| h.mtu as usize);
+                        let outer =
+                            ctx.snapshot.next_hop(sa.remote(), ctx.outside_dev).map_or(link_mtu, |h| h.mtu as usize);
                         sa.inner_mtu(outer)
                     });
                     self.cache = Some((key, m));

@@ -178,7 +178,7 @@ struct KernelTables {
     /// (dst, gateway, oif, mtu).
     routes: Vec<(IpNet, Option<IpAddr>, u32, Option<u32>)>,
     /// (ifindex, address) → MAC.
-    neigh: HashMap<(u32, IpAddr), [u8; 6]>,
+    neigh: HashMap<NeighbourKey, [u8; 6]>,
 }
 
 fn mac_of(bytes: &[u8]) -> Option<[u8; 6]> {
@@ -364,9 +364,12 @@ fn route_of(r: &RouteMessage) -> Option<(IpNet, Option<IpAddr>, u32, Option<u32>
     Some((net, gateway, oif?, mtu))
 }
 
+/// (interface index, address) of a neighbour entry.
+type NeighbourKey = (u32, IpAddr);
+
 /// The key of a neighbour message and its MAC if the entry is usable (not FAILED or
 /// INCOMPLETE, with a 6-byte link-layer address).
-fn neighbour_of(n: &NeighbourMessage) -> Option<((u32, IpAddr), Option<[u8; 6]>)> {
+fn neighbour_of(n: &NeighbourMessage) -> Option<(NeighbourKey, Option<[u8; 6]>)> {
     if n.header.family != AddressFamily::Inet && n.header.family != AddressFamily::Inet6 {
         return None;
     }
@@ -430,8 +433,8 @@ impl Netlink {
             let n = self.sock.recv(&mut &mut self.buf[..], 0).map_err(|e| format!("netlink recv: {e}"))?;
             let mut off = 0;
             while off < n.min(self.buf.len()) {
-                let msg: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&self.buf[off..n])
-                    .map_err(|e| format!("netlink message: {e}"))?;
+                let msg: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&self.buf[off..n]).map_err(|e| format!("netlink message: {e}"))?;
                 let len = msg.header.length as usize;
                 let mine = msg.header.sequence_number == seq;
                 match msg.payload {
@@ -439,7 +442,9 @@ impl Netlink {
                     NetlinkPayload::Error(e) if mine => {
                         return match e.code {
                             None => Ok(()),
-                            Some(code) => Err(format!("netlink error {}", std::io::Error::from_raw_os_error(-code.get()))),
+                            Some(code) => {
+                                Err(format!("netlink error {}", std::io::Error::from_raw_os_error(-code.get())))
+                            }
                         };
                     }
                     NetlinkPayload::InnerMessage(m) if mine => f(m),
@@ -598,7 +603,14 @@ impl Resolver {
         Ok(r)
     }
 
-    fn run(&self, rx: Receiver<Input>, mut nl: Netlink, mut tables: KernelTables, interval: Duration, stop: Arc<AtomicBool>) {
+    fn run(
+        &self,
+        rx: Receiver<Input>,
+        mut nl: Netlink,
+        mut tables: KernelTables,
+        interval: Duration,
+        stop: Arc<AtomicBool>,
+    ) {
         let mut next_dump = Instant::now() + interval;
         while !stop.load(Ordering::Relaxed) {
             let wait = next_dump.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
@@ -695,7 +707,8 @@ mod tests {
     fn link(index: u32, name: &str, mac: [u8; 6], mtu: u32) -> RouteNetlinkMessage {
         let mut l = LinkMessage::default();
         l.header.index = index;
-        l.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Address(mac.to_vec()), LinkAttribute::Mtu(mtu)];
+        l.attributes =
+            vec![LinkAttribute::IfName(name.into()), LinkAttribute::Address(mac.to_vec()), LinkAttribute::Mtu(mtu)];
         RouteNetlinkMessage::NewLink(l)
     }
 
@@ -783,7 +796,10 @@ mod tests {
         );
         assert_eq!(s.next_hop("192.0.2.7".parse().unwrap(), "out0"), Err(Miss::WrongInterface));
         assert_eq!(s.next_hop("2001:db8::1".parse().unwrap(), "out0"), Err(Miss::NoRoute));
-        assert_eq!(s.next_hop("203.0.113.1".parse().unwrap(), "out0"), Err(Miss::Unresolved("198.18.0.254".parse().unwrap())));
+        assert_eq!(
+            s.next_hop("203.0.113.1".parse().unwrap(), "out0"),
+            Err(Miss::Unresolved("198.18.0.254".parse().unwrap()))
+        );
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("02:00:00:00:00"), None);
     }
@@ -791,7 +807,12 @@ mod tests {
     #[test]
     fn route_mtu_metric_lowers_the_next_hop_mtu() {
         let mut t = tables();
-        t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, "198.18.1.9", Some([2, 0, 0, 0, 0, 9]), NeighbourState::Stale)));
+        t.apply(RouteNetlinkMessage::NewNeighbour(neigh(
+            2,
+            "198.18.1.9",
+            Some([2, 0, 0, 0, 0, 9]),
+            NeighbourState::Stale,
+        )));
         let s = t.snapshot();
         assert_eq!(s.next_hop("198.18.1.9".parse().unwrap(), "out0").unwrap().mtu, 1400);
         assert_eq!(s.link_mtu("out0"), Some(1500));
@@ -803,16 +824,31 @@ mod tests {
         let a = "198.18.0.2";
         t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, a, Some([2, 0, 0, 0, 0, 3]), NeighbourState::Reachable)));
         // Same entry again: no change to publish.
-        assert!(!t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, a, Some([2, 0, 0, 0, 0, 3]), NeighbourState::Stale))));
+        assert!(!t.apply(RouteNetlinkMessage::NewNeighbour(neigh(
+            2,
+            a,
+            Some([2, 0, 0, 0, 0, 3]),
+            NeighbourState::Stale
+        ))));
         // New MAC.
-        assert!(t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, a, Some([2, 0, 0, 0, 0, 4]), NeighbourState::Reachable))));
+        assert!(t.apply(RouteNetlinkMessage::NewNeighbour(neigh(
+            2,
+            a,
+            Some([2, 0, 0, 0, 0, 4]),
+            NeighbourState::Reachable
+        ))));
         assert_eq!(t.snapshot().next_hop(a.parse().unwrap(), "out0").unwrap().dst_mac, [2, 0, 0, 0, 0, 4]);
         // Failed: unusable.
         assert!(t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, a, None, NeighbourState::Failed))));
         assert_eq!(t.snapshot().next_hop(a.parse().unwrap(), "out0"), Err(Miss::Unresolved(a.parse().unwrap())));
         // Back, then deleted.
         t.apply(RouteNetlinkMessage::NewNeighbour(neigh(2, a, Some([2, 0, 0, 0, 0, 5]), NeighbourState::Reachable)));
-        assert!(t.apply(RouteNetlinkMessage::DelNeighbour(neigh(2, a, Some([2, 0, 0, 0, 0, 5]), NeighbourState::Reachable))));
+        assert!(t.apply(RouteNetlinkMessage::DelNeighbour(neigh(
+            2,
+            a,
+            Some([2, 0, 0, 0, 0, 5]),
+            NeighbourState::Reachable
+        ))));
         assert!(t.snapshot().next_hop(a.parse().unwrap(), "out0").is_err());
     }
 

@@ -276,7 +276,7 @@ fn process(
             }
         }
     }
-    drop(mtu_ctx);
+    // This burst's MTU lookups are done; the encap below pins again.
     drop(out_guard);
     // The ESP core, on the packets that go there.
     let mut idx = [0usize; MAX_BURST];

@@ -220,7 +220,12 @@ impl StatsSources {
                 ("icmp_sent", &w.fwd.icmp_sent),
                 ("icmp_suppressed", &w.fwd.icmp_suppressed),
             ] {
-                let _ = writeln!(o, "ipsec_worker_forward_events_total{{worker=\"{}\",event=\"{event}\"}} {}", w.id, c.get());
+                let _ = writeln!(
+                    o,
+                    "ipsec_worker_forward_events_total{{worker=\"{}\",event=\"{event}\"}} {}",
+                    w.id,
+                    c.get()
+                );
             }
         }
         header(&mut o, "ipsec_esp_packets_total", "Packets through the ESP core, by direction.");

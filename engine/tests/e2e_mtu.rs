@@ -244,9 +244,27 @@ fn ip_out(args: &[&str]) -> String {
 
 fn config(t: &Topology, n: u8) -> String {
     let (me, peer, outside, inside, local, remote, spi_out, spi_in) = if n == 1 {
-        ("198.18.0.1", "198.18.0.2", t.dev("g1o"), t.dev("g1i"), ["192.0.2.0/24", "2001:db8:a::/64"], ["198.51.100.0/24", "2001:db8:b::/64"], 0x1301, 0x3101)
+        (
+            "198.18.0.1",
+            "198.18.0.2",
+            t.dev("g1o"),
+            t.dev("g1i"),
+            ["192.0.2.0/24", "2001:db8:a::/64"],
+            ["198.51.100.0/24", "2001:db8:b::/64"],
+            0x1301,
+            0x3101,
+        )
     } else {
-        ("198.18.0.2", "198.18.0.1", t.dev("g2o"), t.dev("g2i"), ["198.51.100.0/24", "2001:db8:b::/64"], ["192.0.2.0/24", "2001:db8:a::/64"], 0x3101, 0x1301)
+        (
+            "198.18.0.2",
+            "198.18.0.1",
+            t.dev("g2o"),
+            t.dev("g2i"),
+            ["198.51.100.0/24", "2001:db8:b::/64"],
+            ["192.0.2.0/24", "2001:db8:a::/64"],
+            0x3101,
+            0x1301,
+        )
     };
     let key = |spi: u32| -> String { (0..20u32).map(|k| format!("{:02x}", (k * 37 + spi) as u8)).collect() };
     format!(
@@ -339,7 +357,20 @@ fn e2e_mtu_fragmentation_icmp_and_neighbours() {
     // (d) Neighbours: a wrong MAC for host-A on gw-1 is used at once (no poll: 10 min re-dump).
     let real = mac_of(&t, "ha", "a0");
     let (g1, g1i) = (t.ns("g1"), t.dev("g1i"));
-    run(&["ip", "-n", &g1, "neigh", "replace", "192.0.2.2", "lladdr", "02:00:00:00:00:99", "dev", &g1i, "nud", "permanent"]);
+    run(&[
+        "ip",
+        "-n",
+        &g1,
+        "neigh",
+        "replace",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        &g1i,
+        "nud",
+        "permanent",
+    ]);
     std::thread::sleep(Duration::from_millis(100));
     let (got, _) = ping(&t, "ha", &["-c", "2", "-i", "0.2", "198.51.100.2"]);
     assert_eq!(got, 0, "replies must go to the wrong MAC now");

@@ -30,7 +30,10 @@ fn inner_packet_of_max_inner_len_fits_and_one_more_byte_does_not() {
                     assert!(max > 1000 && max < link_mtu, "{cipher:?}/{integ:?}: {max} for {link_mtu}");
                     for v6_inner in [false, true] {
                         let at = encapsulated_len(&mut pair, v6_inner, max);
-                        assert!(at <= link_mtu, "{cipher:?}/{integ:?} v6={outer_v6} {encap:?}: {max} -> {at} > {link_mtu}");
+                        assert!(
+                            at <= link_mtu,
+                            "{cipher:?}/{integ:?} v6={outer_v6} {encap:?}: {max} -> {at} > {link_mtu}"
+                        );
                         let over = encapsulated_len(&mut pair, v6_inner, max + 1);
                         assert!(
                             over > link_mtu,

@@ -56,8 +56,8 @@ impl<'a> Fragmenter<'a> {
         while i < opts.len() {
             let kind = opts[i];
             let len = match kind {
-                0 => break,    // End of Option List
-                1 => 1,        // No-Operation
+                0 => break, // End of Option List
+                1 => 1,     // No-Operation
                 _ => match opts.get(i + 1) {
                     Some(&l) if l >= 2 && i + usize::from(l) <= opts.len() => usize::from(l),
                     _ => return Err(Error::Malformed),
