@@ -5,7 +5,8 @@
 //! counters, events) between two in-memory gateways; [`xdp`] loads the XDP steering program from
 //! `ebpf/`, fills its maps and attaches it; [`run`] is the AF_XDP forwarding engine on a static
 //! configuration ([`config`]): per-queue workers ([`afxdp`]) with next hops from the kernel's
-//! tables ([`neigh`]) and counters ([`stats`]). The control channel will live here too.
+//! tables ([`neigh`]), router duties (TTL, MTU, ICMP errors: [`forward`]) and counters
+//! ([`stats`]). The control channel will live here too.
 //!
 //! `unsafe` is forbidden everywhere but in [`afxdp`], which wraps xsk-rs's `unsafe fn` ring and
 //! frame accessors behind an ownership-tracking API (see its module documentation).
@@ -14,6 +15,7 @@
 pub mod afxdp;
 pub mod config;
 pub mod demo;
+pub mod forward;
 pub mod neigh;
 pub mod run;
 pub mod stats;
