@@ -230,6 +230,23 @@ impl SaSink for EspForwarder {
         }
     }
 
+    fn counters(&self, _conn: &str, spi_in: u32, spi_out: u32) -> Option<crate::sink::SaCounters> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut c = crate::sink::SaCounters::default();
+        let mut found = false;
+        if let Some(i) = self.inb.get(&spi_in) {
+            c.bytes_in = i.counters().bytes.load(Relaxed);
+            c.packets_in = i.counters().packets.load(Relaxed);
+            found = true;
+        }
+        if let Some(o) = self.out.iter().find(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
+            c.bytes_out = o.sa.counters().bytes.load(Relaxed);
+            c.packets_out = o.sa.counters().packets.load(Relaxed);
+            found = true;
+        }
+        found.then_some(c)
+    }
+
     fn delete(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {
         self.out.retain(|o| !(o.spi_out == spi_out && o.spi_in == spi_in));
         self.inb.remove(&spi_in);
