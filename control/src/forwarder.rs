@@ -66,6 +66,8 @@ pub struct EspForwarder {
     inb: HashMap<u32, InboundSa>,
     log: Logger,
     frame: Vec<u8>,
+    /// Prefixes routed to the TUN.
+    routed: Vec<IpNet>,
 }
 
 impl std::fmt::Debug for EspForwarder {
@@ -162,6 +164,7 @@ impl EspForwarder {
             inb: HashMap::new(),
             log,
             frame: vec![0; HEADROOM + MAX_INNER + TAILROOM],
+            routed: routes.to_vec(),
         })
     }
 
@@ -209,6 +212,17 @@ impl SaSink for EspForwarder {
         });
         match built {
             Ok((o, i)) => {
+                // Connections added at run time (`ipsec-control serve`): route their subnets too.
+                for n in sa.remote_ts().iter().flat_map(selector_prefixes) {
+                    if !self.routed.contains(&n) {
+                        match ip(&["route", "replace", &n.to_string(), "dev", self.tun.name()]) {
+                            Ok(()) => {
+                                self.routed.push(n);
+                            }
+                            Err(e) => logln!(self.log, "forwarder: route {n}: {e}"),
+                        }
+                    }
+                }
                 self.out.push(Outbound {
                     conn: conn.to_string(),
                     spi_in: sa.inbound_spi(),

@@ -44,6 +44,7 @@ pub mod config;
 pub mod daemon;
 pub mod forwarder;
 pub mod log;
+pub mod serve;
 pub mod sink;
 pub mod tun;
 

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::effects::{ConnectionChange, Effects};
 use crate::error::ApiError;
-use crate::model::{ConnectionStatus, VpnConnection};
+use crate::model::{ConnectionStatus, LiveStatus, VpnConnection};
 use crate::render;
 use crate::store::{Db, Page, Store};
 use crate::validate::{self, Params};
@@ -272,8 +272,21 @@ impl Service {
                 ike.remove("Psk");
             }
         }
-        let status = self.effects.status(&c.vpn_connection_id).unwrap_or(ConnectionStatus::IkeSaNotEstablished);
-        v["Status"] = Value::from(status.as_str());
+        let live = self
+            .effects
+            .live(&c.vpn_connection_id)
+            .unwrap_or_else(|| LiveStatus::from_status(ConnectionStatus::IkeSaNotEstablished));
+        v["Status"] = Value::from(live.status.as_str());
+        v["IkeSaState"] = Value::from(live.ike_sa_state);
+        v["IpsecSaState"] = Value::from(live.ipsec_sa_state);
+        v["IkeSaEstablishedTime"] = Value::from(live.ike_sa_established_time.unwrap_or(0));
+        v["IpsecSaEstablishedTime"] = Value::from(live.ipsec_sa_established_time.unwrap_or(0));
+        if let Some(k) = live.counters {
+            v["BytesIn"] = Value::from(k.bytes_in);
+            v["BytesOut"] = Value::from(k.bytes_out);
+            v["PacketsIn"] = Value::from(k.packets_in);
+            v["PacketsOut"] = Value::from(k.packets_out);
+        }
         v
     }
 
@@ -444,6 +457,20 @@ impl Service {
     /// Every VPN connection (the IKE side's start-up replay).
     pub fn vpn_connections(&self) -> Result<Vec<VpnConnection>, ApiError> {
         Ok(self.store().read().vpn_connections(None, None, None, Page { number: 1, size: u32::MAX as u64 })?.0)
+    }
+
+    /// The VPN gateway and the customer gateway a connection joins (the IKE side's local and
+    /// remote addresses).
+    pub fn gateways_of(
+        &self,
+        c: &VpnConnection,
+    ) -> Result<(crate::model::VpnGateway, crate::model::CustomerGateway), ApiError> {
+        let store = self.store();
+        let db = store.read();
+        Ok((
+            db.vpn_gateway(&c.vpn_gateway_id)?.ok_or_else(|| gateway_not_found(&c.vpn_gateway_id))?,
+            db.customer_gateway(&c.customer_gateway_id)?.ok_or_else(|| customer_gateway_not_found(&c.customer_gateway_id))?,
+        ))
     }
 
     /// Appends a log line for a connection (IKE negotiation events). Its PSK is scrubbed from the
