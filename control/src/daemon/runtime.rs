@@ -200,8 +200,17 @@ fn dh_name(g: DhGroup) -> String {
 
 /// A proposal of a received or sent SA payload, strongSwan style (`aes256-sha256-prfsha256-modp2048`).
 fn wire_proposal(p: &Proposal) -> String {
+    let rank = |t: TransformType| match t {
+        TransformType::ENCR => 0,
+        TransformType::INTEG => 1,
+        TransformType::PRF => 2,
+        TransformType::DH => 3,
+        _ => 4,
+    };
+    let mut ts: Vec<_> = p.transforms.iter().collect();
+    ts.sort_by_key(|t| rank(t.transform_type));
     let mut v = Vec::new();
-    for t in &p.transforms {
+    for t in ts {
         let id = t.transform_id;
         let s = match t.transform_type {
             TransformType::ENCR => EncrAlg::from_transform(t).map_or_else(|| format!("encr{id}"), encr_name),
@@ -260,6 +269,31 @@ fn notify_name(t: NotifyType) -> String {
 
 fn nets(list: &[ipnet::IpNet]) -> String {
     list.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A Child SA for the connection log: SPIs, algorithms (strongSwan names), selectors, endpoints.
+fn child_line(sa: &ipsec_ike::ike_sa::ChildSa) -> String {
+    let ts = |l: &[ipsec_ike::message::TrafficSelector]| {
+        l.iter().flat_map(selector_prefixes).map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let mut alg = encr_name(sa.encr);
+    if let Some(i) = sa.integ {
+        alg.push('-');
+        alg.push_str(integ_name(i));
+    }
+    if sa.esn == Esn::Yes {
+        alg.push_str("-esn");
+    }
+    format!(
+        "spi_in={:08x} spi_out={:08x} {alg} local {} remote {} {} <-> {}{}",
+        sa.inbound_spi(),
+        sa.outbound_spi(),
+        ts(sa.local_ts()),
+        ts(sa.remote_ts()),
+        sa.local,
+        sa.remote,
+        sa.encap.map_or_else(String::new, |e| format!(" in UDP {}->{}", e.local_port, e.remote_port)),
+    )
 }
 
 impl Daemon {
@@ -738,7 +772,7 @@ impl Daemon {
             }
             Event::ChildSaInstalled(sa) => {
                 self.conns[i].rt.child_up_at.insert(sa.inbound_spi(), SystemTime::now());
-                self.note(i, format!("Child SA installed: {}", describe(sa)), false);
+                self.note(i, format!("Child SA installed: {}", child_line(sa)), false);
             }
             Event::ChildSaDeleted { spi_in, spi_out } => {
                 self.conns[i].rt.child_up_at.remove(spi_in);
