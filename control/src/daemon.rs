@@ -251,7 +251,14 @@ impl Daemon {
                 IKE => self.drain(false, now),
                 NATT => self.drain(true, now),
                 CTL => self.accept(now),
-                SINK => self.sink.on_readable(now),
+                SINK => {
+                    self.sink.on_readable(now);
+                    for name in self.sink.take_acquires() {
+                        if let Err(e) = self.acquire(&name, now) {
+                            logln!(self.log, "acquire for {name}: {e}");
+                        }
+                    }
+                }
                 _ => {}
             }
         }

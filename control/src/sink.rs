@@ -33,6 +33,12 @@ pub trait SaSink {
     }
     /// Called when [`SaSink::poll_fd`] is readable.
     fn on_readable(&mut self, _now: Instant) {}
+    /// Connections whose traffic found no SA since the last call (the data plane's "acquire"): the
+    /// daemon initiates them ([`crate::daemon::Daemon::acquire`]). Polled after
+    /// [`SaSink::on_readable`]; the default has none.
+    fn take_acquires(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Traffic counters of the Child SA with these SPIs (our inbound, our outbound), when the data
     /// plane can tell; `None` (the default) when it cannot. Shown by DescribeVpnConnection.
     fn counters(&self, _conn: &str, _spi_in: u32, _spi_out: u32) -> Option<SaCounters> {

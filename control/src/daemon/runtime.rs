@@ -139,6 +139,17 @@ impl ConnStatus {
     }
 }
 
+/// The re-initiation delay after `prev` (zero: none yet): [`RETRY_INITIAL`], then doubled up to
+/// [`RETRY_MAX`].
+#[must_use]
+pub fn next_backoff(prev: Duration) -> Duration {
+    if prev.is_zero() {
+        RETRY_INITIAL
+    } else {
+        (prev * 2).min(RETRY_MAX)
+    }
+}
+
 /// Whether anything the peers negotiate differs (a change re-negotiates).
 fn negotiation_changed(a: &Connection, b: &Connection) -> bool {
     let (x, y) = (&a.ike, &b.ike);
@@ -372,11 +383,19 @@ impl Daemon {
         }
         let renegotiate = negotiation_changed(&self.conns[i].spec, &spec);
         let was_up = self.live(i).is_some();
+        let now_immediate = spec.effect_immediately && !self.conns[i].spec.effect_immediately;
         self.conns[i].endpoint.set_responder(Some(spec.ike.clone()));
         self.conns[i].spec = spec;
         self.conns[i].rt.dirty = true;
         if !renegotiate {
             self.note(i, "configuration changed; nothing negotiated changed".into(), true);
+            if now_immediate && !was_up && self.conns[i].spec.remote.is_some() {
+                self.note(i, "EffectImmediately is now true: initiating".into(), true);
+                if let Err(e) = self.initiate(i, now) {
+                    self.note(i, e, true);
+                }
+                self.flush(now);
+            }
             return Ok(false);
         }
         self.note(
@@ -515,7 +534,7 @@ impl Daemon {
 
     fn schedule_retry(&mut self, i: usize, now: Instant, why: &str) {
         let rt = &mut self.conns[i].rt;
-        rt.backoff = if rt.backoff.is_zero() { RETRY_INITIAL } else { (rt.backoff * 2).min(RETRY_MAX) };
+        rt.backoff = next_backoff(rt.backoff);
         rt.retry_at = Some(now + rt.backoff);
         let secs = rt.backoff.as_secs_f32();
         self.note(i, format!("{why}: re-initiating in {secs:.0} s"), true);
@@ -828,5 +847,33 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            d = next_backoff(d);
+            seen.push(d.as_secs());
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn proposals_in_strongswan_syntax() {
+        let c = ipsec_ike::config::Config::new(b"k");
+        assert_eq!(
+            spec_proposals(&c.ike_proposals),
+            "aes256gcm16-aes256-aes128-sha256-sha1-prfsha256-prfsha384-prfsha1-ecp256-curve25519-modp2048"
+        );
+        let offer: Vec<Proposal> = ipsec_ike::transforms::build_offer(&c.esp_proposals, &[1, 2, 3, 4]);
+        let names: Vec<String> = offer.iter().map(wire_proposal).collect();
+        assert_eq!(names, ["aes128gcm16-noesn-esn", "aes256-sha256-noesn-esn"]);
     }
 }
