@@ -47,7 +47,10 @@ use crate::logln;
 use crate::sink::SaSink;
 
 mod runtime;
-pub use runtime::{ChildStatus, ConnObserver, ConnStatus, IkeState, RETRY_INITIAL, RETRY_MAX};
+pub use runtime::{
+    next_backoff, ChildStatus, ConnObserver, ConnStatus, IkeState, PUBLISH_EVERY, REMOVE_GRACE, RETRY_INITIAL,
+    RETRY_MAX,
+};
 
 const IKE: Token = Token(0);
 const NATT: Token = Token(1);

@@ -381,7 +381,12 @@ pub fn spawn_ike(
 ///
 /// # Errors
 /// The state, the API socket or the IKE sockets could not be opened.
-pub fn serve(mgmt: ipsec_mgmt::daemon::Options, opts: IkeOptions, sink: SinkFactory, log: Logger) -> Result<(), String> {
+pub fn serve(
+    mgmt: ipsec_mgmt::daemon::Options,
+    opts: IkeOptions,
+    sink: SinkFactory,
+    log: Logger,
+) -> Result<(), String> {
     let board = Arc::new(StatusBoard::default());
     let (effects, rx) = ChannelEffects::new(board.clone());
     let stop = Arc::new(AtomicBool::new(false));

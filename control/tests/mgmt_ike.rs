@@ -105,7 +105,8 @@ struct Peer {
 fn peer(port: u16) -> Peer {
     let sink = RecordingSink::default();
     let log = Buf::default();
-    let mut daemon = Daemon::new(peer_config(port), Box::new(sink.clone()), Logger::new(Box::new(log.clone()))).unwrap();
+    let mut daemon =
+        Daemon::new(peer_config(port), Box::new(sink.clone()), Logger::new(Box::new(log.clone()))).unwrap();
     daemon.start();
     Peer { daemon, sink, log }
 }
@@ -250,9 +251,7 @@ fn api_drives_ike() {
         .to_string();
 
     // Create → initiated at once → established; Describe shows it with times.
-    wait(&mut peer_slot, 30, "the connection to come up", |_| {
-        side.describe(&id)["Status"] == "ipsec_sa_established"
-    });
+    wait(&mut peer_slot, 30, "the connection to come up", |_| side.describe(&id)["Status"] == "ipsec_sa_established");
     let p = peer_slot.as_ref().unwrap();
     assert_eq!(p.sink.installed().len(), 1, "the peer has the Child SA");
     assert_eq!(side.sink.installed(), vec![(p.sink.installed()[0].1, p.sink.installed()[0].0)]);
@@ -281,10 +280,7 @@ fn api_drives_ike() {
 
     // Modify a negotiated parameter → re-negotiated: the peer ends with one Child SA, AES-128.
     let old = p.sink.installed()[0];
-    side.ok(
-        "ModifyVpnConnectionAttribute",
-        &[("VpnConnectionId", &id), ("IpsecConfig", r#"{"IpsecEncAlg":"aes"}"#)],
-    );
+    side.ok("ModifyVpnConnectionAttribute", &[("VpnConnectionId", &id), ("IpsecConfig", r#"{"IpsecEncAlg":"aes"}"#)]);
     wait(&mut peer_slot, 30, "the re-negotiation", |p| {
         let p = p.as_ref().unwrap();
         let inst = p.sink.installed();
@@ -306,9 +302,7 @@ fn api_drives_ike() {
     assert_eq!(d["IpsecSaState"], "down", "{d}");
     wait(&mut peer_slot, 10, "the first re-initiation", |_| has(&side.logs(&id), "re-initiating (after 1 s back-off)"));
     peer_slot = Some(peer(port));
-    wait(&mut peer_slot, 40, "the connection to come back", |_| {
-        side.describe(&id)["Status"] == "ipsec_sa_established"
-    });
+    wait(&mut peer_slot, 40, "the connection to come back", |_| side.describe(&id)["Status"] == "ipsec_sa_established");
     let logs = side.logs(&id);
     assert!(has(&logs, "DPD: liveness check sent"), "{logs:#?}");
     assert!(has(&logs, "peer dead: re-initiating in 1 s"), "{logs:#?}");
@@ -388,9 +382,7 @@ fn api_drives_ike() {
     assert!(peer_log.contains("IKE_SA closed"), "{peer_log}");
 
     // No PSK anywhere: stored logs of every connection, both daemons' logs.
-    for c in [&v1] {
-        assert!(!side.logs(c).iter().any(|l| l.contains(PSK)));
-    }
+    assert!(!side.logs(&v1).iter().any(|l| l.contains(PSK)));
     for (name, text) in [("first", first_log), ("second", side.log.text()), ("peer", peer_log)] {
         assert!(!text.contains(PSK), "{name} daemon log shows the PSK");
     }

@@ -144,8 +144,8 @@ struct Api {
 
 impl Api {
     fn call(&self, action: &str, params: &[(&str, &str)]) -> Value {
-        let (status, v) = ipsec_mgmt::client::call(API, &self.token, action, params)
-            .unwrap_or_else(|e| panic!("{action}: {e}"));
+        let (status, v) =
+            ipsec_mgmt::client::call(API, &self.token, action, params).unwrap_or_else(|e| panic!("{action}: {e}"));
         assert_eq!(status, 200, "{action}: {v}");
         v
     }
@@ -233,7 +233,10 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
             ("RemoteSubnet", "198.51.100.0/24"),
             ("EffectImmediately", "false"),
             ("IkeConfig", &ike),
-            ("IpsecConfig", r#"{"IpsecEncAlg":"aes256","IpsecAuthAlg":"sha256","IpsecPfs":"group14","IpsecLifetime":1800}"#),
+            (
+                "IpsecConfig",
+                r#"{"IpsecEncAlg":"aes256","IpsecAuthAlg":"sha256","IpsecPfs":"group14","IpsecLifetime":1800}"#,
+            ),
         ],
     )["VpnConnectionId"]
         .as_str()
@@ -290,13 +293,7 @@ swanctl {{
         .expect("charon");
     lab.children.push(child);
     let charon_log = || std::fs::read_to_string(cdir.join("charon.log")).unwrap_or_default();
-    wait_for(10, "charon's VICI socket", || {
-        if cdir.join("charon.vici").exists() {
-            Ok(())
-        } else {
-            Err(charon_log())
-        }
-    });
+    wait_for(10, "charon's VICI socket", || if cdir.join("charon.vici").exists() { Ok(()) } else { Err(charon_log()) });
     let o = swanctl(&cdir, &["--load-all", "--noprompt"]);
     assert!(o.status.success(), "swanctl --load-all of the downloaded conf: {}\n{conf}", text(&o));
 
@@ -322,7 +319,11 @@ swanctl {{
     wait_for(10, "the counters", || {
         let d = api.call("DescribeVpnConnection", &[("VpnConnectionId", &id)]);
         let n = |k: &str| d[k].as_u64().unwrap_or(0);
-        if n("PacketsOut") >= received && n("PacketsIn") >= received && n("BytesOut") >= 64 * received && n("BytesIn") >= 64 * received {
+        if n("PacketsOut") >= received
+            && n("PacketsIn") >= received
+            && n("BytesOut") >= 64 * received
+            && n("BytesIn") >= 64 * received
+        {
             Ok(())
         } else {
             Err(d.to_string())

@@ -469,7 +469,8 @@ impl Service {
         let db = store.read();
         Ok((
             db.vpn_gateway(&c.vpn_gateway_id)?.ok_or_else(|| gateway_not_found(&c.vpn_gateway_id))?,
-            db.customer_gateway(&c.customer_gateway_id)?.ok_or_else(|| customer_gateway_not_found(&c.customer_gateway_id))?,
+            db.customer_gateway(&c.customer_gateway_id)?
+                .ok_or_else(|| customer_gateway_not_found(&c.customer_gateway_id))?,
         ))
     }
 

@@ -2,10 +2,11 @@
 //!
 //! Outbound: after a change is durably committed, the API calls [`Effects::apply`] with a
 //! [`ConnectionChange`], in commit order (the API serializes writes). The IKE side (the
-//! `ipsec-control` daemon, later) starts, re-negotiates or tears down the connection; at start-up it
-//! reads the full set with [`crate::api::Service::vpn_connections`].
+//! `ipsec-control serve` process's IKE thread) starts, re-negotiates or tears down the connection;
+//! at start-up it reads the full set with [`crate::api::Service::vpn_connections`].
 //!
-//! Inbound: [`Effects::status`] answers the live `Status` shown by DescribeVpnConnection(s), and the
+//! Inbound: [`Effects::live`] answers the live status shown by DescribeVpnConnection(s) (`Status`,
+//! SA states, established times, counters: [`LiveStatus`]), and the
 //! IKE side appends negotiation logs with [`crate::api::Service::record_log`] (PSKs scrubbed).
 //!
 //! Two implementations: [`MemoryEffects`] records changes and serves a settable status map (tests,

@@ -8,7 +8,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::{
-    AuthAlg, DhGroup, EncAlg, HealthCheckPolicy, IkeMode, IkeVersion, IpsecPfs, RoutingMode, IKE_SA_STATES, IPSEC_SA_STATES,
+    AuthAlg, DhGroup, EncAlg, HealthCheckPolicy, IkeMode, IkeVersion, IpsecPfs, RoutingMode, IKE_SA_STATES,
+    IPSEC_SA_STATES,
 };
 
 enum Ty {

@@ -226,7 +226,9 @@ fn wire_proposal(p: &Proposal) -> String {
         let s = match t.transform_type {
             TransformType::ENCR => EncrAlg::from_transform(t).map_or_else(|| format!("encr{id}"), encr_name),
             TransformType::PRF => PrfAlg::from_id(id).map_or_else(|| format!("prf{id}"), |x| prf_name(x).into()),
-            TransformType::INTEG => IntegAlg::from_id(id).map_or_else(|| format!("integ{id}"), |x| integ_name(x).into()),
+            TransformType::INTEG => {
+                IntegAlg::from_id(id).map_or_else(|| format!("integ{id}"), |x| integ_name(x).into())
+            }
             TransformType::DH => DhGroup::from_id(id).map_or_else(|| format!("dh{id}"), dh_name),
             TransformType::ESN => match Esn::from_id(id) {
                 Some(Esn::Yes) => "esn".into(),
@@ -637,9 +639,9 @@ impl Daemon {
                     "IKE_SA_INIT request received from {remote}, peer offers: {}",
                     offer(&m).unwrap_or_else(|| "nothing".into())
                 ),
-                (true, Some(e)) if e == NotifyType::NO_PROPOSAL_CHOSEN => format!(
-                    "IKE_SA_INIT: the peer refused our proposals with NO_PROPOSAL_CHOSEN (we offered: {ours})"
-                ),
+                (true, Some(e)) if e == NotifyType::NO_PROPOSAL_CHOSEN => {
+                    format!("IKE_SA_INIT: the peer refused our proposals with NO_PROPOSAL_CHOSEN (we offered: {ours})")
+                }
                 (true, Some(e)) if e == NotifyType::INVALID_KE_PAYLOAD => {
                     "IKE_SA_INIT: the peer wants another DH group (INVALID_KE_PAYLOAD), retrying".into()
                 }
@@ -803,10 +805,7 @@ impl Daemon {
             }
             Event::IkeSaRekeyed { old, new } => self.note(
                 i,
-                format!(
-                    "IKE SA rekeyed {:016x}/{:016x} -> {:016x}/{:016x}",
-                    old.0, old.1, new.0, new.1
-                ),
+                format!("IKE SA rekeyed {:016x}/{:016x} -> {:016x}/{:016x}", old.0, old.1, new.0, new.1),
                 false,
             ),
             Event::EndpointsChanged { local, remote, encap } => {
