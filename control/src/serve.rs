@@ -220,18 +220,16 @@ pub fn live_status(st: &ConnStatus) -> LiveStatus {
     }
 }
 
-/// Logs and statuses of the daemon into the management store and status board.
+/// Logs and statuses of the daemon into the management store and status board. Log lines go to
+/// a writer thread ([`log_writer`]) so that the IKE loop never waits for a disk commit.
 struct MgmtObserver {
-    service: Arc<Service>,
+    lines: std::sync::mpsc::Sender<(String, String)>,
     board: Arc<StatusBoard>,
-    log: Logger,
 }
 
 impl ConnObserver for MgmtObserver {
     fn log(&mut self, conn: &str, line: &str) {
-        if let Err(e) = self.service.record_log(conn, line) {
-            logln!(self.log, "conn {conn}: storing a log line failed: {}", e.message);
-        }
+        let _ = self.lines.send((conn.to_string(), line.to_string()));
     }
 
     fn status(&mut self, status: &ConnStatus) {
@@ -240,6 +238,23 @@ impl ConnObserver for MgmtObserver {
 
     fn removed(&mut self, conn: &str) {
         self.board.remove(conn);
+    }
+}
+
+/// Stores the connection log lines the IKE thread produces: waits for one, takes whatever else is
+/// queued (up to 512), commits them in one transaction; ends when the IKE thread drops its sender.
+fn log_writer(service: Arc<Service>, rx: Receiver<(String, String)>, log: Logger) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(l) => batch.push(l),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = service.record_logs(&batch) {
+            logln!(log, "storing {} connection log line(s) failed: {}", batch.len(), e.message);
+        }
     }
 }
 
@@ -329,11 +344,12 @@ pub fn spawn_ike(
                     return;
                 }
             };
-            daemon.set_observer(Box::new(MgmtObserver {
-                service: service.clone(),
-                board: board.clone(),
-                log: log.clone(),
-            }));
+            let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+            let writer = {
+                let (service, log) = (service.clone(), log.clone());
+                std::thread::Builder::new().name("ike-log".into()).spawn(move || log_writer(service, lines_rx, log))
+            };
+            daemon.set_observer(Box::new(MgmtObserver { lines: lines_tx, board: board.clone() }));
             let _ = ready_tx.send(Ok(()));
             let mut side = IkeSide { daemon, service, board, opts, log };
             match side.service.vpn_connections() {
@@ -363,7 +379,13 @@ pub fn spawn_ike(
                 }
             }
             let _ = side.daemon.shutdown(Duration::from_secs(3));
-            logln!(side.log, "IKE thread exits");
+            let IkeSide { daemon, log, .. } = side;
+            // Dropping the daemon drops the observer's sender: the writer stores the rest and ends.
+            drop(daemon);
+            if let Ok(w) = writer {
+                let _ = w.join();
+            }
+            logln!(log, "IKE thread exits");
         })
         .map_err(|e| format!("IKE thread: {e}"))?;
     match ready_rx.recv() {

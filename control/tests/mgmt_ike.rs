@@ -197,6 +197,24 @@ fn wait(peer: &mut Option<Peer>, secs: u64, what: &str, mut cond: impl FnMut(&mu
     }
 }
 
+/// Waits (stepping the peer) until the connection's stored log has every one of `steps` (the IKE
+/// side stores log lines from a writer thread, a moment after they happen).
+fn wait_logs(peer: &mut Option<Peer>, side: &Side, id: &str, steps: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = side.logs(id);
+        let missing: Vec<&&str> = steps.iter().filter(|s| !has(&logs, s)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "log lacks {missing:?}: {logs:#?}");
+        match peer.as_mut() {
+            Some(p) => p.daemon.step(Duration::from_millis(10)).unwrap(),
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 fn has(lines: &[String], needle: &str) -> bool {
     lines.iter().any(|l| l.contains(needle))
 }
@@ -264,19 +282,31 @@ fn api_drives_ike() {
         assert!(t > now_ms - 60_000 && t <= now_ms, "{f} = {t}, now {now_ms}");
     }
     assert!(d.get("BytesIn").is_none(), "a recording sink counts nothing: no counters shown: {d}");
-    let logs = side.logs(&id);
-    for step in [
-        "IKE_SA_INIT request sent to 127.0.0.2",
-        "offering: aes256-sha256-prfsha256-modp2048",
-        "IKE_SA_INIT response received from 127.0.0.2",
-        "proposal chosen: aes256-sha256-prfsha256-modp2048",
-        "IKE_AUTH request sent",
-        "AUTH ok: IKE SA established",
-        "Child SA installed: spi_in=",
-        " aes256-sha256 local 192.0.2.0/24 remote 198.51.100.0/24",
-    ] {
-        assert!(has(&logs, step), "log lacks {step:?}: {logs:#?}");
+    wait_logs(
+        &mut peer_slot,
+        &side,
+        &id,
+        &[
+            "IKE_SA_INIT request sent to 127.0.0.2",
+            "offering: aes256-sha256-prfsha256-modp2048",
+            "IKE_SA_INIT response received from 127.0.0.2",
+            "proposal chosen: aes256-sha256-prfsha256-modp2048",
+            "IKE_AUTH request sent",
+            "AUTH ok: IKE SA established",
+            "Child SA installed: spi_in=",
+            " aes256-sha256 local 192.0.2.0/24 remote 198.51.100.0/24",
+        ],
+    );
+
+    // Modify without a negotiated change (the name): nothing is re-negotiated.
+    let before = peer_slot.as_ref().unwrap().sink.installed();
+    side.ok("ModifyVpnConnectionAttribute", &[("VpnConnectionId", &id), ("Name", "renamed")]);
+    wait_logs(&mut peer_slot, &side, &id, &["configuration changed; nothing negotiated changed"]);
+    for _ in 0..30 {
+        peer_slot.as_mut().unwrap().daemon.step(Duration::from_millis(10)).unwrap();
     }
+    assert_eq!(peer_slot.as_ref().unwrap().sink.installed(), before, "same SA at the peer");
+    let p = peer_slot.as_ref().unwrap();
 
     // Modify a negotiated parameter → re-negotiated: the peer ends with one Child SA, AES-128.
     let old = p.sink.installed()[0];
@@ -287,9 +317,7 @@ fn api_drives_ike() {
         inst.len() == 1 && inst[0] != old && installed_encr(p) == vec![EncrAlg::AES128_CBC]
     });
     wait(&mut peer_slot, 10, "the new status", |_| side.describe(&id)["Status"] == "ipsec_sa_established");
-    let logs = side.logs(&id);
-    assert!(has(&logs, "configuration changed: re-negotiating"), "{logs:#?}");
-    assert!(has(&logs, "DELETE of the IKE SA sent"), "{logs:#?}");
+    wait_logs(&mut peer_slot, &side, &id, &["configuration changed: re-negotiating", "DELETE of the IKE SA sent"]);
 
     // The peer vanishes (no DELETE) → DPD → peer dead → re-initiation with back-off → back up once
     // the peer is there again.
@@ -303,9 +331,7 @@ fn api_drives_ike() {
     wait(&mut peer_slot, 10, "the first re-initiation", |_| has(&side.logs(&id), "re-initiating (after 1 s back-off)"));
     peer_slot = Some(peer(port));
     wait(&mut peer_slot, 40, "the connection to come back", |_| side.describe(&id)["Status"] == "ipsec_sa_established");
-    let logs = side.logs(&id);
-    assert!(has(&logs, "DPD: liveness check sent"), "{logs:#?}");
-    assert!(has(&logs, "peer dead: re-initiating in 1 s"), "{logs:#?}");
+    wait_logs(&mut peer_slot, &side, &id, &["DPD: liveness check sent", "peer dead: re-initiating in 1 s"]);
 
     // EffectImmediately = false waits; IKEv1 is stored but not negotiated, and says so.
     let cgw3 = side.ok("CreateCustomerGateway", &[("IpAddress", "127.0.0.3")])["CustomerGatewayId"]

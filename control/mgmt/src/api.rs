@@ -486,6 +486,30 @@ impl Service {
         })
     }
 
+    /// Appends several log lines (connection id, text) in one transaction, in order: what the IKE
+    /// side's log writer calls, so a burst of negotiation steps costs one commit. PSKs are scrubbed
+    /// as in [`Service::record_log`]; lines of unknown connections are dropped.
+    pub fn record_logs(&self, lines: &[(String, String)]) -> Result<(), ApiError> {
+        let now = self.now();
+        self.store().write(|tx| {
+            let mut psks: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+            for (id, message) in lines {
+                let psk = match psks.get(id.as_str()) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = tx.vpn_connection(id)?.map(|c| c.ike_config.psk);
+                        psks.insert(id, p.clone());
+                        p
+                    }
+                };
+                if let Some(psk) = psk {
+                    tx.append_log(id, now, &scrub(message, &psk))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Deletes logs older than 30 days; returns how many lines.
     pub fn prune_logs(&self) -> Result<u64, ApiError> {
         let cutoff = self.now().saturating_sub(LOG_RETENTION_MS);
