@@ -348,6 +348,8 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         Some(path) => Some(ipsec_channel::listen(path).map_err(|e| format!("control socket {}: {e}", path.display()))?),
         None => None,
     };
+    // Removes the socket file on every way out of this function.
+    let _socket_file = opts.control_socket.as_ref().map(|p| crate::channel::SocketFile(p.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -498,9 +500,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     if let Some(h) = channel {
         let _ = h.join();
     }
-    if let Some(path) = &opts.control_socket {
-        let _ = std::fs::remove_file(path);
-    }
+
     println!("final stats:\n{}", sources.render_text());
     tracing::info!("stopped; detaching XDP programs");
     Ok(())

@@ -80,6 +80,15 @@ impl Steering for XdpProtected {
     }
 }
 
+/// Removes the socket file when dropped (the engine's exit, also on a start-up error).
+pub struct SocketFile(pub std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// What the channel thread works with.
 pub struct ChannelParts {
     pub listener: UnixListener,
