@@ -430,6 +430,23 @@ fn channel_installs_reconciles_survives_control_loss_and_punts_ike() {
     let mut c1 = Ctl::connect(&gw1.socket);
     let mut c2 = Ctl::connect(&gw2.socket);
     assert_eq!((c1.held, c2.held, c1.boot_id), (4, 4, boot1), "Hello after reconnect");
+    // A connection that never says Hello, and one with another version, leave the session alone.
+    let silent = Conn::connect(&gw1.socket).unwrap();
+    let mut wrong = Conn::connect(&gw1.socket).unwrap();
+    wrong.stream().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(wrong.recv::<EngineMsg>().unwrap(), Some(EngineMsg::Hello { .. })));
+    wrong.send(&ControlMsg::Hello { version: PROTOCOL_VERSION + 1, client: "future".into() }).unwrap();
+    assert!(!matches!(wrong.recv::<EngineMsg>(), Ok(Some(_))), "a version mismatch closes the connection");
+    assert_eq!(c1.ok(Request::Ping), Response::Pong);
+    drop(silent);
+    // A new session replaces the current one.
+    let mut c1 = {
+        let mut replacement = Ctl::connect(&gw1.socket);
+        assert_eq!(replacement.ok(Request::Ping), Response::Pong);
+        c1.conn.stream().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(!matches!(c1.conn.recv::<EngineMsg>(), Ok(Some(_))), "the old session is closed");
+        replacement
+    };
     let (p2, _) = c1.sa_counters("a", Direction::Out, 0x0a12_0001);
     assert!(p2 > p1, "counters went on while control was away: {p1} -> {p2}");
     for (c, n) in [(&mut c1, 1u8), (&mut c2, 2u8)] {

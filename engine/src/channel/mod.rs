@@ -12,10 +12,12 @@
 //! - [`ike_tx`]: `SendIke` through kernel UDP sockets bound to (gateway address, IKE port).
 //! - [`serve`]: the thread. An acceptor thread takes connections; each session has a reader
 //!   thread that forwards decoded messages here, so this thread alone owns the state and writes
-//!   to the socket (with a write timeout: a stuck control process cannot stall it for long). A
-//!   new connection replaces the current session. Per session: the engine sends `Hello` at once;
-//!   the control side's `Hello` must come first and carry the same version, or the session is
-//!   closed; then every request gets exactly one reply, in order. While a session is up, queued
+//!   to the socket (with a write timeout: a stuck control process cannot stall it for long). Per
+//!   connection the engine sends `Hello` at once; the control side's `Hello` must come first and
+//!   carry the same version, or the connection is closed. A new connection replaces the current
+//!   session as soon as its `Hello` is valid (not before: a connection that never speaks, such as
+//!   a second engine's liveness probe of the socket path, leaves the live session alone). Then
+//!   every request gets exactly one reply, in order. While a session is up, queued
 //!   events and punted IKE are sent (the loop wakes at least every [`TICK`]). Once a second the
 //!   time limits of every SA are checked so idle SAs raise their events too.
 //! - **Control loss**: nothing in the workers depends on a session. When it closes, IKE punting
@@ -188,8 +190,15 @@ fn close(session: &mut Option<Session>, punt: &PuntShared, state: &ControlState,
     }
 }
 
+/// Connections that have not said `Hello` yet, at most this many (the oldest is closed).
+const MAX_PENDING: usize = 8;
+
 fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<AtomicBool>) {
     let mut session: Option<Session> = None;
+    // A new connection replaces the session only once its Hello is valid: a connection that
+    // says nothing (e.g. `ipsec_channel::listen`'s liveness probe from a second engine started
+    // on the same path) must not cut the live control process off.
+    let mut pending: Vec<Session> = Vec::new();
     let mut last_poll = Instant::now();
     let mut last_publish = Instant::now();
     let mut stale_events = 0u64;
@@ -209,7 +218,6 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
         for input in inputs {
             match input {
                 Input::Session(id, conn) => {
-                    close(&mut session, &p.punt, &p.state, "replaced by a new connection");
                     let mut s = Session { id, conn, hello: false };
                     let hello = EngineMsg::Hello {
                         version: PROTOCOL_VERSION,
@@ -218,15 +226,35 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                         control_sas: p.state.control_sas(),
                     };
                     if s.conn.send(&hello).is_ok() {
-                        session = Some(s);
+                        if pending.len() >= MAX_PENDING {
+                            let old = pending.remove(0);
+                            let _ = old.conn.stream().shutdown(std::net::Shutdown::Both);
+                        }
+                        pending.push(s);
                     }
                 }
                 Input::Closed(id, why) => {
+                    pending.retain(|s| s.id != id);
                     if session.as_ref().is_some_and(|s| s.id == id) {
                         close(&mut session, &p.punt, &p.state, why.as_deref().unwrap_or("closed by the control process"));
                     }
                 }
                 Input::Msg(id, m) => {
+                    if let Some(k) = pending.iter().position(|s| s.id == id) {
+                        let mut s = pending.remove(k);
+                        match handle(&mut s, m, &mut p) {
+                            Ok(()) => {
+                                close(&mut session, &p.punt, &p.state, "replaced by a new connection");
+                                p.punt.set_connected(true);
+                                session = Some(s);
+                            }
+                            Err(why) => {
+                                tracing::info!(session = s.id, "control connection refused: {why}");
+                                let _ = s.conn.stream().shutdown(std::net::Shutdown::Both);
+                            }
+                        }
+                        continue;
+                    }
                     let Some(s) = session.as_mut().filter(|s| s.id == id) else { continue };
                     if let Err(why) = handle(s, m, &mut p) {
                         close(&mut session, &p.punt, &p.state, &why);
@@ -241,7 +269,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                 let Some(e) = p.events.pop() else { break };
                 match p.state.event(e) {
                     Some(ev) => {
-                        tracing::info!("event: {e}");
+                        tracing::info!("event: {ev:?}");
                         if let Err(err) = s.conn.send(&EngineMsg::Event(ev)) {
                             failed = Some(format!("write: {err}"));
                             break;
@@ -277,6 +305,9 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
         }
     }
     close(&mut session, &p.punt, &p.state, "engine stopping");
+    for s in pending {
+        let _ = s.conn.stream().shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// One message of the current session; `Err` closes it.
@@ -290,7 +321,6 @@ fn handle(s: &mut Session, m: ControlMsg, p: &mut ChannelParts) -> Result<(), St
                 return Err(format!("control speaks version {version}, the engine {PROTOCOL_VERSION}"));
             }
             s.hello = true;
-            p.punt.set_connected(true);
             tracing::info!(session = s.id, %client, "control session up");
             Ok(())
         }
