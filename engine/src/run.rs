@@ -1,4 +1,5 @@
-//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration.
+//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration plus the tunnels and
+//! SAs the control process installs over the control channel ([`crate::channel`]).
 //!
 //! Start-up: load the configuration and build the SA tables; load the XDP steering program on the
 //! outside interface (role outside: ESP / ESP-in-UDP / IKE to the gateway's addresses) and on the

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use ipsec_channel::{
-    Conn, ControlMsg, Direction, EngineMsg, Event, IkeDatagram, Lifetime, Request, Response, Routing, SaSpec,
-    Secret, TunnelSpec, PROTOCOL_VERSION,
+    Conn, ControlMsg, Direction, EngineMsg, Event, IkeDatagram, Lifetime, Request, Response, Routing, SaSpec, Secret,
+    TunnelSpec, PROTOCOL_VERSION,
 };
 
 const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -324,7 +324,8 @@ fn desired(n: u8, only_a: bool) -> Vec<Request> {
         ]
     };
     for &(name, t, local, remote, routing) in tunnels.iter().take(if only_a { 1 } else { 2 }) {
-        let (out_spi, in_spi) = if n == 1 { (0x0a12_0000 + t, 0x0a21_0000 + t) } else { (0x0a21_0000 + t, 0x0a12_0000 + t) };
+        let (out_spi, in_spi) =
+            if n == 1 { (0x0a12_0000 + t, 0x0a21_0000 + t) } else { (0x0a21_0000 + t, 0x0a12_0000 + t) };
         v.push(Request::UpsertTunnel(tunnel(name, n, local, remote, routing)));
         v.push(Request::AddSa(sa(name, Direction::In, in_spi)));
         v.push(Request::AddSa(sa(name, Direction::Out, out_spi)));
@@ -420,11 +421,7 @@ fn channel_installs_reconciles_survives_control_loss_and_punts_ike() {
     drop(c1);
     drop(c2);
     pings("after control loss");
-    assert!(
-        std::fs::read_to_string(&gw1.err).unwrap_or_default().contains("control session closed"),
-        "{}",
-        gw1.logs()
-    );
+    assert!(std::fs::read_to_string(&gw1.err).unwrap_or_default().contains("control session closed"), "{}", gw1.logs());
 
     // Reconnect and restate: everything is kept, with its state.
     let mut c1 = Ctl::connect(&gw1.socket);

@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use ipsec_channel::{ControlMsg, Conn, EngineMsg, PROTOCOL_VERSION};
+use ipsec_channel::{Conn, ControlMsg, EngineMsg, PROTOCOL_VERSION};
 use ipsec_esp::EventQueue;
 
 pub use punt::{Punt, PuntShared};
@@ -236,7 +236,12 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                 Input::Closed(id, why) => {
                     pending.retain(|s| s.id != id);
                     if session.as_ref().is_some_and(|s| s.id == id) {
-                        close(&mut session, &p.punt, &p.state, why.as_deref().unwrap_or("closed by the control process"));
+                        close(
+                            &mut session,
+                            &p.punt,
+                            &p.state,
+                            why.as_deref().unwrap_or("closed by the control process"),
+                        );
                     }
                 }
                 Input::Msg(id, m) => {

@@ -257,7 +257,9 @@ impl ControlState {
     pub fn apply(&mut self, req: Request, now: Instant, workers: &[Arc<WorkerStats>]) -> Result<Response, String> {
         let r = match req {
             Request::Ping => return Ok(Response::Pong),
-            Request::Counters { tunnel } => return self.counters(tunnel.as_deref(), now, workers).map(Response::Counters),
+            Request::Counters { tunnel } => {
+                return self.counters(tunnel.as_deref(), now, workers).map(Response::Counters)
+            }
             Request::BeginSync { generation } => {
                 self.sync = Some(SyncRun {
                     generation,
@@ -531,7 +533,10 @@ impl ControlState {
         })?;
         let integrity = Integrity::ALL.iter().copied().find(|i| i.name() == sa.integrity).ok_or_else(|| {
             let names: Vec<_> = Integrity::ALL.iter().map(|i| i.name()).collect();
-            err(&f("integrity"), format!("unknown integrity algorithm {:?} (one of: {})", sa.integrity, names.join(", ")))
+            err(
+                &f("integrity"),
+                format!("unknown integrity algorithm {:?} (one of: {})", sa.integrity, names.join(", ")),
+            )
         })?;
         if sa.enc_key.expose().len() != cipher.keymat_len() {
             return Err(err(
@@ -618,10 +623,7 @@ impl ControlState {
                         self.tables.inbound.replace(Spi(spec.spi), local, sa.clone());
                         Outcome::Replaced
                     } else {
-                        self.tables
-                            .inbound
-                            .insert(Spi(spec.spi), local, sa.clone())
-                            .map_err(|e| err("sa.spi", e))?;
+                        self.tables.inbound.insert(Spi(spec.spi), local, sa.clone()).map_err(|e| err("sa.spi", e))?;
                         Outcome::Added
                     };
                     let t = self.tunnels.get_mut(&spec.tunnel).expect("checked");
@@ -721,18 +723,17 @@ impl ControlState {
                 s.removed += 1;
             }
         }
-        Ok(Response::SyncDone {
-            generation,
-            added: s.added,
-            replaced: s.replaced,
-            kept: s.kept,
-            removed: s.removed,
-        })
+        Ok(Response::SyncDone { generation, added: s.added, replaced: s.replaced, kept: s.kept, removed: s.removed })
     }
 
     // ---- counters, events, housekeeping ---------------------------------------------------
 
-    fn counters(&self, tunnel: Option<&str>, now: Instant, workers: &[Arc<WorkerStats>]) -> Result<CountersReport, String> {
+    fn counters(
+        &self,
+        tunnel: Option<&str>,
+        now: Instant,
+        workers: &[Arc<WorkerStats>],
+    ) -> Result<CountersReport, String> {
         if let Some(name) = tunnel {
             if !self.tunnels.contains_key(name) && !self.static_tunnels.contains_key(name) {
                 return Err(err("tunnel", format!("no tunnel named {name:?}")));

@@ -91,10 +91,7 @@ fn refused(st: &mut ControlState, req: Request) -> String {
 
 fn resolves(tables: &Tables, dst: &str) -> Option<(TunnelId, u32)> {
     let g = tables.outbound.pin();
-    tables
-        .outbound
-        .resolve(Ipv4Addr::new(192, 0, 2, 7).into(), dst.parse().unwrap(), &g)
-        .map(|(t, s)| (t, s.spi()))
+    tables.outbound.resolve(Ipv4Addr::new(192, 0, 2, 7).into(), dst.parse().unwrap(), &g).map(|(t, s)| (t, s.spi()))
 }
 
 /// An inner IPv4/UDP packet 192.0.2.7 -> `dst` in a frame with room for encapsulation.
@@ -217,9 +214,10 @@ fn outbound_replace_under_the_same_spi_continues_sequence_numbers() {
 fn sync_keeps_replaces_adds_and_removes() {
     let (mut st, tables, _) = setup();
     let local: IpAddr = "198.18.0.1".parse().unwrap();
-    for (n, remote, net, o, i) in
-        [("a", "198.18.0.2", "198.51.100.0/25", 0x1001, 0x2001), ("b", "198.18.0.3", "198.51.100.128/25", 0x1002, 0x2002)]
-    {
+    for (n, remote, net, o, i) in [
+        ("a", "198.18.0.2", "198.51.100.0/25", 0x1001, 0x2001),
+        ("b", "198.18.0.3", "198.51.100.128/25", 0x1002, 0x2002),
+    ] {
         ok(&mut st, Request::UpsertTunnel(tunnel(n, remote, net)));
         ok(&mut st, Request::AddSa(sa(n, Direction::Out, o, 1)));
         ok(&mut st, Request::AddSa(sa(n, Direction::In, i, 2)));
@@ -333,10 +331,16 @@ fn events_carry_tunnel_names() {
         st.event(expired),
         Some(Event::Expired { tunnel: "a".into(), direction: Direction::In, spi: 0x2001, limit: Limit::Time })
     );
-    let rekey = SaEvent::RekeyRequested { spi: 0x5001, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Bytes };
+    let rekey =
+        SaEvent::RekeyRequested { spi: 0x5001, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Bytes };
     assert_eq!(
         st.event(rekey),
-        Some(Event::RekeyRequested { tunnel: "static".into(), direction: Direction::Out, spi: 0x5001, limit: Limit::Bytes })
+        Some(Event::RekeyRequested {
+            tunnel: "static".into(),
+            direction: Direction::Out,
+            spi: 0x5001,
+            limit: Limit::Bytes
+        })
     );
     let stale = SaEvent::Expired { spi: 0x9999, direction: ipsec_esp::Direction::Inbound, limit: LimitKind::Time };
     assert_eq!(st.event(stale), None);
@@ -347,7 +351,15 @@ fn events_carry_tunnel_names() {
     ok(&mut st, Request::AddSa(s));
     st.poll_lifetimes(&q, Instant::now() + Duration::from_secs(2));
     let evs: Vec<_> = std::iter::from_fn(|| q.pop()).filter_map(|e| st.event(e)).collect();
-    assert!(evs.contains(&Event::Expired { tunnel: "a".into(), direction: Direction::Out, spi: 0x1001, limit: Limit::Time }), "{evs:?}");
+    assert!(
+        evs.contains(&Event::Expired {
+            tunnel: "a".into(),
+            direction: Direction::Out,
+            spi: 0x1001,
+            limit: Limit::Time
+        }),
+        "{evs:?}"
+    );
 }
 
 #[test]
@@ -361,7 +373,8 @@ fn counters_per_tunnel_and_all() {
     }
     let ws = Arc::new(WorkerStats::new(0, vec!["o/0".into(), "i/0".into()], w.counters().clone()));
     ws.rx[1].add(5);
-    let Response::Counters(r) = st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), &[ws.clone()]).unwrap()
+    let Response::Counters(r) =
+        st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), &[ws.clone()]).unwrap()
     else {
         panic!()
     };
@@ -374,5 +387,8 @@ fn counters_per_tunnel_and_all() {
     };
     assert_eq!(r.sas.len(), 3, "static SAs too");
     assert_eq!(r.workers[0].rx, 5);
-    assert!(st.apply(Request::Counters { tunnel: Some("zz".into()) }, Instant::now(), &[]).unwrap_err().starts_with("tunnel: "));
+    assert!(st
+        .apply(Request::Counters { tunnel: Some("zz".into()) }, Instant::now(), &[])
+        .unwrap_err()
+        .starts_with("tunnel: "));
 }
