@@ -374,7 +374,7 @@ fn counters_per_tunnel_and_all() {
     let ws = Arc::new(WorkerStats::new(0, vec!["o/0".into(), "i/0".into()], w.counters().clone()));
     ws.rx[1].add(5);
     let Response::Counters(r) =
-        st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), &[ws.clone()]).unwrap()
+        st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), std::slice::from_ref(&ws)).unwrap()
     else {
         panic!()
     };
