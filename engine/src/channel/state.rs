@@ -122,6 +122,9 @@ pub struct ControlState {
     steering: Box<dyn Steering>,
     protected: HashMap<IpNet, u32>,
     sync: Option<SyncRun>,
+    /// (direction, SPI) → tunnel, to name the tunnel of an SA event without a scan (checked
+    /// against the registry before use; a miss falls back to a scan).
+    sa_index: HashMap<(Direction, u32), String>,
     published: Arc<Mutex<SaLists>>,
     dirty: bool,
 }
@@ -198,6 +201,7 @@ impl ControlState {
             steering,
             protected,
             sync: None,
+            sa_index: HashMap::new(),
             published: Arc::new(Mutex::new(SaLists::default())),
             dirty: false,
         }
@@ -516,6 +520,11 @@ impl ControlState {
             self.tables.inbound.remove(Spi(*spi), t.spec.local_addr);
         }
         self.by_id.remove(&t.id.0);
+        for key in t.out.iter().map(|o| (Direction::Out, o.spec.spi)).chain(t.ins.keys().map(|s| (Direction::In, *s))) {
+            if self.sa_index.get(&key) == Some(&t.spec.name) {
+                self.sa_index.remove(&key);
+            }
+        }
         t.sa_count()
     }
 
@@ -655,6 +664,7 @@ impl ControlState {
                 }
             },
         };
+        self.sa_index.insert((key.1, key.2), key.0.clone());
         if let Some(s) = self.sync.as_mut() {
             s.sas.insert(key);
             s.removed += dropped;
@@ -685,6 +695,9 @@ impl ControlState {
                 self.tables.outbound.tunnels.clear(id);
                 self.tunnels.get_mut(tunnel).expect("checked").out = None;
             }
+        }
+        if self.sa_index.get(&(direction, spi)).is_some_and(|n| n == tunnel) {
+            self.sa_index.remove(&(direction, spi));
         }
         Ok(())
     }
@@ -803,12 +816,17 @@ impl ControlState {
     }
 
     fn tunnel_of_sa(&self, d: Direction, spi: u32) -> Option<String> {
+        let holds = |t: &CtlTunnel| match d {
+            Direction::Out => t.out.as_ref().is_some_and(|o| o.spec.spi == spi),
+            Direction::In => t.ins.contains_key(&spi),
+        };
+        if let Some(name) = self.sa_index.get(&(d, spi)) {
+            if self.tunnels.get(name).is_some_and(holds) {
+                return Some(name.clone());
+            }
+        }
         for (name, t) in &self.tunnels {
-            let hit = match d {
-                Direction::Out => t.out.as_ref().is_some_and(|o| o.spec.spi == spi),
-                Direction::In => t.ins.contains_key(&spi),
-            };
-            if hit {
+            if holds(t) {
                 return Some(name.clone());
             }
         }

@@ -360,6 +360,14 @@ fn events_carry_tunnel_names() {
         }),
         "{evs:?}"
     );
+    // After an outbound switch, events about the old SA are stale; the new one is found.
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1002, 5)));
+    let old =
+        SaEvent::RekeyRequested { spi: 0x1001, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Time };
+    assert_eq!(st.event(old), None);
+    let new =
+        SaEvent::RekeyRequested { spi: 0x1002, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Time };
+    assert!(matches!(st.event(new), Some(Event::RekeyRequested { tunnel, .. }) if tunnel == "a"));
 }
 
 #[test]
