@@ -232,6 +232,12 @@ impl ControlState {
         }
     }
 
+    /// Drops an unfinished `BeginSync` (its session ended): nothing is removed, what was applied
+    /// stays. Returns whether one was in progress.
+    pub fn abandon_sync(&mut self) -> bool {
+        self.sync.take().is_some()
+    }
+
     /// Number of control-owned SAs (for the engine's `Hello`).
     pub fn control_sas(&self) -> u32 {
         self.tunnels.values().map(CtlTunnel::sa_count).sum()

@@ -400,3 +400,17 @@ fn counters_per_tunnel_and_all() {
         .unwrap_err()
         .starts_with("tunnel: "));
 }
+
+#[test]
+fn a_sync_abandoned_with_its_session_removes_nothing() {
+    let (mut st, _, _) = setup();
+    ok(&mut st, Request::UpsertTunnel(tunnel("a", "198.18.0.2", "198.51.100.0/24")));
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1001, 1)));
+    ok(&mut st, Request::BeginSync { generation: 3 });
+    ok(&mut st, Request::UpsertTunnel(tunnel("b", "198.18.0.3", "203.0.113.128/25")));
+    assert!(st.abandon_sync());
+    assert!(!st.abandon_sync());
+    assert!(refused(&mut st, Request::EndSync { generation: 3 }).starts_with("generation: "));
+    assert_eq!(st.tunnel_names(), vec!["a".to_string(), "b".to_string()]);
+    assert!(st.outbound_sa("a").is_some());
+}
