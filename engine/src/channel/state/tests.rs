@@ -414,3 +414,30 @@ fn a_sync_abandoned_with_its_session_removes_nothing() {
     assert_eq!(st.tunnel_names(), vec!["a".to_string(), "b".to_string()]);
     assert!(st.outbound_sa("a").is_some());
 }
+
+#[test]
+fn tunnel_mtu_is_the_inner_mtu_and_changing_it_rebuilds_only_the_outbound_sa() {
+    let (mut st, tables, _) = setup();
+    let mut t = tunnel("a", "198.18.0.2", "198.51.100.0/24");
+    t.mtu = Some(1300);
+    ok(&mut st, Request::UpsertTunnel(t.clone()));
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1001, 1)));
+    ok(&mut st, Request::AddSa(sa("a", Direction::In, 0x2001, 2)));
+    let out = st.outbound_sa("a").unwrap();
+    let inner = out.inner_mtu(1500);
+    assert!((1300..1300 + 16).contains(&inner), "inner MTU {inner}");
+    assert_eq!(st.outbound_sa("a").unwrap().inner_mtu(9000), inner, "the override caps a larger link MTU");
+    let mut w = EspWorker::new(default_provider(), Arc::new(EventQueue::new(16))).unwrap();
+    encap_one(&mut w, &tables, Ipv4Addr::new(198, 51, 100, 5)).unwrap();
+    let inb = st.inbound_sa("a", 0x2001).unwrap();
+    t.mtu = Some(1200);
+    ok(&mut st, Request::UpsertTunnel(t.clone()));
+    let out2 = st.outbound_sa("a").unwrap();
+    assert!(!Arc::ptr_eq(&out, &out2));
+    assert!((1200..1216).contains(&out2.inner_mtu(1500)));
+    assert_eq!(out2.last_seq(), 1, "sequence numbers continue");
+    assert!(Arc::ptr_eq(&inb, &st.inbound_sa("a", 0x2001).unwrap()), "inbound SA untouched");
+    t.mtu = None;
+    ok(&mut st, Request::UpsertTunnel(t));
+    assert_eq!(st.outbound_sa("a").unwrap().inner_mtu(1500), out.max_inner_len(1500));
+}
