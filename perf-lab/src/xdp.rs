@@ -84,7 +84,11 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
         t.ns("{gen,g1,g2,snk}")
     );
     let mut rows = Vec::new();
-    let mut notes = Vec::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut notes = vec![format!(
+        "Load average when the run started: {} (other work on the machine competes for the same cores).",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )];
     let mut trial_id = 1u32;
     for case in &args.cases {
         let gateways = match case.as_str() {
@@ -114,10 +118,11 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
         }
         for g in &mut gateways {
             let out = g.stop();
+            // The engine's final counters: where the packets that did not arrive were dropped.
             if let Some(stats) = out.split("final stats").nth(1) {
-                let drops: Vec<&str> = stats.lines().filter(|l| l.contains("drop") && !l.contains(" 0")).collect();
-                if !drops.is_empty() {
-                    eprintln!("  {} drops: {}", g.name, drops.join(" | ").trim());
+                for l in stats.lines().map(str::trim).filter(|l| l.starts_with("worker ") || l.starts_with("xdp ")) {
+                    eprintln!("  {}: {l}", g.name);
+                    notes.push(format!("`{case}` final counters of {}, all runs: `{l}`", g.name));
                 }
             }
         }

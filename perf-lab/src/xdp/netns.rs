@@ -15,6 +15,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -193,9 +194,19 @@ impl Gateway {
         let out = t.dir.join(format!("{name}.out"));
         let err = t.dir.join(format!("{name}.err"));
         let file = |p: &Path| File::create(p).map_err(|e| format!("{}: {e}", p.display()));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &t.ns(ns)])
-            .args(args)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &t.ns(ns)]).args(args);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+        // async-signal-safe. The gateway gets SIGTERM when perf-lab dies (killed, Ctrl-C), so it
+        // stops and detaches its XDP programs; the signal setting survives the execs of `ip`,
+        // `unshare` and `sh`.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(file(&out)?)
