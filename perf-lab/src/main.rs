@@ -58,6 +58,9 @@ enum Cmd {
         /// Bisection steps of the lossless-rate search (0 skips it).
         #[arg(long, default_value_t = 5)]
         search_steps: u32,
+        /// Max-rate runs per case and size; the best counts (noise from other load).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         /// The `ipsec-engine` binary (default: next to this binary).
         #[arg(long)]
         engine: Option<std::path::PathBuf>,
@@ -91,8 +94,9 @@ fn main() {
             };
             esp::run(&esp::EspArgs { json, seconds, transforms, sizes, scale_sas });
         }
-        Cmd::Xdp { json, seconds, sizes, cases, search_steps, engine, report_dir } => {
-            let args = xdp::XdpArgs { json, seconds, sizes, cases, search_steps, engine, report_dir: Some(report_dir) };
+        Cmd::Xdp { json, seconds, sizes, cases, search_steps, repeat, engine, report_dir } => {
+            let report_dir = Some(report_dir);
+            let args = xdp::XdpArgs { json, seconds, sizes, cases, search_steps, repeat, engine, report_dir };
             if let Err(e) = xdp::run(&args) {
                 eprintln!("perf-lab xdp: {e}");
                 std::process::exit(1);

@@ -230,10 +230,11 @@ pub fn write(dir: &Path, rows: &[Row], notes: &[String], args: &XdpArgs) -> Resu
     let _ = writeln!(md, "# perf-lab xdp: the engine vs no crypto vs strongSwan\n");
     let _ = writeln!(
         md,
-        "Command: `cargo build --release -p ipsec-engine && cargo run --release -p perf-lab -- xdp --json --seconds {} --sizes {} --search-steps {}`  \nMachine: {}.\n",
+        "Command: `cargo build --release -p ipsec-engine && cargo run --release -p perf-lab -- xdp --json --seconds {} --sizes {} --search-steps {} --repeat {}`  \nMachine: {}.\n",
         args.seconds,
         args.sizes.join(","),
         args.search_steps,
+        args.repeat,
         machine()
     );
     let _ = writeln!(
@@ -249,11 +250,12 @@ pub fn write(dir: &Path, rows: &[Row], notes: &[String], args: &XdpArgs) -> Resu
     );
     let _ = writeln!(
         md,
-        "Columns: *max* = generator as fast as it can for {} s, delivered rate at the sink and loss = 1 − received ÷ sent; \
+        "Cases interleave: for each size, each case's gateways are started, warmed up, measured and stopped in turn. \
+         Columns: *max* = generator as fast as it can for {} s (best of {} runs), delivered rate at the sink and loss = 1 − received ÷ sent; \
          *lossless* = highest paced rate with < 0.1 % loss found by {} bisection steps between 0 and the delivered max \
          (0 = none found); *half-rate* = paced at half the delivered max, with the one-way latency percentiles \
          (HdrHistogram) of that run; *p99 at max* = latency under overload (queues full).\n",
-        args.seconds, args.search_steps
+        args.seconds, args.repeat, args.search_steps
     );
     let _ = writeln!(md, "| {} |", HEADERS.join(" | "));
     let _ = writeln!(md, "|{}", "---|".repeat(HEADERS.len()));
