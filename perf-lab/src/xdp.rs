@@ -131,10 +131,14 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
                 let out = g.stop();
                 // The engine's final counters: where the packets that did not arrive were dropped.
                 if let Some(stats) = out.split("final stats").nth(1) {
-                    for l in stats.lines().map(str::trim).filter(|l| l.starts_with("worker ") || l.starts_with("xdp ")) {
+                    for l in stats.lines().map(str::trim).filter(|l| l.starts_with("worker ") || l.starts_with("xdp "))
+                    {
                         eprintln!("    {}: {l}", g.name);
                         if size == "1420" {
-                            notes.push(format!("`{case}` 1420 B, final counters of {} over all its runs: `{l}`", g.name));
+                            notes.push(format!(
+                                "`{case}` 1420 B, final counters of {} over all its runs: `{l}`",
+                                g.name
+                            ));
                         }
                     }
                 }
@@ -157,7 +161,14 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(t: &Topology, case: &str, size: &str, pattern: &[usize], args: &XdpArgs, id: &mut u32) -> Result<Row, String> {
+fn measure(
+    t: &Topology,
+    case: &str,
+    size: &str,
+    pattern: &[usize],
+    args: &XdpArgs,
+    id: &mut u32,
+) -> Result<Row, String> {
     let mut next = || {
         *id += 1;
         *id
@@ -355,7 +366,12 @@ secrets {{
         let script =
             format!("mount --bind {d}/run /run && export STRONGSWAN_CONF={d}/strongswan.conf && exec {CHARON}");
         let name = format!("charon-gw{n}-{tag}");
-        let mut g = Gateway::spawn(t, &format!("g{n}"), &name, &["unshare", "-m", "--propagation", "private", "sh", "-c", &script])?;
+        let mut g = Gateway::spawn(
+            t,
+            &format!("g{n}"),
+            &name,
+            &["unshare", "-m", "--propagation", "private", "sh", "-c", &script],
+        )?;
         let vici = dir.join("charon.vici");
         g.wait_until(Duration::from_secs(15), |_| vici.exists())?;
         swanctl(&dir, &["--load-all", "--noprompt"])?;

@@ -55,7 +55,11 @@ impl Row {
             p99_us: half.as_ref().map_or(nan, |h| h.p99_us),
             half_mpps: half.as_ref().map_or(nan, |h| h.delivered_pps() / 1e6),
             half_loss: half.as_ref().map_or(nan, |h| h.loss()),
-            lossless_mpps: lossless.as_ref().map(|l| l.delivered_pps() / 1e6).or(if searched { Some(0.0) } else { None }),
+            lossless_mpps: lossless.as_ref().map(|l| l.delivered_pps() / 1e6).or(if searched {
+                Some(0.0)
+            } else {
+                None
+            }),
             lossless_gbps: lossless.as_ref().map(|l| l.delivered_gbps()).or(if searched { Some(0.0) } else { None }),
             duplicates: max.duplicates
                 + half.as_ref().map_or(0, |h| h.duplicates)
@@ -176,7 +180,8 @@ fn targets(rows: &[Row]) -> String {
             let _ = writeln!(s, "Per size, engine (AES-128-GCM) ÷ strongSwan lossless rate:\n");
             any = true;
         }
-        let ratio = |x: f64| if sl > 0.0 { format!("{:.1}×", x / sl) } else { "∞ (strongSwan lossless rate 0)".into() };
+        let ratio =
+            |x: f64| if sl > 0.0 { format!("{:.1}×", x / sl) } else { "∞ (strongSwan lossless rate 0)".into() };
         let _ = writeln!(
             s,
             "   - {}: strongSwan lossless {:.4} Mpps ({:.3} Gbit/s); engine max {:.3} Mpps → **{}**; engine lossless {} → **{}**",
@@ -190,7 +195,10 @@ fn targets(rows: &[Row]) -> String {
         );
     }
     if !any {
-        let _ = writeln!(s, "Not measured in this run (needs the engine-aes128gcm and strongswan cases with the lossless search).");
+        let _ = writeln!(
+            s,
+            "Not measured in this run (needs the engine-aes128gcm and strongswan cases with the lossless search)."
+        );
     }
     // 3. p99 at half rate.
     let _ = write!(s, "\n3. **p99 added latency ≤ 50 µs at half of the engine's maximum rate.** ");
@@ -379,11 +387,22 @@ pub fn svg(rows: &[Row]) -> String {
             top + plot_h + 18.0
         );
     }
-    let _ = writeln!(s, r##"<line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#333"/>"##, top + plot_h, w - 20.0, top + plot_h);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#333"/>"##,
+        top + plot_h,
+        w - 20.0,
+        top + plot_h
+    );
     for (c, case) in cases.iter().enumerate() {
         let x = left + c as f64 * 190.0;
         let y = h - 22.0;
-        let _ = writeln!(s, r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#, y - 10.0, colours[c % colours.len()]);
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/>"#,
+            y - 10.0,
+            colours[c % colours.len()]
+        );
         let _ = writeln!(s, r#"<text x="{}" y="{y}">{case}</text>"#, x + 16.0);
     }
     let _ = writeln!(s, "</svg>");

@@ -73,13 +73,7 @@ fn monotonic_ns() -> u64 {
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
     // SAFETY: `value` is a live c_int and the length passed is its size.
     unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t)
     };
 }
 
