@@ -24,6 +24,9 @@ pub struct Row {
     pub p99_us: f64,
     pub half_mpps: f64,
     pub half_loss: f64,
+    /// Paced run at 1000 packets/s: latency without load.
+    pub light_p50_us: f64,
+    pub light_p99_us: f64,
     /// Highest paced rate with loss < 0.1 % (None: not searched, or none found).
     pub lossless_mpps: Option<f64>,
     pub lossless_gbps: Option<f64>,
@@ -39,6 +42,7 @@ impl Row {
         size: &str,
         max: Trial,
         half: Option<Trial>,
+        light: Trial,
         lossless: Option<Trial>,
         searched: bool,
     ) -> Row {
@@ -55,6 +59,8 @@ impl Row {
             p99_us: half.as_ref().map_or(nan, |h| h.p99_us),
             half_mpps: half.as_ref().map_or(nan, |h| h.delivered_pps() / 1e6),
             half_loss: half.as_ref().map_or(nan, |h| h.loss()),
+            light_p50_us: light.p50_us,
+            light_p99_us: light.p99_us,
             lossless_mpps: lossless.as_ref().map(|l| l.delivered_pps() / 1e6).or(if searched {
                 Some(0.0)
             } else {
@@ -99,11 +105,13 @@ impl Row {
             f(self.p50_us, 1),
             f(self.p99_us, 1),
             f(self.max_p99_us, 0),
+            f(self.light_p50_us, 1),
+            f(self.light_p99_us, 1),
         ]
     }
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 13] = [
     "case",
     "size",
     "max Mpps",
@@ -115,6 +123,8 @@ const HEADERS: [&str; 11] = [
     "p50 µs",
     "p99 µs",
     "p99 µs at max",
+    "p50 µs at 1 kpps",
+    "p99 µs at 1 kpps",
 ];
 
 pub fn print_table(rows: &[Row]) {
@@ -262,7 +272,8 @@ pub fn write(dir: &Path, rows: &[Row], notes: &[String], args: &XdpArgs) -> Resu
          Columns: *max* = generator as fast as it can for {} s (best of {} runs), delivered rate at the sink and loss = 1 − received ÷ sent; \
          *lossless* = highest paced rate with < 0.1 % loss found by {} bisection steps between 0 and the delivered max \
          (0 = none found); *half-rate* = paced at half the delivered max, with the one-way latency percentiles \
-         (HdrHistogram) of that run; *p99 at max* = latency under overload (queues full).\n",
+         (HdrHistogram) of that run; *p99 at max* = latency under overload (queues full); \
+         *at 1 kpps* = latency of a paced run at 1000 packets/s (the path without queueing).\n",
         args.seconds, args.repeat, args.search_steps
     );
     let _ = writeln!(md, "| {} |", HEADERS.join(" | "));

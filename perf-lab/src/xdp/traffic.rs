@@ -262,8 +262,12 @@ fn sink(ns: &str, id: u32, stop: Arc<AtomicBool>, ready: mpsc::Sender<Result<(),
                 break;
             }
         }
+        // MSG_WAITFORONE: return what is there once one datagram arrived (without it recvmmsg
+        // waits for the whole batch, which would be counted as latency).
         // SAFETY: `msgs` point at live iovecs over live buffers of their stated lengths.
-        let rc = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), MAX_BURST as u32, 0, std::ptr::null_mut()) };
+        let rc = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), MAX_BURST as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        };
         if rc <= 0 {
             quiet_since.get_or_insert_with(Instant::now);
             continue;
