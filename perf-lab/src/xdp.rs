@@ -104,7 +104,11 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
         "Load average when the run started: {} (other work on the machine competes for the same cores); \
          generator, sink and gateways ran {}.",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        if reniced { format!("at nice {NICE}, ahead of that other work") } else { "at normal priority (renice failed)".into() }
+        if reniced {
+            format!("at nice {NICE}, ahead of that other work")
+        } else {
+            "at normal priority (renice failed)".into()
+        }
     )];
     let mut trial_id = 1u32;
     // Cases interleave per size (gateways restarted for each), so a change of the machine's load
@@ -146,12 +150,9 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
                     for l in stats.lines().map(str::trim).filter(|l| l.starts_with("worker ") || l.starts_with("xdp "))
                     {
                         eprintln!("    {}: {l}", g.name);
-                        if size == "1420" {
-                            notes.push(format!(
-                                "`{case}` 1420 B, final counters of {} over all its runs: `{l}`",
-                                g.name
-                            ));
-                        }
+                    }
+                    if let Some(summary) = engine_counters(stats) {
+                        notes.push(format!("`{case}` {size}, {} over all its runs: {summary}", g.name));
                     }
                 }
             }
@@ -171,6 +172,44 @@ pub fn run(args: &XdpArgs) -> Result<(), String> {
         eprintln!("reports written to {}/xdp.md and xdp.svg", dir.display());
     }
     Ok(())
+}
+
+/// A sentence from an engine's final counters: packets steered to AF_XDP by the XDP program, how
+/// many of them the worker received (the rest were dropped at the socket's rx ring: the worker did
+/// not keep up), how many it transmitted, and its drops.
+fn engine_counters(stats: &str) -> Option<String> {
+    let sum_after = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == key)
+            .filter_map(|w| w[1].trim_end_matches(',').parse::<u64>().ok())
+            .sum()
+    };
+    let mut steered = 0u64;
+    let (mut rx, mut tx, mut drops) = (0u64, 0u64, String::new());
+    for l in stats.lines().map(str::trim) {
+        if l.starts_with("xdp ") {
+            for kv in l.split_whitespace() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if matches!(k, "esp" | "esp_udp" | "inside_protected") {
+                        steered += v.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        } else if l.starts_with("worker ") {
+            rx += sum_after(l, "rx");
+            tx += sum_after(l, "tx");
+            drops = l.rsplit_once("drops ").map(|(_, d)| d.to_string()).unwrap_or_default();
+        }
+    }
+    if steered == 0 {
+        return None;
+    }
+    Some(format!(
+        "XDP steered {steered} packets to the AF_XDP socket, the worker received {rx} ({:.1} % dropped at the socket's rx ring, i.e. the worker did not keep up) and transmitted {tx}; worker drops: {drops}",
+        100.0 * steered.saturating_sub(rx) as f64 / steered as f64
+    ))
 }
 
 fn measure(
