@@ -231,9 +231,13 @@ fn targets(rows: &[Row]) -> String {
                 r.size, r.half_mpps, r.p50_us, r.p99_us
             );
         }
-        let _ = writeln!(s, "\n   The same path at 1000 packets/s (no queueing; the floor of this machine and topology):\n");
+        let _ = writeln!(
+            s,
+            "\n   The same path at 1000 packets/s (no queueing; the floor of this machine and topology):\n"
+        );
         for r in rows.iter().filter(|r| r.light_p99_us.is_finite()) {
-            let _ = writeln!(s, "   - {} {}: p50 {:.1} µs, p99 {:.1} µs", r.case, r.size, r.light_p50_us, r.light_p99_us);
+            let _ =
+                writeln!(s, "   - {} {}: p50 {:.1} µs, p99 {:.1} µs", r.case, r.size, r.light_p50_us, r.light_p99_us);
         }
         let _ = writeln!(
             s,
