@@ -491,3 +491,22 @@ fn r3(x: f64) -> serde_json::Value {
 fn r4(x: f64) -> serde_json::Value {
     round(x, 4)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::engine_counters;
+
+    #[test]
+    fn engine_counters_attribute_the_loss_to_the_rx_ring() {
+        let stats =
+            "\n  worker 0: px1g1o/0 rx 0 tx 90, px1g1i/0 rx 95 tx 0 | encap 95 decap 0 | drops tx_ring_full=5\n  \
+                     sa t out spi 0x00001201 packets 95 bytes 1 drops -\n  xdp px1g1o: pass_other=1\n  \
+                     xdp px1g1i: inside_protected=100 pass_other=2\n";
+        let s = engine_counters(stats).expect("a summary");
+        assert!(s.contains("steered 100 packets"), "{s}");
+        assert!(s.contains("received 95 (5.0 %"), "{s}");
+        assert!(s.contains("transmitted 90"), "{s}");
+        assert!(s.ends_with("worker drops: tx_ring_full=5"), "{s}");
+        assert_eq!(engine_counters("  xdp px1g2i: -\n"), None);
+    }
+}

@@ -61,8 +61,21 @@ pub fn cannot_run() -> Option<String> {
     }
 }
 
-/// Deletes namespaces `px<pid><suffix>` whose process is gone (runs that were killed).
+/// Deletes namespaces `px<pid><suffix>` and directories `$TMPDIR/perf-lab-px<pid>` (they hold
+/// keys) whose process is gone (runs that were killed).
 pub fn remove_stale() {
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("perf-lab-px") else { continue };
+            if !pid.is_empty()
+                && pid.chars().all(|c| c.is_ascii_digit())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

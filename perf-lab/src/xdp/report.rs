@@ -444,3 +444,17 @@ fn nice_step(raw: f64) -> f64 {
     };
     m * mag
 }
+
+#[cfg(test)]
+mod tests {
+    use super::nice_step;
+
+    #[test]
+    fn axis_steps_are_1_2_5_decades() {
+        assert_eq!(nice_step(0.03), 0.05);
+        assert_eq!(nice_step(0.1), 0.1);
+        assert_eq!(nice_step(0.15), 0.2);
+        assert_eq!(nice_step(7.0), 10.0);
+        assert_eq!(nice_step(0.0), 0.1);
+    }
+}
