@@ -34,6 +34,7 @@ fn xdp_json_lines_and_reports_from_a_short_engine_run() {
     }
     let dir = std::env::temp_dir().join(format!("perf-lab-xdp-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveOnDrop(dir.clone());
 
     let mut child = Command::new(&perf_lab)
         .args(["xdp", "--json", "--cases", "engine-aes128gcm,engine-null", "--sizes", "512"])
@@ -90,7 +91,15 @@ fn xdp_json_lines_and_reports_from_a_short_engine_run() {
     let svg = read(&dir.join("xdp.svg"));
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.matches("<rect").count() >= 3);
     assert!(stderr.contains("max Mpps"), "table on stderr:\n{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes the report directory when the test ends, also when it fails.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn read(p: &Path) -> String {
