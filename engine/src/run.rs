@@ -73,7 +73,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoChoice {
     /// AF_XDP, falling back to AF_PACKET (with a warning saying why) when the XDP program cannot
-    /// be loaded or attached or an AF_XDP socket cannot be bound.
+    /// be loaded or attached or an AF_XDP socket cannot be bound; no fallback with `--zero-copy`
+    /// (an explicit AF_XDP request).
     #[default]
     Auto,
     /// AF_XDP only: XDP steering + AF_XDP sockets ([`crate::afxdp`]).
@@ -455,7 +456,9 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
 
     let open_packet = || -> Result<Vec<AfPacketIo>, String> { open_afpacket(&ifs, queues, &opts) };
     let backend = match opts.io {
+        // --zero-copy asks for AF_XDP explicitly: its refusal is the answer, not a fallback.
         IoChoice::AfXdp => Backend::AfXdp(open_afxdp(&ifs, queues, &opts)?),
+        IoChoice::Auto if opts.zero_copy => Backend::AfXdp(open_afxdp(&ifs, queues, &opts)?),
         IoChoice::AfPacket => Backend::AfPacket(open_packet()?),
         IoChoice::Auto => match open_afxdp(&ifs, queues, &opts) {
             Ok(b) => Backend::AfXdp(b),
@@ -497,8 +500,8 @@ fn open_afxdp(
 ) -> Result<(Vec<(String, XdpSteering)>, Vec<XskIo>), String> {
     let mut steering = Vec::new();
     for (name, sc) in ifs {
-        let mut s = XdpSteering::load(sc).map_err(|e| format!("{name}: {e}"))?;
-        let mode = s.attach(name, opts.attach).map_err(|e| e.to_string())?;
+        let mut s = XdpSteering::load(sc).map_err(|e| format!("{name}: {}", with_causes(&e)))?;
+        let mode = s.attach(name, opts.attach).map_err(|e| with_causes(&e))?;
         tracing::info!(interface = %name, role = ?sc.role, "XDP program attached ({mode:?} mode)");
         steering.push((name.to_string(), s));
     }
@@ -512,8 +515,8 @@ fn open_afxdp(
     for q in 0..queues {
         let io = XskIo::open(&[(ifs[OUTSIDE].0.to_string(), q), (ifs[INSIDE].0.to_string(), q)], &xsk_opts)
             .map_err(|e| e.to_string())?;
-        steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| e.to_string())?;
-        steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| e.to_string())?;
+        steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| with_causes(&e))?;
+        steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| with_causes(&e))?;
         tracing::info!(
             worker = q,
             "AF_XDP sockets {} and {} on one UMEM ({} mode)",
@@ -524,6 +527,21 @@ fn open_afxdp(
         ios.push(io);
     }
     Ok((steering, ios))
+}
+
+/// `e` followed by its chain of causes (`: cause: cause …`), each once.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Per queue, one AF_PACKET socket on each interface, filtered like the XDP program steers, in a

@@ -179,7 +179,15 @@ impl Engine {
         let child = Command::new("ip")
             .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
             .arg(&cfg)
-            .args(["--no-pin", "--xdp-mode", "auto", "--prometheus", &format!("127.0.0.1:{PROM_PORT}")])
+            .args([
+                "--no-pin",
+                "--io",
+                "afxdp",
+                "--xdp-mode",
+                "auto",
+                "--prometheus",
+                &format!("127.0.0.1:{PROM_PORT}"),
+            ])
             .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200", "--stats-interval", "1"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
