@@ -8,8 +8,9 @@
 //!   by the kernel's flow hash; `queue` only names the worker's share).
 //! - Steering without XDP: a classic BPF socket filter ([`steering_filter`]) lets a socket see only
 //!   what the XDP program would steer: outside, ESP / UDP 4500 / UDP 500 to the gateway's
-//!   addresses; inside, IP packets to the protected remote subnets. `PACKET_IGNORE_OUTGOING`
-//!   (Linux ≥ 4.20) keeps the engine from reading its own (and the kernel's) transmissions.
+//!   addresses; inside, IP packets to the protected remote subnets. A packet socket never reads
+//!   what it (or its fanout group) sent; `PACKET_IGNORE_OUTGOING` (Linux ≥ 4.20) also keeps out
+//!   what the kernel and other programs transmit on the interface.
 //! - AF_PACKET gets a *copy*: the kernel still sees every packet. The operator must stop it from
 //!   forwarding or answering what the engine handles (forwarding off, ESP / UDP 4500 input dropped
 //!   by a firewall rule; see `engine/README.md`). [`kernel_forwarding`] reports the forwarding
