@@ -484,9 +484,12 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     }
 }
 
+/// The XDP programs, by interface name.
+type Steering = Vec<(String, XdpSteering)>;
+
 /// The opened packet I/O of all workers.
 enum Backend {
-    AfXdp((Vec<(String, XdpSteering)>, Vec<XskIo>)),
+    AfXdp((Steering, Vec<XskIo>)),
     AfPacket(Vec<AfPacketIo>),
 }
 
@@ -497,7 +500,7 @@ fn open_afxdp(
     ifs: &[(&str, &SteeringConfig); 2],
     queues: u32,
     opts: &RunOptions,
-) -> Result<(Vec<(String, XdpSteering)>, Vec<XskIo>), String> {
+) -> Result<(Steering, Vec<XskIo>), String> {
     let mut steering = Vec::new();
     for (name, sc) in ifs {
         let mut s = XdpSteering::load(sc).map_err(|e| format!("{name}: {}", with_causes(&e)))?;
@@ -596,11 +599,7 @@ struct WorkerEnv<'a> {
 
 /// Builds one worker per opened I/O, serves the statistics, runs the workers until stopped and
 /// prints the final counters.
-fn serve<Io: FrameIo + 'static>(
-    ios: Vec<Io>,
-    steering: Vec<(String, XdpSteering)>,
-    env: WorkerEnv<'_>,
-) -> Result<(), String> {
+fn serve<Io: FrameIo + 'static>(ios: Vec<Io>, steering: Steering, env: WorkerEnv<'_>) -> Result<(), String> {
     let WorkerEnv { opts, cfg, tables, resolver, devs, stop } = env;
     let cores = if opts.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     if opts.pin && cores.is_empty() {
