@@ -154,9 +154,10 @@ impl RxRing {
     }
 }
 
+/// One socket and its ring (fields drop in order: the ring is unmapped before the socket closes).
 struct Port {
-    fd: OwnedFd,
     ring: RxRing,
+    fd: OwnedFd,
 }
 
 /// A received burst: the worker's own frames, filled by [`AfPacketIo::recv`] or taken by
@@ -310,7 +311,7 @@ fn open_port(spec: &PortSpec<'_>, opts: &AfPacketOptions, groups: &mut FanoutGro
             }
         }
     }
-    Ok(Port { fd, ring })
+    Ok(Port { ring, fd })
 }
 
 impl AfPacketIo {
