@@ -211,6 +211,17 @@ impl Daemon {
         &self.settings
     }
 
+    /// The keys of connection `name`'s current IKE SA: for the key-derivation cross-check against
+    /// strongSwan's logged keys (`tests/keys_strongswan.rs`) only. No daemon path (log, control
+    /// socket, state file, management API) calls it; keys otherwise leave the IKE core only as
+    /// Child SA keys to the sink.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn ike_sa_keys_for_tests(&self, name: &str) -> Option<&ipsec_ike::crypto::keys::IkeSaKeys> {
+        let i = self.conns.iter().position(|c| c.spec.name == name)?;
+        self.live(i).and_then(|h| self.conns[i].endpoint.ike_sa(h)).and_then(|sa| sa.keys())
+    }
+
     /// Initiates every connection with `effect_immediately`.
     pub fn start(&mut self) {
         let now = Instant::now();
@@ -379,9 +390,7 @@ impl Daemon {
         let open = |k: usize, c: &Conn| k != i && !c.rt.is_removing();
         let same = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote == Some(remote.ip()));
         let any = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote.is_none());
-        same.chain(any)
-            .map(|(_, c)| Alternative { label: c.spec.name.clone(), config: c.spec.ike.clone() })
-            .collect()
+        same.chain(any).map(|(_, c)| Alternative { label: c.spec.name.clone(), config: c.spec.ike.clone() }).collect()
     }
 
     /// Moves every IKE SA of connection `i` that switched to another connection at IKE_AUTH into

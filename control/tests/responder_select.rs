@@ -92,13 +92,19 @@ fn each_initiator_lands_on_the_connection_of_its_id_and_psk() {
     let (log_r, log_m) = (Buf::default(), Buf::default());
     let sinks: Vec<RecordingSink> = (0..4).map(|_| RecordingSink::default()).collect();
     let mut r = Daemon::new(responder(port), Box::new(sinks[0].clone()), Logger::new(Box::new(log_r.clone()))).unwrap();
-    let alice = initiator("127.0.0.1", "alice.example", "psk-alice-1d2c", port, &["192.0.2.0/26"], &["198.51.100.0/24"]);
+    let alice =
+        initiator("127.0.0.1", "alice.example", "psk-alice-1d2c", port, &["192.0.2.0/26"], &["198.51.100.0/24"]);
     // Carol asks for more than her connection allows on the responder: narrowed to its subnets.
-    let carol = initiator("127.0.0.2", "carol.example", "psk-carol-93ab", port, &["192.0.2.64/26", "192.0.2.128/26"], &[
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-    ]);
-    let mallory = initiator("127.0.0.4", "mallory.example", "psk-carol-93ab", port, &["192.0.2.0/24"], &["198.51.100.0/24"]);
+    let carol = initiator(
+        "127.0.0.2",
+        "carol.example",
+        "psk-carol-93ab",
+        port,
+        &["192.0.2.64/26", "192.0.2.128/26"],
+        &["198.51.100.0/24", "203.0.113.0/24"],
+    );
+    let mallory =
+        initiator("127.0.0.4", "mallory.example", "psk-carol-93ab", port, &["192.0.2.0/24"], &["198.51.100.0/24"]);
     let mut a = Daemon::new(alice, Box::new(sinks[1].clone()), Logger::new(Box::new(Buf::default()))).unwrap();
     let mut c = Daemon::new(carol, Box::new(sinks[2].clone()), Logger::new(Box::new(Buf::default()))).unwrap();
     let mut m = Daemon::new(mallory, Box::new(sinks[3].clone()), Logger::new(Box::new(log_m.clone()))).unwrap();
@@ -123,7 +129,9 @@ fn each_initiator_lands_on_the_connection_of_its_id_and_psk() {
         .snapshot()
         .into_iter()
         .filter_map(|rec| match rec {
-            SinkRecord::Install { conn, sa } => Some((conn, nets(sa.local_ts()), nets(sa.remote_ts()), sa.outbound_spi())),
+            SinkRecord::Install { conn, sa } => {
+                Some((conn, nets(sa.local_ts()), nets(sa.remote_ts()), sa.outbound_spi()))
+            }
             _ => None,
         })
         .collect();

@@ -1726,9 +1726,7 @@ impl IkeSa {
                 && verify_psk_auth(prf, &c.psk, &octets, &auth.data)
         });
         let switch = match chosen {
-            Some((label, c)) if auth.method == AuthMethod::SHARED_KEY_MIC => {
-                label.map(|l| (l.clone(), (*c).clone()))
-            }
+            Some((label, c)) if auth.method == AuthMethod::SHARED_KEY_MIC => label.map(|l| (l.clone(), (*c).clone())),
             _ => {
                 self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
                 return Some(notify(NotifyType::AUTHENTICATION_FAILED, vec![]));
