@@ -822,9 +822,14 @@ mod tests {
         let mut any_r = config("gw.example", "-", b"p-any", 6, 5);
         any_r.remote_id = None;
         let mut n = Net::new(EndpointConfig::new(None), EndpointConfig::new(Some(own)));
+        // Eve's connection does not allow the IKE suite negotiated in IKE_SA_INIT (ECP-256, from
+        // the endpoint's own configuration): she is refused although her ID and PSK match.
+        let mut eve_r = config("gw.example", "eve.example", b"p-eve", 8, 9);
+        eve_r.ike_proposals[0].dh = vec![DhGroup::Modp2048];
         n.b.set_responder_alternatives(vec![
             Alternative { label: "any".into(), config: any_r },
             Alternative { label: "carol".into(), config: carol_r },
+            Alternative { label: "eve".into(), config: eve_r },
         ]);
 
         let alice = config("alice.example", "gw.example", b"p-alice", 1, 2);
@@ -833,21 +838,22 @@ mod tests {
         let dave = config("dave.example", "gw.example", b"p-any", 5, 6);
         let mallory = config("mallory.example", "gw.example", b"p-carol", 3, 4);
         let carol_wrong_psk = config("carol.example", "gw.example", b"p-alice", 3, 4);
+        let eve = config("eve.example", "gw.example", b"p-eve", 9, 8);
 
         let mut handles = Vec::new();
-        for c in [alice, carol, dave, mallory, carol_wrong_psk] {
+        for c in [alice, carol, dave, mallory, carol_wrong_psk, eve] {
             let now = n.now;
             handles.push(n.a.connect(c, I_ADDR, R_ADDR, now, &mut n.rng));
             n.drive();
         }
         let up: Vec<bool> = handles.iter().map(|h| n.a.ike_sa(*h).is_some_and(IkeSa::is_established)).collect();
-        assert_eq!(up, [true, true, true, false, false]);
+        assert_eq!(up, [true, true, true, false, false, false]);
         let failed = n
             .ev_a
             .iter()
             .filter(|(_, e)| *e == Event::Failed(Failure::PeerError(NotifyType::AUTHENTICATION_FAILED)))
             .count();
-        assert_eq!(failed, 2, "{:?}", n.ev_a);
+        assert_eq!(failed, 3, "{:?}", n.ev_a);
 
         // Responder side: which configuration each SA took, and the selectors of its Child SA.
         let mut switched = Vec::new();
