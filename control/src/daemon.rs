@@ -25,7 +25,7 @@
 //! IKE_SA_INIT target then offers the others as [`Alternative`]s, and at IKE_AUTH the IKE core
 //! keeps the connection whose remote ID and PSK the initiator's IDi and AUTH match (exact IDs
 //! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
-//! into that connection's endpoint ([`Daemon::follow_switches`]). No match: AUTHENTICATION_FAILED.
+//! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
