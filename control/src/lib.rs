@@ -42,6 +42,8 @@
 
 pub mod config;
 pub mod daemon;
+pub mod engine_link;
+pub mod esp_map;
 pub mod forwarder;
 pub mod log;
 pub mod sink;
