@@ -36,7 +36,10 @@
 //! slowly), then the complete desired set in `BeginSync` … `EndSync`; the engine keeps unchanged SAs
 //! with their state, so a reconnect never interrupts traffic, and an engine that restarted (new
 //! `boot_id`) gets everything back. While disconnected, SA changes only update the desired set
-//! and IKE transmits are dropped (IKE retransmits). Lost sessions are retried with exponential
+//! and IKE transmits are dropped (IKE retransmits). Exception: a freshly started daemon that finds
+//! SAs of a previous control process in the engine publishes its tunnels and new SAs at once but
+//! restates (removing the old SAs) only after [`TAKEOVER_GRACE`], so traffic keeps flowing while
+//! its IKE SAs come back. Lost sessions are retried with exponential
 //! back-off ([`RETRY_MIN`] … [`RETRY_MAX`]); failures are logged on the 1st, 2nd, 4th, 8th …
 //! attempt only. Error replies are logged with the request they answer (tunnel, direction,
 //! SPI: never key material).
@@ -77,6 +80,9 @@ pub const RETRY_MIN: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a responder-created outbound SA waits for the peer to delete the one it replaces.
 pub const OUTBOUND_DEFER: Duration = Duration::from_secs(5);
+/// How long the SAs a previous control process left in the engine are kept (while our own IKE
+/// SAs come up) before the first restatement of a freshly started daemon removes them.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
 /// Bytes queued towards an engine that does not read before the session is given up.
 pub const MAX_QUEUED: usize = 8 << 20;
 /// IKE datagrams buffered between the channel and the daemon's dispatch.
@@ -146,6 +152,9 @@ pub struct EngineLink {
     dp_events: VecDeque<DataplaneEvent>,
     /// Completed `EndSync`s (for tests and status).
     syncs: u64,
+    /// A deferred first restatement (see [`TAKEOVER_GRACE`]).
+    sync_at: Option<Instant>,
+    takeover_grace: Duration,
 }
 
 impl std::fmt::Debug for EngineLink {
@@ -190,6 +199,8 @@ pub fn attach(socket: &Path, config: &DaemonConfig, log: Logger) -> io::Result<(
         ike_in: VecDeque::new(),
         dp_events: VecDeque::new(),
         syncs: 0,
+        sync_at: None,
+        takeover_grace: TAKEOVER_GRACE,
     };
     for c in &config.connections {
         link.add_connection(c);
@@ -216,6 +227,11 @@ impl EngineSink {
     #[must_use]
     pub fn boot_id(&self) -> Option<u64> {
         self.0.borrow().boot_id
+    }
+
+    /// Changes [`TAKEOVER_GRACE`] (before the first session).
+    pub fn set_takeover_grace(&self, grace: Duration) {
+        self.0.borrow_mut().takeover_grace = grace;
     }
 
     /// Publishes the trap tunnel of a connection added at run time (no-op without a known peer).
@@ -441,13 +457,27 @@ impl EngineLink {
                     self.tunnels.len(),
                     self.sa_count()
                 );
+                let first = self.boot_id.is_none();
                 self.boot_id = Some(boot_id);
                 self.failures = 0;
                 self.backoff = RETRY_MIN;
                 if let Some(s) = self.session.as_mut() {
                     s.ready = true;
                 }
-                self.restate();
+                if first && control_sas > 0 {
+                    // A previous control process left SAs: they keep traffic flowing while our IKE
+                    // SAs come up; the restatement that removes them waits a little.
+                    logln!(
+                        self.log,
+                        "engine: keeping the {control_sas} SA(s) of a previous control process for up to {:.1} s",
+                        self.takeover_grace.as_secs_f32()
+                    );
+                    self.sync_at = Some(now + self.takeover_grace);
+                    self.announce();
+                } else {
+                    self.sync_at = None;
+                    self.restate();
+                }
             }
             EngineMsg::Reply { id, result } => {
                 let what = match self.pending.front() {
@@ -511,6 +541,12 @@ impl EngineLink {
         self.generation += 1;
         let generation = self.generation;
         self.request(format!("sync {generation}: begin"), Request::BeginSync { generation });
+        self.announce();
+        self.request(format!("sync {generation}: end"), Request::EndSync { generation });
+    }
+
+    /// Every tunnel, its inbound SAs and its outbound SA.
+    fn announce(&mut self) {
         let mut reqs = Vec::new();
         for (name, t) in &self.tunnels {
             reqs.push((format!("tunnel {name}: upsert"), Request::UpsertTunnel(t.spec.clone())));
@@ -524,7 +560,6 @@ impl EngineLink {
         for (what, req) in reqs {
             self.request(what, req);
         }
-        self.request(format!("sync {generation}: end"), Request::EndSync { generation });
     }
 
     // ------------------------------------------------------------------------------------------
@@ -643,12 +678,21 @@ impl EngineLink {
     }
 
     fn next_timeout(&self) -> Option<Instant> {
-        self.tunnels.values().flat_map(|t| t.sas.iter().filter_map(|s| s.switch_at)).chain(self.retry_at).min()
+        self.tunnels
+            .values()
+            .flat_map(|t| t.sas.iter().filter_map(|s| s.switch_at))
+            .chain(self.retry_at)
+            .chain(self.sync_at)
+            .min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
         if self.retry_at.is_some_and(|t| t <= now) && self.session.is_none() {
             self.connect(now);
+        }
+        if self.sync_at.is_some_and(|t| t <= now) {
+            self.sync_at = None;
+            self.restate();
         }
         let due: Vec<(String, u32)> = self
             .tunnels

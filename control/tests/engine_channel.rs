@@ -56,6 +56,8 @@ type SaKey = (String, bool, u32); // (tunnel, outbound?, spi)
 #[derive(Default)]
 struct State {
     boot_id: u64,
+    /// Announced protocol version override (to test a mismatch).
+    version: Option<u16>,
     sessions: u32,
     tunnels: BTreeMap<String, TunnelSpec>,
     sas: BTreeMap<SaKey, SaSpec>,
@@ -144,12 +146,12 @@ fn serve(path: &Path, state: &Mutex<State>, rx: &Receiver<Cmd>, peer: &Mutex<Opt
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
                 let mut c = Conn::new(s);
-                let (boot_id, n) = {
+                let (boot_id, n, version) = {
                     let mut st = state.lock().unwrap();
                     st.sessions += 1;
-                    (st.boot_id, st.sas.len() as u32)
+                    (st.boot_id, st.sas.len() as u32, st.version.unwrap_or(PROTOCOL_VERSION))
                 };
-                let hello = EngineMsg::Hello { version: PROTOCOL_VERSION, engine: "fake".into(), boot_id, control_sas: n };
+                let hello = EngineMsg::Hello { version, engine: "fake".into(), boot_id, control_sas: n };
                 if c.send(&hello).is_ok() {
                     conn = Some(c); // a new session replaces the previous one
                 }
@@ -199,8 +201,8 @@ fn serve(path: &Path, state: &Mutex<State>, rx: &Receiver<Cmd>, peer: &Mutex<Opt
                     drop(listener);
                     {
                         let mut st = state.lock().unwrap();
-                        let boot_id = st.boot_id + 1;
-                        *st = State { boot_id, ..State::default() };
+                        let (boot_id, version) = (st.boot_id + 1, st.version);
+                        *st = State { boot_id, version, ..State::default() };
                     }
                     std::thread::sleep(Duration::from_millis(50));
                     listener = listen(path).unwrap();
@@ -509,4 +511,94 @@ fn ike_and_sas_over_the_engine_channel() {
     }
     drop(w);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A daemon started before its engine: connection attempts back off with bounded logging; the
+/// engine holds SAs of a previous control process, which stay (no immediate restatement) until the
+/// takeover grace ends; a protocol version mismatch is refused without any request.
+#[test]
+fn late_engine_takeover_and_version_mismatch() {
+    let dir = std::env::temp_dir().join(format!("ipsec-control-chan2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("e/control.sock");
+    let buf = Buf::default();
+    let log = Logger::new(Box::new(buf.clone()));
+    let cfg = config("198.18.0.1", "198.18.0.2", "192.0.2.0/24", "198.51.100.0/24");
+    let (sink, ike) = attach(&path, &cfg, log.clone()).unwrap();
+    sink.set_takeover_grace(Duration::from_millis(500));
+    let mut d = Daemon::with_transport(cfg, Box::new(sink.clone()), Box::new(ike), log).unwrap();
+    d.start();
+    let steps = |d: &mut Daemon, n: usize| {
+        for _ in 0..n {
+            d.step(Duration::from_millis(10)).unwrap();
+        }
+    };
+    let until = |d: &mut Daemon, what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            d.step(Duration::from_millis(10)).unwrap();
+        }
+    };
+    // ~1.5 s without an engine: several attempts (100, 200, 400, 800 ms back-off), few log lines.
+    steps(&mut d, 150);
+    assert!(!sink.connected());
+    let attempts = buf.text().matches("(attempt").count();
+    assert!((1..=4).contains(&attempts), "{}", buf.text());
+
+    // The engine appears, holding a tunnel and SAs of a previous control process.
+    let e = FakeEngine::start(path.clone(), 7);
+    {
+        let mut st = e.state.lock().unwrap();
+        let mut t = cfg_tunnel();
+        t.remote_subnets = vec!["198.51.100.0/24".parse().unwrap()];
+        st.tunnels.insert("lo".into(), t);
+        for (out, spi) in [(false, 0x1111_1111), (true, 0x2222_2222)] {
+            let sa = SaSpec {
+                tunnel: "lo".into(),
+                direction: if out { Direction::Out } else { Direction::In },
+                spi,
+                cipher: "aes128gcm16".into(),
+                enc_key: ipsec_channel::Secret::new(vec![7; 20]),
+                integrity: "none".into(),
+                auth_key: ipsec_channel::Secret::default(),
+                esn: false,
+                replay_window: 64,
+                lifetime: Default::default(),
+            };
+            st.sas.insert(("lo".into(), out, spi), sa);
+        }
+    }
+    until(&mut d, "the session", &|| sink.connected());
+    let t0 = Instant::now();
+    until(&mut d, "the trap tunnel", &|| e.with(|s| s.requests.iter().any(|r| matches!(r, Request::UpsertTunnel(_)))));
+    // Within the grace the old SAs stay and no sync has begun.
+    assert!(e.with(|s| s.sas.len() == 2 && !s.requests.iter().any(|r| matches!(r, Request::BeginSync { .. }))));
+    assert!(buf.text().contains("previous control process"), "{}", buf.text());
+    until(&mut d, "the takeover restatement", &|| sink.syncs() == 1);
+    assert!(t0.elapsed() >= Duration::from_millis(300), "restated too early");
+    assert!(e.with(|s| s.sas.is_empty() && s.tunnels.contains_key("lo")), "old SAs removed, trap tunnel kept");
+    assert_eq!(e.with(|s| s.last_sync), Some((0, 0, 0, 2)));
+
+    // An engine speaking another protocol version gets no request.
+    e.state.lock().unwrap().version = Some(PROTOCOL_VERSION + 1);
+    e.send(Cmd::Restart);
+    until(&mut d, "the mismatch", &|| buf.text().contains("protocol version"));
+    steps(&mut d, 30);
+    assert!(e.with(|s| s.requests.is_empty()), "requests sent to a mismatched engine");
+    assert!(!sink.connected());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn cfg_tunnel() -> TunnelSpec {
+    TunnelSpec {
+        name: "lo".into(),
+        local_addr: "198.18.0.1".parse().unwrap(),
+        remote_addr: "198.18.0.2".parse().unwrap(),
+        local_subnets: vec!["192.0.2.0/24".parse().unwrap()],
+        remote_subnets: vec![],
+        routing: ipsec_channel::Routing::Destination,
+        udp_encap: None,
+        mtu: None,
+    }
 }
