@@ -522,8 +522,9 @@ impl Daemon {
     /// Acts on the data plane's requests (engine events); see [`DataplaneEvent`].
     fn dataplane_events(&mut self, now: Instant) {
         while let Some(ev) = self.sink.poll_dataplane_event() {
-            let (DataplaneEvent::Acquire { conn } | DataplaneEvent::Rekey { conn, .. } | DataplaneEvent::Expired { conn, .. }) =
-                &ev;
+            let (DataplaneEvent::Acquire { conn }
+            | DataplaneEvent::Rekey { conn, .. }
+            | DataplaneEvent::Expired { conn, .. }) = &ev;
             let Some(i) = self.conns.iter().position(|c| c.spec.name == *conn) else {
                 logln!(self.log, "data plane: {ev:?} for an unknown connection: ignored");
                 continue;

@@ -267,7 +267,8 @@ impl EngineLink {
             udp_encap: None,
             mtu: None,
         };
-        self.tunnels.insert(c.name.clone(), Tunnel { spec: spec.clone(), configured: true, sas: Vec::new(), out: None });
+        self.tunnels
+            .insert(c.name.clone(), Tunnel { spec: spec.clone(), configured: true, sas: Vec::new(), out: None });
         self.request(format!("tunnel {}: upsert", c.name), Request::UpsertTunnel(spec));
     }
 
@@ -697,7 +698,9 @@ impl EngineLink {
         let due: Vec<(String, u32)> = self
             .tunnels
             .iter()
-            .flat_map(|(n, t)| t.sas.iter().filter(|s| s.switch_at.is_some_and(|w| w <= now)).map(|s| (n.clone(), s.spi_out)))
+            .flat_map(|(n, t)| {
+                t.sas.iter().filter(|s| s.switch_at.is_some_and(|w| w <= now)).map(|s| (n.clone(), s.spi_out))
+            })
             .collect();
         for (conn, spi_out) in due {
             logln!(self.log, "engine: conn {conn}: old SA not retired in time; sending on {spi_out:08x}");

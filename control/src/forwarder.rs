@@ -28,7 +28,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use ipnet::IpNet;
-use ipsec_esp::{default_provider, DropReason, EspWorker, EventQueue, InboundSa, OutboundSa, PacketBuf, HEADROOM, TAILROOM};
+use ipsec_esp::{
+    default_provider, DropReason, EspWorker, EventQueue, InboundSa, OutboundSa, PacketBuf, HEADROOM, TAILROOM,
+};
 use ipsec_ike::ike_sa::{ChildSa, UdpEncap};
 use ipsec_wire::{ipv4, ipv6, udp, IpProtocol};
 

@@ -88,7 +88,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let routes: Vec<ipnet::IpNet> = cfg.connections.iter().flat_map(|c| c.remote_subnets.clone()).collect();
     let engine = opt(args, "--engine");
     if engine.is_none() && args.iter().any(|a| a == "--engine") {
-        return Err(format!("--engine needs the socket path (the engine's default is {})", ipsec_channel::DEFAULT_SOCKET));
+        return Err(format!(
+            "--engine needs the socket path (the engine's default is {})",
+            ipsec_channel::DEFAULT_SOCKET
+        ));
     }
     let mut d = if let Some(socket) = &engine {
         if args.iter().any(|a| a == "--forwarder") {

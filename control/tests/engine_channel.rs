@@ -359,10 +359,7 @@ impl World {
                 && x.auth_key == y.auth_key
                 && !x.enc_key.expose().is_empty()
         };
-        ao.len() == 1
-            && bo.len() == 1
-            && ai.iter().any(|i| same(i, &bo[0]))
-            && bi.iter().any(|i| same(i, &ao[0]))
+        ao.len() == 1 && bo.len() == 1 && ai.iter().any(|i| same(i, &bo[0])) && bi.iter().any(|i| same(i, &ao[0]))
     }
 
     fn settled(&self) -> bool {
@@ -443,13 +440,19 @@ fn ike_and_sas_over_the_engine_channel() {
     let (a_in1, a_out1) = (w.ea.spis(false)[0], w.ea.spis(true)[0]);
     assert_ne!(a_out1, a_out0);
     let ra = w.ea.with(|s| s.requests.clone());
-    let (add_in, add_out, del_old) =
-        (pos(&ra, |r| is_add(r, false, a_in1)), pos(&ra, |r| is_add(r, true, a_out1)), pos(&ra, |r| is_del_in(r, a_in0)));
+    let (add_in, add_out, del_old) = (
+        pos(&ra, |r| is_add(r, false, a_in1)),
+        pos(&ra, |r| is_add(r, true, a_out1)),
+        pos(&ra, |r| is_del_in(r, a_in0)),
+    );
     assert!(add_in < add_out && add_out < del_old, "A (rekey initiator): {ra:?}");
     // B answered the rekey: its new outbound SA waits until A retires the old SA.
     let rb = w.eb.with(|s| s.requests.clone());
-    let (add_in, add_out, del_old) =
-        (pos(&rb, |r| is_add(r, false, a_out1)), pos(&rb, |r| is_add(r, true, a_in1)), pos(&rb, |r| is_del_in(r, a_out0)));
+    let (add_in, add_out, del_old) = (
+        pos(&rb, |r| is_add(r, false, a_out1)),
+        pos(&rb, |r| is_add(r, true, a_in1)),
+        pos(&rb, |r| is_del_in(r, a_out0)),
+    );
     assert!(add_in < del_old && del_old < add_out, "B (rekey responder): {rb:?}");
 
     // 4. The engine asks for a rekey (soft limit on B's inbound SA).
@@ -488,7 +491,12 @@ fn ike_and_sas_over_the_engine_channel() {
     // 7. Expiry in A's data plane: the Child SA is deleted on both sides (IKE DELETE), the trap
     // tunnels stay.
     let a_out = w.ea.spis(true)[0];
-    w.ea.send(Cmd::Event(Event::Expired { tunnel: "lo".into(), direction: Direction::Out, spi: a_out, limit: Limit::Time }));
+    w.ea.send(Cmd::Event(Event::Expired {
+        tunnel: "lo".into(),
+        direction: Direction::Out,
+        spi: a_out,
+        limit: Limit::Time,
+    }));
     w.step_until("the deletes", |w| w.ea.with(|s| s.sas.is_empty()) && w.eb.with(|s| s.sas.is_empty()));
     assert!(w.ea.with(|s| s.tunnels.contains_key("lo")) && w.eb.with(|s| s.tunnels.contains_key("lo")));
 
