@@ -83,6 +83,8 @@ pub const OUTBOUND_DEFER: Duration = Duration::from_secs(5);
 /// How long the SAs a previous control process left in the engine are kept (while our own IKE
 /// SAs come up) before the first restatement of a freshly started daemon removes them.
 pub const TAKEOVER_GRACE: Duration = Duration::from_secs(10);
+/// How long a new session may wait for the engine's `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes queued towards an engine that does not read before the session is given up.
 pub const MAX_QUEUED: usize = 8 << 20;
 /// IKE datagrams buffered between the channel and the daemon's dispatch.
@@ -109,6 +111,8 @@ struct Session {
     queued: usize,
     /// The engine's `Hello` arrived (requests may be sent).
     ready: bool,
+    /// Given up at this time if the engine's `Hello` has not arrived.
+    hello_by: Instant,
 }
 
 /// One direction pair of a live Child SA.
@@ -302,8 +306,14 @@ impl EngineLink {
         });
         match r {
             Ok(stream) => {
-                self.session =
-                    Some(Session { stream, dec: Decoder::new(), out: VecDeque::new(), queued: 0, ready: false });
+                self.session = Some(Session {
+                    stream,
+                    dec: Decoder::new(),
+                    out: VecDeque::new(),
+                    queued: 0,
+                    ready: false,
+                    hello_by: now + HELLO_TIMEOUT,
+                });
                 self.queue(&ControlMsg::Hello { version: PROTOCOL_VERSION, client: self.client.clone() });
             }
             Err(e) => {
@@ -684,12 +694,16 @@ impl EngineLink {
             .flat_map(|t| t.sas.iter().filter_map(|s| s.switch_at))
             .chain(self.retry_at)
             .chain(self.sync_at)
+            .chain(self.session.as_ref().filter(|s| !s.ready).map(|s| s.hello_by))
             .min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
         if self.retry_at.is_some_and(|t| t <= now) && self.session.is_none() {
             self.connect(now);
+        }
+        if self.session.as_ref().is_some_and(|s| !s.ready && s.hello_by <= now) {
+            self.lose(now, "no Hello from the engine", RETRY_MAX);
         }
         if self.sync_at.is_some_and(|t| t <= now) {
             self.sync_at = None;

@@ -119,3 +119,64 @@ pub fn sa_specs(tunnel: &str, sa: &ChildSa) -> Result<(SaSpec, SaSpec), String> 
         build(Direction::Out, sa.outbound_spi(), sa.outbound_keys())?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::selector;
+    use ipsec_ike::crypto::keys::ChildKeys;
+    use ipsec_ike::crypto::SecretBytes;
+
+    fn child(encr: EncrAlg, integ: Option<IntegAlg>, elen: usize, ilen: usize, initiator: bool) -> ChildSa {
+        let k = |b: u8, n: usize| SecretBytes::from(vec![b; n]);
+        ChildSa {
+            spi_i: 0x1000_0001,
+            spi_r: 0x2000_0002,
+            initiator,
+            encr,
+            integ,
+            esn: Esn::No,
+            keys: ChildKeys {
+                encr_i: k(0x11, elen),
+                integ_i: k(0x22, ilen),
+                encr_r: k(0x33, elen),
+                integ_r: k(0x44, ilen),
+            },
+            ts_i: vec![selector(&"192.0.2.0/24".parse().unwrap())],
+            ts_r: vec![selector(&"198.51.100.0/24".parse().unwrap())],
+            local: "198.18.0.1:4500".parse().unwrap(),
+            remote: "198.18.0.2:4500".parse().unwrap(),
+            encap: None,
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn engine_specs_take_the_right_halves() {
+        // Exchange initiator: inbound is the responder's traffic (spi_i, *_r keys).
+        let sa = child(EncrAlg::AesGcm16 { key_bits: 128 }, None, 20, 0, true);
+        let (i, o) = sa_specs("t", &sa).unwrap();
+        assert_eq!((i.direction, i.spi, i.enc_key.expose()), (Direction::In, 0x1000_0001, &[0x33; 20][..]));
+        assert_eq!((o.direction, o.spi, o.enc_key.expose()), (Direction::Out, 0x2000_0002, &[0x11; 20][..]));
+        assert_eq!((i.cipher.as_str(), i.integrity.as_str()), ("aes128gcm16", "none"));
+        assert!(i.auth_key.expose().is_empty() && i.replay_window > 0);
+        assert_eq!(i.lifetime.hard_seconds, 3600 + HARD_LIFETIME_MARGIN.as_secs());
+        assert_eq!(subnets(&sa).1, vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]);
+        // Exchange responder: the other way round.
+        let sa = child(EncrAlg::AesCbc { key_bits: 256 }, Some(IntegAlg::HmacSha256_128), 32, 32, false);
+        let (i, o) = sa_specs("t", &sa).unwrap();
+        assert_eq!((i.spi, i.enc_key.expose(), i.auth_key.expose()), (0x2000_0002, &[0x11; 32][..], &[0x22; 32][..]));
+        assert_eq!((o.spi, o.enc_key.expose(), o.auth_key.expose()), (0x1000_0001, &[0x33; 32][..], &[0x44; 32][..]));
+        assert_eq!((o.cipher.as_str(), o.integrity.as_str()), ("aes256", "sha256"));
+        assert_eq!(subnets(&sa).0, vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]);
+        // The Debug form of what goes to the engine shows no key.
+        assert!(!format!("{o:?}").contains("51, 51"));
+    }
+
+    #[test]
+    fn wrong_key_lengths_and_unknown_ciphers_are_refused() {
+        let sa = child(EncrAlg::AesGcm16 { key_bits: 128 }, None, 16, 0, true);
+        assert!(sa_specs("t", &sa).unwrap_err().contains("does not fit aes128gcm16"));
+        assert!(cipher(EncrAlg::AesGcm16 { key_bits: 64 }).is_none());
+    }
+}
