@@ -5,13 +5,17 @@
 //! counters, events) between two in-memory gateways; [`xdp`] loads the XDP steering program from
 //! `ebpf/`, fills its maps and attaches it; [`run`] is the AF_XDP forwarding engine on a static
 //! configuration ([`config`]): per-queue workers ([`afxdp`]) with next hops from the kernel's
-//! tables ([`neigh`]) and counters ([`stats`]). The control channel will live here too.
+//! tables ([`neigh`]) and counters ([`stats`]); [`channel`] serves the control process over the
+//! engine ↔ control channel (tunnels and SAs installed at run time, reconciliation after a
+//! reconnect, events, counters, IKE punted both ways), and the engine keeps forwarding when the
+//! control process goes away.
 //!
 //! `unsafe` is forbidden everywhere but in [`afxdp`], which wraps xsk-rs's `unsafe fn` ring and
 //! frame accessors behind an ownership-tracking API (see its module documentation).
 #![deny(unsafe_code)]
 
 pub mod afxdp;
+pub mod channel;
 pub mod config;
 pub mod demo;
 pub mod neigh;
