@@ -334,6 +334,9 @@ fn ike_through_two_engines_and_control_loss() {
     assert!(ping(&t, "ha", HOST_B, 5), "ping without gw-1's ipsec-control:\n{}", logs(&procs));
     assert!(ping(&t, "hb", HOST_A, 5), "ping back without gw-1's ipsec-control:\n{}", logs(&procs));
 
+    if std::env::var("E2E_SHOW_LOGS").is_ok() {
+        println!("{}", logs(&procs));
+    }
     for l in logs(&procs).lines() {
         assert!(!l.contains(PSK), "a log shows the PSK: {l}");
     }
