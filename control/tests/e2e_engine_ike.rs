@@ -12,7 +12,9 @@
 //! connection has `effect_immediately = false`: host-A's traffic makes gw-1's engine raise an
 //! acquire, on which gw-1 initiates. Checked: ping both ways through the negotiated SAs; a Child SA
 //! rekey (`rekey-child`) keeps ping working; after gw-1's ipsec-control is killed (SIGKILL) ping
-//! still passes (the engine keeps forwarding with the SAs it has).
+//! still passes (the engine keeps forwarding with the SAs it has); a new ipsec-control on gw-1
+//! takes over: the old SAs carry traffic through its takeover grace, then its restatement removes
+//! them and traffic negotiates new ones (acquire).
 //!
 //! Needs root, iproute2, and the `ipsec-engine` binary next to `ipsec-control` (built by
 //! `cargo test --workspace`, or `cargo build -p ipsec-engine`). Without them it prints
@@ -333,6 +335,38 @@ fn ike_through_two_engines_and_control_loss() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(ping(&t, "ha", HOST_B, 5), "ping without gw-1's ipsec-control:\n{}", logs(&procs));
     assert!(ping(&t, "hb", HOST_A, 5), "ping back without gw-1's ipsec-control:\n{}", logs(&procs));
+
+    // A new ipsec-control on gw-1 (no IKE state) finds the old SAs in the engine: they keep
+    // carrying traffic through the takeover grace; then its restatement removes them, traffic
+    // raises an acquire and a new IKE SA and Child SA take over.
+    let log2 = t.dir.join("g1-control-2.log");
+    let (sock1, ccfg1) = (t.dir.join("g1-engine/control.sock"), t.dir.join("g1-control.toml"));
+    #[rustfmt::skip]
+    procs.push(Proc::spawn(&t, "g1", "control-g1-2", &[
+        control, "run", "--config", ccfg1.to_str().unwrap(), "--engine", sock1.to_str().unwrap(),
+        "--log", log2.to_str().unwrap(),
+    ]));
+    let text2 = || std::fs::read_to_string(&log2).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text2().contains("previous control process") {
+        assert!(Instant::now() < deadline, "no takeover:\n{}\n{}", text2(), logs(&procs));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ping(&t, "ha", HOST_B, 3), "ping during the takeover grace:\n{}\n{}", text2(), logs(&procs));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text2().contains("sync 1 done") {
+        assert!(Instant::now() < deadline, "no restatement after the grace:\n{}", text2());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(text2().contains("removed"), "{}", text2());
+    assert!(warm_up(&t, "ha", HOST_B, 20), "no new SA after the takeover:\n{}\n{}", text2(), logs(&procs));
+    assert!(text2().contains("acquire from the data plane") && text2().contains("CHILD_SA installed"), "{}", text2());
+    assert!(warm_up(&t, "hb", HOST_A, 10), "host-B -> host-A after the takeover:\n{}\n{}", text2(), logs(&procs));
+    assert!(ping(&t, "ha", HOST_B, 5) && ping(&t, "hb", HOST_A, 5), "after the takeover:\n{}", text2());
+    assert!(!text2().contains(PSK));
+    if std::env::var("E2E_SHOW_LOGS").is_ok() {
+        println!("--- {}\n{}", log2.display(), text2());
+    }
 
     if std::env::var("E2E_SHOW_LOGS").is_ok() {
         println!("{}", logs(&procs));
