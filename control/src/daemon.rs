@@ -108,7 +108,7 @@ pub trait IkeTransport {
     /// The next received datagram, copied into `buf` (resized to fit): `Some((local, remote))`,
     /// or `None` when nothing is waiting.
     fn recv(&mut self, buf: &mut Vec<u8>) -> Option<(SocketAddr, SocketAddr)>;
-    /// For the log: where IKE goes.
+    /// For the log: where IKE comes from and goes to.
     fn describe(&self) -> String;
 }
 
@@ -162,7 +162,10 @@ impl IkeTransport for UdpTransport {
     }
 
     fn describe(&self) -> String {
-        format!("UDP {} (IKE {}, NAT-T {})", self.settings.listen, self.settings.ike_port, self.settings.natt_port)
+        format!(
+            "listening on {} (IKE {}, NAT-T {})",
+            self.settings.listen, self.settings.ike_port, self.settings.natt_port
+        )
     }
 }
 
@@ -236,7 +239,7 @@ impl Daemon {
             buf: vec![0u8; 65536],
         };
         d.register_sink()?;
-        logln!(d.log, "IKE over {}, {} connection(s)", d.transport.describe(), d.conns.len());
+        logln!(d.log, "{}, {} connection(s)", d.transport.describe(), d.conns.len());
         for c in &d.conns {
             logln!(d.log, "conn {}: {:?}", c.spec.name, c.spec);
         }

@@ -780,6 +780,6 @@ impl IkeTransport for EngineIke {
     }
 
     fn describe(&self) -> String {
-        format!("the engine's channel {}", self.0.borrow().path.display())
+        format!("IKE through the engine's channel {}", self.0.borrow().path.display())
     }
 }
