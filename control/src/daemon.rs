@@ -54,6 +54,12 @@ use crate::log::Logger;
 use crate::logln;
 use crate::sink::{DataplaneEvent, SaSink};
 
+mod runtime;
+pub use runtime::{
+    next_backoff, ChildStatus, ConnObserver, ConnStatus, IkeState, PUBLISH_EVERY, REMOVE_GRACE, RETRY_INITIAL,
+    RETRY_MAX,
+};
+
 const IKE: Token = Token(0);
 const NATT: Token = Token(1);
 const CTL: Token = Token(2);
@@ -64,6 +70,8 @@ struct Conn {
     endpoint: Endpoint,
     /// The connection's current IKE SA (the last one established or initiated).
     handle: Option<SaHandle>,
+    /// Run-time management: removal, re-initiation with back-off, times (see `runtime`).
+    rt: runtime::ConnRuntime,
 }
 
 /// The daemon; see the module documentation.
@@ -82,6 +90,10 @@ pub struct Daemon {
     /// Our inbound Child SA SPI → its connection (DPD is postponed by inbound ESP).
     spi_owner: HashMap<u32, (usize, SaHandle)>,
     buf: Vec<u8>,
+    /// Per-connection logs and status snapshots (the management API), if any.
+    observer: Option<Box<dyn ConnObserver>>,
+    /// When statuses (with counters) are next published to the observer.
+    next_publish: Option<Instant>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -221,6 +233,7 @@ impl Daemon {
                 endpoint: Endpoint::new(EndpointConfig::new(Some(spec.ike.clone()))),
                 spec,
                 handle: None,
+                rt: runtime::ConnRuntime::default(),
             })
             .collect();
         let mut d = Daemon {
@@ -237,6 +250,8 @@ impl Daemon {
             log,
             spi_owner: HashMap::new(),
             buf: vec![0u8; 65536],
+            observer: None,
+            next_publish: None,
         };
         d.register_sink()?;
         logln!(d.log, "{}, {} connection(s)", d.transport.describe(), d.conns.len());
@@ -321,6 +336,7 @@ impl Daemon {
             .iter()
             .filter_map(|c| c.endpoint.poll_timeout())
             .chain(self.sink.poll_timeout())
+            .chain(self.runtime_timeout())
             .min()
             .map_or(max_wait, |t| t.saturating_duration_since(now).min(max_wait));
         match self.poll.poll(&mut self.events, Some(wait)) {
@@ -338,6 +354,11 @@ impl Daemon {
                     self.sink.on_readable(now);
                     // The sink may be the transport's channel too (IKE punted by the engine).
                     self.drain(now);
+                    for name in self.sink.take_acquires() {
+                        if let Err(e) = self.acquire(&name, now) {
+                            logln!(self.log, "acquire for {name}: {e}");
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -352,6 +373,7 @@ impl Daemon {
             }
         }
         self.flush(now);
+        self.runtime_tick(now);
         Ok(())
     }
 
@@ -412,8 +434,8 @@ impl Daemon {
         let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
             self.conns
                 .iter()
-                .position(|c| c.spec.remote == Some(remote.ip()))
-                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none()))
+                .position(|c| c.spec.remote == Some(remote.ip()) && !c.rt.is_removing())
+                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none() && !c.rt.is_removing()))
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
             self.conns.iter().position(|c| {
@@ -421,7 +443,10 @@ impl Daemon {
             })
         };
         match idx {
-            Some(i) => self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng),
+            Some(i) => {
+                self.observe_received(i, remote, msg);
+                self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng);
+            }
             None => logln!(self.log, "  no connection for this message from {remote}: dropped"),
         }
     }
@@ -452,6 +477,7 @@ impl Daemon {
             for i in 0..self.conns.len() {
                 while let Some(t) = self.conns[i].endpoint.poll_transmit(now) {
                     any = true;
+                    self.observe_transmit(i, &t);
                     self.send(&t);
                 }
                 while let Some((h, ev)) = self.conns[i].endpoint.poll_event() {
@@ -466,6 +492,7 @@ impl Daemon {
     }
 
     fn on_event(&mut self, i: usize, h: SaHandle, ev: Event) {
+        self.observe_event(i, h, &ev);
         let name = self.conns[i].spec.name.clone();
         let mut changed = true;
         match ev {
@@ -537,8 +564,8 @@ impl Daemon {
             match (ev, live) {
                 (DataplaneEvent::Acquire { conn }, None) => {
                     logln!(self.log, "conn {conn}: acquire from the data plane");
-                    if let Err(e) = self.initiate(i, now) {
-                        logln!(self.log, "{e}");
+                    if let Err(e) = self.acquire(&conn, now) {
+                        logln!(self.log, "acquire for {conn}: {e}");
                     }
                 }
                 (DataplaneEvent::Acquire { conn }, Some(h)) => {
@@ -592,6 +619,7 @@ impl Daemon {
         let cfg = c.spec.ike.clone();
         let h = self.conns[i].endpoint.connect(cfg, local, remote, now, &mut self.rng);
         self.conns[i].handle = Some(h);
+        self.conns[i].rt.initiated();
         logln!(self.log, "conn {name}: initiating {local} -> {remote}");
         Ok(format!("conn {name}: initiating"))
     }

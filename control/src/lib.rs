@@ -23,11 +23,23 @@
 //! * **Engine loss** does not touch IKE: SA changes keep updating the desired set, IKE transmits
 //!   are dropped (retransmits cover a short outage), the link reconnects with back-off and restates
 //!   everything; the engine keeps forwarding meanwhile. A killed control process leaves the
-//!   engine's SAs in place until their hard lifetime; a *restarted* one starts without IKE SAs, so
-//!   its first restatement removes the old SAs (connections with `effect_immediately` renegotiate
-//!   at once). SIGTERM deletes every SA (IKE DELETE), as without the engine.
-//! * **Configuration** is a TOML file ([`config`]) until the management API lands. IKEv1 is
-//!   refused with a clear error.
+//!   engine's SAs in place until their hard lifetime; a *restarted* one keeps them through a
+//!   takeover grace (10 s) while its own IKE SAs come up, then its restatement removes them.
+//!   SIGTERM deletes every SA (IKE DELETE), as without the engine.
+//!   Implementations: [`sink::RecordingSink`] (tests) and [`forwarder::EspForwarder`] (a TUN +
+//!   ESP-in-UDP userspace forwarder over the engine's ESP core, **for interop tests only**; the
+//!   AF_XDP engine's control channel will replace it).
+//! * **Configuration**: a TOML file ([`config`]) for `run`, or the management store and API for
+//!   `serve` ([`serve`]: one process with the `ipsec-mgmt` store, HTTP API and the IKE daemon on its
+//!   own thread; connections are added, re-negotiated and removed at run time as the API commits
+//!   changes, and replayed at start). IKEv1 is refused with a clear error (`run`) or stored but not
+//!   negotiated with a per-connection log line saying so (`serve`).
+//! * **Run-time connections** ([`daemon::Daemon::add_connection`], `replace_connection`,
+//!   `remove_connection`, `acquire`, `connection_status`): see the `daemon::runtime` module; after
+//!   DPD declares a peer dead (or an initiation fails) a connection with a remote address
+//!   re-initiates with back-off (1 s doubling to 60 s). A [`daemon::ConnObserver`] receives one log
+//!   line per negotiation step and each connection's [`daemon::ConnStatus`] (`serve` stores them
+//!   as the connection's logs and DescribeVpnConnection's live fields).
 //! * **Secrets stay secret.** PSKs are read into the IKE core's zeroizing `SecretBytes` and never
 //!   formatted: config errors do not echo source lines, `Debug` of every config type redacts the
 //!   PSK, the log ([`log`]) carries SPIs, algorithms and addresses only. The control socket and
@@ -42,15 +54,23 @@
 //! ```text
 //! ipsec-control check-config /etc/ipsec-control.toml
 //! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--engine SOCKET | --forwarder TUN]
+//! ipsec-control serve --ike-listen 198.18.0.1 [--forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
+//!                     [--state-dir /var/lib/ipsec-mgmt] [ipsec-mgmtd options]
 //! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
 //! ```
 //!
-//! The config format is documented in [`config`]. `--engine SOCKET` (the engine's default is
+//! The config format is documented in [`config`]. `run --engine SOCKET` (the engine's default is
 //! `/run/ipsec-engine/control.sock`) attaches to the AF_XDP engine: SAs go to it and IKE goes
-//! through it, no UDP socket is bound. `--forwarder` (root, interop tests only) serves the Child SAs
-//! in userspace through a TUN device; with neither the SAs are only logged. Tests:
-//! `cargo test -p ipsec-control` (the loopback test and `tests/engine_channel.rs` — two daemons
-//! over two fake engines relaying IKE to each other — run unprivileged; `tests/interop_strongswan.rs` needs root and strongSwan, see its documentation;
+//! through it, no UDP socket is bound (`serve` does not take `--engine` yet). `--forwarder` (root,
+//! interop tests only) serves the Child SAs in userspace through a TUN device; with neither the SAs
+//! are only logged. `serve` takes `ipsec-mgmtd`'s options (API address, state
+//! directory with `mgmt.db`, `api-token` and the IKE state file `ike-state`, all 0600) plus the IKE
+//! address (`--ike-listen`: the VPN gateways' PublicIp; connections of other gateways are logged as
+//! not served). Tests: `cargo test -p ipsec-control` (the loopback tests `loopback.rs` and
+//! `mgmt_ike.rs` and `engine_channel.rs` — two daemons over two fake engines relaying IKE to each
+//! other — run unprivileged; `tests/e2e_engine_ike.rs` needs root and the `ipsec-engine` binary;
+//! `tests/interop_strongswan.rs` and `tests/mgmt_strongswan.rs`
+//! need root and strongSwan, see their documentation;
 //! `INTEROP_ONLY=<case substring>|rekey` runs a subset, `INTEROP_KEEP=1` keeps the logs).
 #![deny(unsafe_code)]
 
@@ -60,6 +80,7 @@ pub mod engine_link;
 pub mod esp_map;
 pub mod forwarder;
 pub mod log;
+pub mod serve;
 pub mod sink;
 pub mod tun;
 

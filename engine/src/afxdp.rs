@@ -278,6 +278,24 @@ impl XskIo {
         n
     }
 
+    /// Takes up to `n` (at most [`BURST`]) frames from the free pool into `burst` (which must be
+    /// empty), as if received on `port`: for packets the worker makes itself (fragments). Their
+    /// contents and lengths are unspecified until the worker writes them (through
+    /// [`with_frames`](Self::with_frames), setting each frame's length); [`dispatch`](Self::dispatch)
+    /// sends or recycles them like received frames. Returns how many frames were taken.
+    pub fn alloc(&mut self, port: usize, n: usize, burst: &mut RxBurst) -> usize {
+        debug_assert!(burst.is_empty(), "burst not dispatched");
+        let n = n.min(BURST).min(self.free.len());
+        let start = self.free.len() - n;
+        // Frames from the pool are owned by userspace and in no ring: moving them into the burst
+        // keeps each frame in exactly one place.
+        burst.descs[..n].copy_from_slice(&self.free[start..]);
+        self.free.truncate(start);
+        burst.n = n;
+        burst.port = port;
+        n
+    }
+
     /// Calls `f` with the burst's frames: `(full data segment, received length)` each. The packet
     /// starts at offset 0; `f` returns what to do with each frame through `out`.
     pub fn with_frames<R>(&mut self, burst: &mut RxBurst, f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R) -> R {

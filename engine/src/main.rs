@@ -58,8 +58,9 @@ enum Cmd {
         /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR:PORT")]
         prometheus: Option<SocketAddr>,
-        /// Re-read the kernel's routes and neighbours every N milliseconds.
-        #[arg(long, default_value_t = 1000)]
+        /// Full re-read of the kernel's links, addresses, routes and neighbours every N
+        /// milliseconds (a safety net: changes arrive as netlink events right away).
+        #[arg(long, default_value_t = 30000)]
         neigh_interval_ms: u64,
         /// Frames per worker UMEM (4 KiB each).
         #[arg(long, default_value_t = 4096)]

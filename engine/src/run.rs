@@ -17,6 +17,11 @@
 //!   next hop for its destination.
 //! - **inside**: IP packets go to `encap_routed` (route or flow lookup, SA, crypto); the ESP packet
 //!   goes out of the outside interface to the next hop for the peer gateway.
+//! - router duties ([`crate::forward`]): inner TTL checked and decremented on both sides; an
+//!   inside packet too big for its tunnel is fragmented before encryption (IPv4 without DF; the
+//!   fragments go through the same path in frames taken from the free pool after the burst) or
+//!   answered with an ICMP fragmentation needed / packet too big sent back out of the inside
+//!   interface.
 //! - L2: a new untagged Ethernet header with the interface's MAC and the neighbour's MAC; an
 //!   unresolved neighbour is counted (`no_neighbour`) and the kernel nudged to resolve it.
 //!
@@ -43,6 +48,7 @@ use ipsec_wire::{esp, parse_ip, IpProtocol, IpVersion};
 use crate::afxdp::{Disposition, RxBurst, XskIo, XskOptions};
 use crate::channel::{ChannelParts, ControlState, Punt, PuntShared, XdpProtected};
 use crate::config::{EngineConfig, Tables};
+use crate::forward::{Forwarder, Inside, MtuContext};
 use crate::neigh::{Miss, Resolver, ResolverHandle};
 use crate::stats::{EngineDrop, StatsSources, WorkerStats};
 use crate::xdp::{AttachMode, Prefix, Role, SteeringConfig, XdpSteering};
@@ -79,6 +85,7 @@ struct Worker {
     stats: Arc<WorkerStats>,
     devs: [String; 2],
     busy_poll: bool,
+    fwd: Forwarder,
     punt: Punt,
 }
 
@@ -98,6 +105,9 @@ enum Slot {
     /// Handed to the punt path (nothing more to do here).
     Punted,
     Drop(EngineDrop),
+    /// Handled by the forwarder: an ICMP error to send back (`Some((start, len))`, Ethernet
+    /// header included) or queued for fragmentation (`None`).
+    Forwarded(Option<(usize, usize)>),
 }
 
 impl Worker {
@@ -116,22 +126,9 @@ impl Worker {
                 }
                 got += n;
                 self.stats.rx[port].add(n as u64);
-                let io = &mut self.io;
-                let (esp, tables, resolver, stats, devs, punt) =
-                    (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs, &mut self.punt);
-                io.with_frames(&mut burst, |frames| {
-                    process(port, frames, &mut disp[..n], esp, tables, resolver, stats, devs, punt);
-                });
-                let before = io.counters.tx_ring_full;
-                io.dispatch(&mut burst, &disp[..n]);
-                let full = io.counters.tx_ring_full - before;
-                if full > 0 {
-                    stats.count_drop(EngineDrop::TxRingFull, full);
-                }
-                for d in &disp[..n] {
-                    if let Disposition::Send { port, .. } = d {
-                        stats.tx[*port].add(1);
-                    }
+                self.process_burst(port, &mut burst, &mut disp, n);
+                if self.fwd.has_pending() {
+                    self.send_fragments(&mut burst, &mut disp);
                 }
             }
             self.stats.wakeups.add(self.io.counters.wakeups.saturating_sub(self.stats.wakeups.get()));
@@ -142,6 +139,71 @@ impl Worker {
                 }
             } else {
                 idle = 0;
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Runs `process` on the `n` frames of `burst` and hands them to the rings.
+    fn process_burst(&mut self, port: usize, burst: &mut RxBurst, disp: &mut [Disposition; MAX_BURST], n: usize) {
+        let io = &mut self.io;
+        let (esp, tables, resolver, stats, devs, fwd, punt) =
+            (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs, &mut self.fwd, &mut self.punt);
+        io.with_frames(burst, |frames| {
+            process(port, &mut frames[..n], &mut disp[..n], esp, tables, resolver, stats, devs, fwd, punt);
+        });
+        let before = io.counters.tx_ring_full;
+        io.dispatch(burst, &disp[..n]);
+        let full = io.counters.tx_ring_full - before;
+        if full > 0 {
+            stats.count_drop(EngineDrop::TxRingFull, full);
+        }
+        for d in &disp[..n] {
+            if let Disposition::Send { port, .. } = d {
+                stats.tx[*port].add(1);
+            }
+        }
+    }
+
+    /// Fragments the packets the forwarder queued, in free frames, and sends them through the
+    /// inside path (TTL, encapsulation, L2) like received packets.
+    fn send_fragments(&mut self, burst: &mut RxBurst, disp: &mut [Disposition; MAX_BURST]) {
+        while self.fwd.has_pending() {
+            let want = self.fwd.frames_wanted(MAX_BURST);
+            let got = self.io.alloc(INSIDE, want, burst);
+            if got == 0 {
+                let n = self.fwd.drop_pending();
+                self.stats.count_drop(EngineDrop::FragNoFrames, n as u64);
+                return;
+            }
+            let (fwd, stats) = (&mut self.fwd, &self.stats);
+            let used = self.io.with_frames(burst, |frames| fwd.write_fragments(&mut frames[..got], stats));
+            // Frames not filled go back to the pool with the burst (their disposition: drop).
+            for d in disp.iter_mut() {
+                *d = Disposition::Drop;
+            }
+            if used == 0 {
+                self.io.dispatch(burst, &disp[..got]);
+                continue;
+            }
+            let io = &mut self.io;
+            let (esp, tables, resolver, devs, fwd, punt) =
+                (&mut self.esp, &self.tables, &mut self.resolver, &self.devs, &mut self.fwd, &mut self.punt);
+            let stats = &self.stats;
+            io.with_frames(burst, |frames| {
+                process(INSIDE, &mut frames[..used], &mut disp[..used], esp, tables, resolver, stats, devs, fwd, punt);
+            });
+            let before = io.counters.tx_ring_full;
+            io.dispatch(burst, &disp[..got]);
+            let full = io.counters.tx_ring_full - before;
+            if full > 0 {
+                stats.count_drop(EngineDrop::TxRingFull, full);
+            }
+            for d in &disp[..used] {
+                if let Disposition::Send { port, .. } = d {
+                    stats.tx[*port].add(1);
+                }
             }
         }
     }
@@ -199,11 +261,21 @@ fn process(
     resolver: &mut ResolverHandle,
     stats: &WorkerStats,
     devs: &[String; 2],
+    fwd: &mut Forwarder,
     punt: &mut Punt,
 ) {
     let now = Instant::now();
     let n = frames.len();
     let mut slots = [Slot::Drop(EngineDrop::NotIp); MAX_BURST];
+    let out_guard = tables.outbound.pin();
+    let mtu_ctx = MtuContext {
+        outbound: &tables.outbound,
+        guard: &out_guard,
+        snapshot: resolver.snapshot(),
+        outside_dev: &devs[OUTSIDE],
+        inside_dev: &devs[INSIDE],
+    };
+    fwd.begin_burst(&mtu_ctx);
     for (i, (buf, len)) in frames.iter_mut().enumerate() {
         let rx = &buf[..(*len).min(buf.len())];
         slots[i] = if port == OUTSIDE { classify_outside(rx) } else { classify_inside(rx) };
@@ -220,11 +292,18 @@ fn process(
                     slots[i] = Slot::Drop(EngineDrop::TooBig);
                 } else {
                     buf.copy_within(l3..l3 + len, ENCAP_AT);
-                    slots[i] = Slot::Esp { l3: ENCAP_AT, len };
+                    slots[i] = match fwd.inside(buf, ENCAP_AT, len, &mtu_ctx, stats, now) {
+                        Inside::Encapsulate => Slot::Esp { l3: ENCAP_AT, len },
+                        Inside::Reply { start, len } => Slot::Forwarded(Some((start, len))),
+                        Inside::Queued => Slot::Forwarded(None),
+                        Inside::Drop(r) => Slot::Drop(r),
+                    };
                 }
             }
         }
     }
+    // This burst's MTU lookups are done; the encap below pins again.
+    drop(out_guard);
     // The ESP core, on the packets that go there.
     let mut idx = [0usize; MAX_BURST];
     let mut spans = [(0usize, 0usize); MAX_BURST];
@@ -255,9 +334,15 @@ fn process(
     for d in disp.iter_mut().take(n) {
         *d = Disposition::Drop;
     }
-    for s in slots.iter().take(n) {
-        if let Slot::Drop(r) = s {
-            stats.count_drop(*r, 1);
+    for (i, s) in slots.iter().enumerate().take(n) {
+        match *s {
+            Slot::Drop(r) => stats.count_drop(r, 1),
+            // An ICMP error back out of the port the packet came from.
+            Slot::Forwarded(Some((start, len))) => {
+                frames[i].0.copy_within(start..start + len, 0);
+                disp[i] = Disposition::Send { port, len };
+            }
+            _ => {}
         }
     }
     // Out to the other side: L2 header, move to the frame's start.
@@ -270,6 +355,12 @@ fn process(
         let i = idx[k];
         let (start, len) = spans[k];
         let buf = &mut *frames[i].0;
+        if port == OUTSIDE {
+            if let Err(r) = fwd.decapsulated(&mut buf[start..start + len]) {
+                stats.count_drop(r, 1);
+                continue;
+            }
+        }
         let pkt = &buf[start..start + len];
         let Ok(sum) = parse_ip(pkt) else {
             stats.count_drop(EngineDrop::NotIp, 1);
@@ -288,7 +379,9 @@ fn process(
             }
         };
         if start < ETH_LEN || len > hop.mtu as usize {
-            // MTU handling (fragmentation, ICMP too big) is not there yet.
+            // Inside → tunnel packets were fitted to the tunnel MTU before encapsulation (this
+            // is a configured tunnel `mtu` above the link's); decapsulated packets larger than
+            // the inside link are dropped (no fragmentation / ICMP on that side yet).
             stats.count_drop(EngineDrop::TooBig, 1);
             continue;
         }
@@ -414,6 +507,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             stats,
             devs: [out_if.name.clone(), in_if.name.clone()],
             busy_poll: opts.busy_poll,
+            fwd: Forwarder::new(cfg.inside_addrs.clone(), cfg.tunnels.iter().filter_map(|t| t.mtu).min()),
             punt: Punt::new(punt.clone()),
         });
     }

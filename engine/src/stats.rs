@@ -48,6 +48,23 @@ engine_drops! {
     NoRouteOut => "no_route_out", "No kernel route for the destination via the expected interface.";
     NoNeighbour => "no_neighbour", "The next hop is not resolved yet (the kernel was asked to).";
     TxRingFull => "tx_ring_full", "The tx ring was full.";
+    TtlExpired => "ttl_expired", "Inner TTL / hop limit expired (an ICMP time exceeded goes back on the inside).";
+    FragNeeded => "frag_needed", "Too big for the tunnel with DF set, or IPv6: an ICMP error goes back to the sender (counted in icmp_sent / icmp_suppressed).";
+    FragNoFrames => "frag_no_frames", "Too big for the tunnel and no free frame (or backlog slot) for its fragments.";
+}
+
+/// Router events of one worker that are not drops: fragmentation and ICMP errors.
+#[derive(Default)]
+pub struct ForwardStats {
+    /// Inner IPv4 packets fragmented before encryption.
+    pub fragmented: LocalCounter,
+    /// Fragments made of them.
+    pub fragments: LocalCounter,
+    /// ICMP errors sent (fragmentation needed / packet too big / time exceeded).
+    pub icmp_sent: LocalCounter,
+    /// ICMP errors not sent: rate limit, no source address, or not allowed (about an ICMP error,
+    /// a non-first fragment, a multicast address).
+    pub icmp_suppressed: LocalCounter,
 }
 
 /// Counters of one worker.
@@ -60,6 +77,7 @@ pub struct WorkerStats {
     drops: [LocalCounter; EngineDrop::COUNT],
     pub wakeups: LocalCounter,
     pub esp: Arc<WorkerCounters>,
+    pub fwd: ForwardStats,
 }
 
 impl WorkerStats {
@@ -73,6 +91,7 @@ impl WorkerStats {
             drops: Default::default(),
             wakeups: LocalCounter::default(),
             esp,
+            fwd: ForwardStats::default(),
         }
     }
 
@@ -139,11 +158,15 @@ impl StatsSources {
             drops.extend(w.esp.nonzero_drops().map(|(r, n)| format!("esp.{r}={n}")));
             let _ = writeln!(
                 out,
-                "  worker {}: {} | encap {} decap {} | drops {}",
+                "  worker {}: {} | encap {} decap {} | fragmented {} fragments {} icmp_sent {} icmp_suppressed {} | drops {}",
                 w.id,
                 ports.join(", "),
                 w.esp.encap_packets.get(),
                 w.esp.decap_packets.get(),
+                w.fwd.fragmented.get(),
+                w.fwd.fragments.get(),
+                w.fwd.icmp_sent.get(),
+                w.fwd.icmp_suppressed.get(),
                 if drops.is_empty() { "-".into() } else { drops.join(" ") }
             );
         }
@@ -202,6 +225,22 @@ impl StatsSources {
                     w.id,
                     r.as_str(),
                     w.drops(*r)
+                );
+            }
+        }
+        header(&mut o, "ipsec_worker_forward_events_total", "Fragmentation and ICMP errors, by event.");
+        for w in &self.workers {
+            for (event, c) in [
+                ("fragmented", &w.fwd.fragmented),
+                ("fragments", &w.fwd.fragments),
+                ("icmp_sent", &w.fwd.icmp_sent),
+                ("icmp_suppressed", &w.fwd.icmp_suppressed),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "ipsec_worker_forward_events_total{{worker=\"{}\",event=\"{event}\"}} {}",
+                    w.id,
+                    c.get()
                 );
             }
         }

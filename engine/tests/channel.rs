@@ -13,7 +13,8 @@
 //! - with both SAs on both sides (tunnel `a`: 192.0.2.0/24 ↔ 198.51.100.0/24, route-based;
 //!   tunnel `b`: 192.0.2.0/24 ↔ 203.0.113.0/24, flows on gw-2), pings pass both ways on both;
 //!   counters read over the channel show packets and bytes;
-//! - the test drops its sessions (control death): pings keep passing;
+//! - the test drops its sessions (control death): pings keep passing, and traffic for a tunnel
+//!   without SA raises an `Acquire` that is delivered to the next session;
 //! - it reconnects (`Hello` reports the SAs still held) and restates everything in a
 //!   `BeginSync`/`EndSync`: `SyncDone` says every SA was kept, pings pass, and the outbound SA's
 //!   packet counter continues from where it was (the same SA object, so its sequence numbers go on);
@@ -416,10 +417,16 @@ fn channel_installs_reconciles_survives_control_loss_and_punts_ike() {
     assert_eq!(all.sas.len(), 4);
     assert!(!all.workers.is_empty() && all.workers.iter().map(|w| w.tx).sum::<u64>() > 0, "{all:?}");
 
+    // Tunnel c on gw-1 (198.51.100.128/25, no SA yet): its acquire will be raised while no
+    // control process is connected.
+    c1.ok(Request::UpsertTunnel(tunnel("c", 1, "192.0.2.0/24", "198.51.100.128/25", Routing::Destination)));
+
     // Control death: the sessions go away, traffic does not stop.
     let boot1 = c1.boot_id;
     drop(c1);
     drop(c2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!ping(&t, "ha", Ipv4Addr::new(198, 51, 100, 200), 1), "tunnel c has no SA");
     pings("after control loss");
     assert!(std::fs::read_to_string(&gw1.err).unwrap_or_default().contains("control session closed"), "{}", gw1.logs());
 
@@ -427,6 +434,9 @@ fn channel_installs_reconciles_survives_control_loss_and_punts_ike() {
     let mut c1 = Ctl::connect(&gw1.socket);
     let mut c2 = Ctl::connect(&gw2.socket);
     assert_eq!((c1.held, c2.held, c1.boot_id), (4, 4, boot1), "Hello after reconnect");
+    // The event raised while control was away was kept for it.
+    let acq = c1.wait(Duration::from_secs(5), |m| matches!(m, EngineMsg::Event(Event::Acquire { .. })));
+    assert_eq!(acq, Some(EngineMsg::Event(Event::Acquire { tunnel: "c".into() })), "{}", gw1.logs());
     // A connection that never says Hello, and one with another version, leave the session alone.
     let silent = Conn::connect(&gw1.socket).unwrap();
     let mut wrong = Conn::connect(&gw1.socket).unwrap();

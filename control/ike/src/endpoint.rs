@@ -121,6 +121,12 @@ impl Endpoint {
         }
     }
 
+    /// Replaces the responder configuration (a connection's settings changed at run time). IKE SAs
+    /// that exist keep the configuration they were created with.
+    pub fn set_responder(&mut self, responder: Option<Config>) {
+        self.config.responder = responder;
+    }
+
     /// Number of connections.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -178,10 +178,13 @@ fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Input>, stop: Arc<Atomic
     }
 }
 
-fn close(session: &mut Option<Session>, punt: &PuntShared, state: &ControlState, why: &str) {
+fn close(session: &mut Option<Session>, punt: &PuntShared, state: &mut ControlState, why: &str) {
     if let Some(s) = session.take() {
         let _ = s.conn.stream().shutdown(std::net::Shutdown::Both);
         punt.set_connected(false);
+        if state.abandon_sync() {
+            tracing::info!(session = s.id, "unfinished sync abandoned: nothing removed");
+        }
         tracing::info!(
             session = s.id,
             control_sas = state.control_sas(),
@@ -239,7 +242,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                         close(
                             &mut session,
                             &p.punt,
-                            &p.state,
+                            &mut p.state,
                             why.as_deref().unwrap_or("closed by the control process"),
                         );
                     }
@@ -249,7 +252,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                         let mut s = pending.remove(k);
                         match handle(&mut s, m, &mut p) {
                             Ok(()) => {
-                                close(&mut session, &p.punt, &p.state, "replaced by a new connection");
+                                close(&mut session, &p.punt, &mut p.state, "replaced by a new connection");
                                 p.punt.set_connected(true);
                                 session = Some(s);
                             }
@@ -262,7 +265,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                     }
                     let Some(s) = session.as_mut().filter(|s| s.id == id) else { continue };
                     if let Err(why) = handle(s, m, &mut p) {
-                        close(&mut session, &p.punt, &p.state, &why);
+                        close(&mut session, &p.punt, &mut p.state, &why);
                     }
                 }
             }
@@ -276,6 +279,9 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                     Some(ev) => {
                         tracing::info!("event: {ev:?}");
                         if let Err(err) = s.conn.send(&EngineMsg::Event(ev)) {
+                            // Back in the queue for the next session (there is room: it
+                            // was just taken from there, unless workers filled it meanwhile).
+                            p.events.try_push(e);
                             failed = Some(format!("write: {err}"));
                             break;
                         }
@@ -293,7 +299,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
                 }
             }
             if let Some(why) = failed {
-                close(&mut session, &p.punt, &p.state, &why);
+                close(&mut session, &p.punt, &mut p.state, &why);
             }
         }
         if now.duration_since(last_poll) >= Duration::from_secs(1) {
@@ -309,7 +315,7 @@ fn channel_loop(mut p: ChannelParts, rx: mpsc::Receiver<Input>, stop: Arc<Atomic
             p.state.publish();
         }
     }
-    close(&mut session, &p.punt, &p.state, "engine stopping");
+    close(&mut session, &p.punt, &mut p.state, "engine stopping");
     for s in pending {
         let _ = s.conn.stream().shutdown(std::net::Shutdown::Both);
     }

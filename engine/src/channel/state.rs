@@ -122,6 +122,9 @@ pub struct ControlState {
     steering: Box<dyn Steering>,
     protected: HashMap<IpNet, u32>,
     sync: Option<SyncRun>,
+    /// (direction, SPI) → tunnel, to name the tunnel of an SA event without a scan (checked
+    /// against the registry before use; a miss falls back to a scan).
+    sa_index: HashMap<(Direction, u32), String>,
     published: Arc<Mutex<SaLists>>,
     dirty: bool,
 }
@@ -198,6 +201,7 @@ impl ControlState {
             steering,
             protected,
             sync: None,
+            sa_index: HashMap::new(),
             published: Arc::new(Mutex::new(SaLists::default())),
             dirty: false,
         }
@@ -226,6 +230,12 @@ impl ControlState {
         if let Ok(mut p) = self.published.lock() {
             *p = l;
         }
+    }
+
+    /// Drops an unfinished `BeginSync` (its session ended): nothing is removed, what was applied
+    /// stays. Returns whether one was in progress.
+    pub fn abandon_sync(&mut self) -> bool {
+        self.sync.take().is_some()
     }
 
     /// Number of control-owned SAs (for the engine's `Hello`).
@@ -448,11 +458,21 @@ impl ControlState {
             || old.udp_encap != spec.udp_encap
             || old.local_subnets != spec.local_subnets
             || old.remote_subnets != spec.remote_subnets;
+        // A new MTU only concerns the outbound SA.
+        let rebuild_out = moves || old.mtu != spec.mtu;
         // Build the moved SAs first, so that a failure changes nothing.
         let mut new_out = None;
         let mut new_ins = Vec::new();
+        let t = &self.tunnels[&spec.name];
+        if rebuild_out {
+            if let Some(o) = &t.out {
+                let cfg = self.sa_config("sa", &o.spec, &spec)?;
+                let cfg = self.with_inner_mtu(cfg, spec.mtu, now)?;
+                let sa = OutboundSa::resume(&cfg, self.provider, now, o.sa.last_seq()).map_err(|e| err("sa", e))?;
+                new_out = Some(Installed { sa: Arc::new(sa), spec: o.spec.clone(), installed: now });
+            }
+        }
         if moves {
-            let t = &self.tunnels[&spec.name];
             if spec.local_addr != old.local_addr {
                 for spi in t.ins.keys() {
                     if self.tables.inbound.contains(Spi(*spi), spec.local_addr) {
@@ -463,11 +483,6 @@ impl ControlState {
                     }
                 }
             }
-            if let Some(o) = &t.out {
-                let cfg = self.sa_config("sa", &o.spec, &spec)?;
-                let sa = OutboundSa::resume(&cfg, self.provider, now, o.sa.last_seq()).map_err(|e| err("sa", e))?;
-                new_out = Some(Installed { sa: Arc::new(sa), spec: o.spec.clone(), installed: now });
-            }
             for (spi, i) in &t.ins {
                 let cfg = self.sa_config("sa", &i.spec, &spec)?;
                 let sa = InboundSa::new(&cfg, self.provider, now).map_err(|e| err("sa", e))?;
@@ -477,11 +492,11 @@ impl ControlState {
         self.remove_policy(&old, id);
         self.add_policy(&spec, id);
         let t = self.tunnels.get_mut(&spec.name).expect("checked");
+        if let Some(o) = new_out {
+            self.tables.outbound.tunnels.set_sa(id, o.sa.clone());
+            t.out = Some(o);
+        }
         if moves {
-            if let Some(o) = new_out {
-                self.tables.outbound.tunnels.set_sa(id, o.sa.clone());
-                t.out = Some(o);
-            }
             for (spi, i) in new_ins {
                 if spec.local_addr == old.local_addr {
                     self.tables.inbound.replace(Spi(spi), spec.local_addr, i.sa.clone());
@@ -516,6 +531,11 @@ impl ControlState {
             self.tables.inbound.remove(Spi(*spi), t.spec.local_addr);
         }
         self.by_id.remove(&t.id.0);
+        for key in t.out.iter().map(|o| (Direction::Out, o.spec.spi)).chain(t.ins.keys().map(|s| (Direction::In, *s))) {
+            if self.sa_index.get(&key) == Some(&t.spec.name) {
+                self.sa_index.remove(&key);
+            }
+        }
         t.sa_count()
     }
 
@@ -603,10 +623,24 @@ impl ControlState {
         Ok(cfg)
     }
 
+    /// Applies a tunnel's inner MTU override to an outbound SA's configuration: the ESP core
+    /// takes an *outer* path MTU ([`SaConfig::mtu`]), so this picks the smallest outer MTU whose
+    /// inner MTU ([`OutboundSa::max_inner_len`]) is at least `inner` (it may exceed `inner` by
+    /// less than one cipher block).
+    fn with_inner_mtu(&self, mut cfg: SaConfig, inner: Option<u16>, now: Instant) -> Result<SaConfig, String> {
+        let Some(inner) = inner else { return Ok(cfg) };
+        let probe = OutboundSa::new(&cfg, self.provider, now).map_err(|e| err("sa", e))?;
+        let inner = usize::from(inner);
+        let base = inner + probe.header_overhead();
+        let outer = (base..base + 128).find(|m| probe.max_inner_len(*m) >= inner).unwrap_or(base + 128);
+        cfg.mtu = Some(u16::try_from(outer).map_err(|_| err("tunnel.mtu", format!("{inner} is too large")))?);
+        Ok(cfg)
+    }
+
     fn add_sa(&mut self, spec: SaSpec, now: Instant) -> Result<Outcome, String> {
         let t = self.control_tunnel("sa.tunnel", &spec.tunnel)?;
         let cfg = self.sa_config("sa", &spec, &t.spec)?;
-        let (id, local) = (t.id, t.spec.local_addr);
+        let (id, local, mtu) = (t.id, t.spec.local_addr, t.spec.mtu);
         let key = (spec.tunnel.clone(), spec.direction, spec.spi);
         let mut dropped = 0;
         let outcome = match spec.direction {
@@ -646,6 +680,7 @@ impl ControlState {
                         }
                         _ => Outcome::Added,
                     };
+                    let cfg = self.with_inner_mtu(cfg.clone(), mtu, now)?;
                     let sa =
                         Arc::new(OutboundSa::resume(&cfg, self.provider, now, last_seq).map_err(|e| err("sa", e))?);
                     self.tables.outbound.tunnels.set_sa(id, sa.clone());
@@ -655,6 +690,7 @@ impl ControlState {
                 }
             },
         };
+        self.sa_index.insert((key.1, key.2), key.0.clone());
         if let Some(s) = self.sync.as_mut() {
             s.sas.insert(key);
             s.removed += dropped;
@@ -685,6 +721,9 @@ impl ControlState {
                 self.tables.outbound.tunnels.clear(id);
                 self.tunnels.get_mut(tunnel).expect("checked").out = None;
             }
+        }
+        if self.sa_index.get(&(direction, spi)).is_some_and(|n| n == tunnel) {
+            self.sa_index.remove(&(direction, spi));
         }
         Ok(())
     }
@@ -803,12 +842,17 @@ impl ControlState {
     }
 
     fn tunnel_of_sa(&self, d: Direction, spi: u32) -> Option<String> {
+        let holds = |t: &CtlTunnel| match d {
+            Direction::Out => t.out.as_ref().is_some_and(|o| o.spec.spi == spi),
+            Direction::In => t.ins.contains_key(&spi),
+        };
+        if let Some(name) = self.sa_index.get(&(d, spi)) {
+            if self.tunnels.get(name).is_some_and(holds) {
+                return Some(name.clone());
+            }
+        }
         for (name, t) in &self.tunnels {
-            let hit = match d {
-                Direction::Out => t.out.as_ref().is_some_and(|o| o.spec.spi == spi),
-                Direction::In => t.ins.contains_key(&spi),
-            };
-            if hit {
+            if holds(t) {
                 return Some(name.clone());
             }
         }

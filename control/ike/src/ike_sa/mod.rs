@@ -732,6 +732,25 @@ impl IkeSa {
         &self.config
     }
 
+    /// What the request we are waiting an answer for (on any IKE SA of this connection) does, for
+    /// logs: `"handshake"`, `"create_child"`, `"rekey_child"`, `"rekey_ike"`, `"delete_child"`,
+    /// `"delete_ike"` or `"dpd"` (a liveness check); `None` when no request is outstanding.
+    #[must_use]
+    pub fn outstanding_request(&self) -> Option<(u32, &'static str)> {
+        self.cores.iter().filter_map(|c| c.pending.as_ref()).next().map(|p| {
+            let what = match &p.task {
+                Task::Handshake => "handshake",
+                Task::CreateChild { rekey: Some(_), .. } => "rekey_child",
+                Task::CreateChild { rekey: None, .. } => "create_child",
+                Task::RekeyIke { .. } => "rekey_ike",
+                Task::DeleteChild { .. } => "delete_child",
+                Task::DeleteIke => "delete_ike",
+                Task::Dpd => "dpd",
+            };
+            (p.mid, what)
+        })
+    }
+
     // ------------------------------------------------------------------------------------------
     // Outputs
 

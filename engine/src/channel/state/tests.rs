@@ -360,6 +360,14 @@ fn events_carry_tunnel_names() {
         }),
         "{evs:?}"
     );
+    // After an outbound switch, events about the old SA are stale; the new one is found.
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1002, 5)));
+    let old =
+        SaEvent::RekeyRequested { spi: 0x1001, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Time };
+    assert_eq!(st.event(old), None);
+    let new =
+        SaEvent::RekeyRequested { spi: 0x1002, direction: ipsec_esp::Direction::Outbound, limit: LimitKind::Time };
+    assert!(matches!(st.event(new), Some(Event::RekeyRequested { tunnel, .. }) if tunnel == "a"));
 }
 
 #[test]
@@ -374,7 +382,7 @@ fn counters_per_tunnel_and_all() {
     let ws = Arc::new(WorkerStats::new(0, vec!["o/0".into(), "i/0".into()], w.counters().clone()));
     ws.rx[1].add(5);
     let Response::Counters(r) =
-        st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), &[ws.clone()]).unwrap()
+        st.apply(Request::Counters { tunnel: Some("a".into()) }, Instant::now(), std::slice::from_ref(&ws)).unwrap()
     else {
         panic!()
     };
@@ -391,4 +399,45 @@ fn counters_per_tunnel_and_all() {
         .apply(Request::Counters { tunnel: Some("zz".into()) }, Instant::now(), &[])
         .unwrap_err()
         .starts_with("tunnel: "));
+}
+
+#[test]
+fn a_sync_abandoned_with_its_session_removes_nothing() {
+    let (mut st, _, _) = setup();
+    ok(&mut st, Request::UpsertTunnel(tunnel("a", "198.18.0.2", "198.51.100.0/24")));
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1001, 1)));
+    ok(&mut st, Request::BeginSync { generation: 3 });
+    ok(&mut st, Request::UpsertTunnel(tunnel("b", "198.18.0.3", "203.0.113.128/25")));
+    assert!(st.abandon_sync());
+    assert!(!st.abandon_sync());
+    assert!(refused(&mut st, Request::EndSync { generation: 3 }).starts_with("generation: "));
+    assert_eq!(st.tunnel_names(), vec!["a".to_string(), "b".to_string()]);
+    assert!(st.outbound_sa("a").is_some());
+}
+
+#[test]
+fn tunnel_mtu_is_the_inner_mtu_and_changing_it_rebuilds_only_the_outbound_sa() {
+    let (mut st, tables, _) = setup();
+    let mut t = tunnel("a", "198.18.0.2", "198.51.100.0/24");
+    t.mtu = Some(1300);
+    ok(&mut st, Request::UpsertTunnel(t.clone()));
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1001, 1)));
+    ok(&mut st, Request::AddSa(sa("a", Direction::In, 0x2001, 2)));
+    let out = st.outbound_sa("a").unwrap();
+    let inner = out.inner_mtu(1500);
+    assert!((1300..1300 + 16).contains(&inner), "inner MTU {inner}");
+    assert_eq!(st.outbound_sa("a").unwrap().inner_mtu(9000), inner, "the override caps a larger link MTU");
+    let mut w = EspWorker::new(default_provider(), Arc::new(EventQueue::new(16))).unwrap();
+    encap_one(&mut w, &tables, Ipv4Addr::new(198, 51, 100, 5)).unwrap();
+    let inb = st.inbound_sa("a", 0x2001).unwrap();
+    t.mtu = Some(1200);
+    ok(&mut st, Request::UpsertTunnel(t.clone()));
+    let out2 = st.outbound_sa("a").unwrap();
+    assert!(!Arc::ptr_eq(&out, &out2));
+    assert!((1200..1216).contains(&out2.inner_mtu(1500)));
+    assert_eq!(out2.last_seq(), 1, "sequence numbers continue");
+    assert!(Arc::ptr_eq(&inb, &st.inbound_sa("a", 0x2001).unwrap()), "inbound SA untouched");
+    t.mtu = None;
+    ok(&mut st, Request::UpsertTunnel(t));
+    assert_eq!(st.outbound_sa("a").unwrap().inner_mtu(1500), out.max_inner_len(1500));
 }
