@@ -238,7 +238,8 @@ impl EngineSink {
         self.0.borrow_mut().takeover_grace = grace;
     }
 
-    /// Publishes the trap tunnel of a connection added at run time (no-op without a known peer).
+    /// Publishes the trap tunnel of a connection added (or changed) at run time; a tunnel that
+    /// carries SAs keeps its negotiated selectors until they go. No-op without a known peer.
     pub fn add_connection(&self, c: &Connection) {
         self.0.borrow_mut().add_connection(c);
     }
@@ -271,6 +272,12 @@ impl EngineLink {
             udp_encap: None,
             mtu: None,
         };
+        if let Some(t) = self.tunnels.get_mut(&c.name) {
+            t.configured = true;
+            if !t.sas.is_empty() || t.spec == spec {
+                return;
+            }
+        }
         self.tunnels
             .insert(c.name.clone(), Tunnel { spec: spec.clone(), configured: true, sas: Vec::new(), out: None });
         self.request(format!("tunnel {}: upsert", c.name), Request::UpsertTunnel(spec));
@@ -759,6 +766,14 @@ impl SaSink for EngineSink {
 
     fn poll_dataplane_event(&mut self) -> Option<DataplaneEvent> {
         self.0.borrow_mut().dp_events.pop_front()
+    }
+
+    fn connection_changed(&mut self, spec: &Connection) {
+        self.add_connection(spec);
+    }
+
+    fn connection_removed(&mut self, name: &str) {
+        self.remove_connection(name);
     }
 }
 

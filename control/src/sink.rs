@@ -45,6 +45,11 @@ pub trait SaSink {
     fn poll_dataplane_event(&mut self) -> Option<DataplaneEvent> {
         None
     }
+    /// A connection was added or its settings replaced at run time (the engine sink publishes its
+    /// trap tunnel).
+    fn connection_changed(&mut self, _spec: &crate::config::Connection) {}
+    /// A connection was removed at run time, after its Child SAs were deleted.
+    fn connection_removed(&mut self, _name: &str) {}
     /// Connections whose traffic found no SA since the last call (the data plane's "acquire"): the
     /// daemon initiates them ([`crate::daemon::Daemon::acquire`]). Polled after
     /// [`SaSink::on_readable`]; the default has none.

@@ -7,7 +7,8 @@
 //! before the old SA goes (on both sides); `RekeyRequested` rekeys; a reconnect to the same engine
 //! restates everything and the engine keeps it; a restarted engine (new `boot_id`, empty) gets the
 //! same SAs back; `Expired` deletes the Child SA on both sides; `Acquire` on an IKE SA without a
-//! Child SA creates one; no error replies; neither PSK nor key bytes in the logs.
+//! Child SA creates one; connections added and removed at run time publish and remove their trap
+//! tunnels; no error replies; neither PSK nor key bytes in the logs.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write};
@@ -504,6 +505,17 @@ fn ike_and_sas_over_the_engine_channel() {
     w.ea.send(Cmd::Event(Event::Acquire { tunnel: "lo".into() }));
     w.step_until("the new Child SA", World::settled);
     assert!(la.text().contains("creating a CHILD_SA"), "{}", la.text());
+
+    // 9. A connection added at run time gets its trap tunnel; removed, the tunnel goes.
+    let extra = config("198.18.0.1", "198.18.0.3", "192.0.2.0/24", "203.0.113.0/24");
+    let mut spec = extra.connections[0].clone();
+    spec.name = "rt".into();
+    w.a.add_connection(spec, Instant::now()).unwrap();
+    w.step_until("the run-time tunnel", |w| w.ea.with(|s| s.tunnels.contains_key("rt")));
+    assert_eq!(w.ea.with(|s| s.tunnels["rt"].remote_subnets.clone()), vec!["203.0.113.0/24".parse().unwrap()]);
+    w.a.remove_connection("rt", Instant::now()).unwrap();
+    w.step_until("the run-time tunnel's removal", |w| w.ea.with(|s| !s.tunnels.contains_key("rt")));
+    assert!(w.ea.with(|s| s.tunnels.contains_key("lo")));
 
     // No request was refused, no secret was logged.
     assert_eq!(w.ea.with(|s| s.errors.clone()), Vec::<String>::new());
