@@ -139,6 +139,8 @@ impl Daemon {
             buf: vec![0u8; 65536],
         };
         d.register_sink()?;
+        // Lines are queued and written once per loop iteration (`step`); see `log`.
+        d.log.set_deferred(true);
         logln!(
             d.log,
             "listening on {} (IKE {}, NAT-T {}), {} connection(s)",
@@ -150,6 +152,7 @@ impl Daemon {
         for c in &d.conns {
             logln!(d.log, "conn {}: {:?}", c.spec.name, c.spec);
         }
+        d.log.flush();
         Ok(d)
     }
 
@@ -201,6 +204,7 @@ impl Daemon {
             }
         }
         self.flush(now);
+        self.log.flush();
     }
 
     /// Runs until `stop` is set (checked at least every 200 ms).
@@ -248,6 +252,7 @@ impl Daemon {
             }
         }
         self.flush(now);
+        self.log.flush();
         Ok(())
     }
 
@@ -269,6 +274,7 @@ impl Daemon {
         while Instant::now() < deadline && (0..self.conns.len()).any(|i| self.live(i).is_some()) {
             self.step(Duration::from_millis(50))?;
         }
+        self.log.flush();
         Ok(())
     }
 
@@ -323,9 +329,7 @@ impl Daemon {
                 .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none()))
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
-            self.conns.iter().position(|c| {
-                c.endpoint.handles().any(|hd| c.endpoint.ike_sa(hd).is_some_and(|sa| sa.local_spis().contains(&ours)))
-            })
+            self.conns.iter().position(|c| c.endpoint.routes_spi(ours))
         };
         match idx {
             Some(i) => self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng),
@@ -562,6 +566,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.log.set_deferred(false);
         if let Some((_, p)) = &self.ctl {
             let _ = std::fs::remove_file(p);
         }

@@ -85,6 +85,32 @@ pub struct IkeArgs {
     pub responder_cpu: usize,
     pub generator_cpu: usize,
     pub control_bin: Option<PathBuf>,
+    pub dh_only: bool,
+}
+
+/// This thread's CPU time (immune to other processes sharing the core, unlike wall time).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
+}
+
+/// Mean CPU microseconds of one key generation and one shared-secret computation of `group`.
+fn dh_cost(group: DhGroup) -> (f64, f64) {
+    let mut rng = ChaCha20Rng::from_seed([7; 32]);
+    let (_, peer_pub) = group.generate(&mut rng);
+    let mut n = 0u32;
+    let t = thread_cpu();
+    let mut keys = Vec::new();
+    while n < 3 || (thread_cpu() - t < Duration::from_millis(200) && n < 2000) {
+        keys.push(group.generate(&mut rng).0);
+        n += 1;
+    }
+    let keygen = (thread_cpu() - t).as_secs_f64() * 1e6 / f64::from(n);
+    let t = thread_cpu();
+    for k in &keys {
+        std::hint::black_box(group.compute_shared(k, &peer_pub).expect("valid peer value"));
+    }
+    let shared = (thread_cpu() - t).as_secs_f64() * 1e6 / f64::from(n);
+    (keygen, shared)
 }
 
 /// One measured case.
@@ -100,9 +126,6 @@ struct Measured {
 }
 
 pub fn run(args: &IkeArgs) -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("perf-lab ike needs root (network namespaces)".into());
-    }
     let groups: Vec<(DhGroup, &str)> = args
         .groups
         .iter()
@@ -113,6 +136,21 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
             other => Err(format!("unknown group {other:?} (ecp256, modp2048, curve25519)")),
         })
         .collect::<Result<_, _>>()?;
+    // The DH steps alone, in this process: what a responder cannot avoid per SA.
+    for &(group, gname) in &groups {
+        let (keygen, shared) = dh_cost(group);
+        let line = json!({ "dh_group": gname, "keygen_us": round1(keygen), "shared_us": round1(shared) });
+        if args.json {
+            println!("{line}");
+        }
+        eprintln!("perf-lab ike: {gname}: DH key generation {keygen:.1} us, shared secret {shared:.1} us (ipsec-ike, one core)");
+    }
+    if args.dh_only {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("perf-lab ike needs root (network namespaces)".into());
+    }
     let lanes = args.lanes.clamp(1, 200);
     let ncpu = std::thread::available_parallelism().map_or(1, usize::from);
     let (rcpu, gcpu) = (args.responder_cpu % ncpu, args.generator_cpu % ncpu);

@@ -74,6 +74,9 @@ enum Cmd {
         /// The ipsec-control binary (default: next to perf-lab, built if missing).
         #[arg(long)]
         control_bin: Option<std::path::PathBuf>,
+        /// Only time the DH steps in this process (no root, no responders).
+        #[arg(long)]
+        dh_only: bool,
     },
 }
 
@@ -113,6 +116,7 @@ fn main() {
             responder_cpu,
             generator_cpu,
             control_bin,
+            dh_only,
         } => {
             let a = ike::IkeArgs {
                 json,
@@ -126,6 +130,7 @@ fn main() {
                 responder_cpu,
                 generator_cpu,
                 control_bin,
+                dh_only,
             };
             if let Err(e) = ike::run(&a) {
                 eprintln!("perf-lab ike: {e}");
