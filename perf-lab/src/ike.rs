@@ -70,7 +70,6 @@ use serde_json::json;
 /// Only for this lab's throwaway namespaces; never a real secret.
 const PSK: &str = "perf-lab-ike-psk-5d2c91";
 const CHARON: &str = "/usr/lib/ipsec/charon";
-const RESPONDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const FIRST_LANE: u8 = 10;
 
 pub struct IkeArgs {
@@ -86,6 +85,7 @@ pub struct IkeArgs {
     pub generator_cpu: usize,
     pub control_bin: Option<PathBuf>,
     pub dh_only: bool,
+    pub rounds: usize,
 }
 
 /// This thread's CPU time (immune to other processes sharing the core, unlike wall time).
@@ -113,16 +113,38 @@ fn dh_cost(group: DhGroup) -> (f64, f64) {
     (keygen, shared)
 }
 
-/// One measured case.
+/// One measured case (summed over its rounds).
 struct Measured {
     setups: usize,
     failures: usize,
     elapsed: Duration,
     responder_cpu: Duration,
     generator_cpu: Duration,
-    p50_ms: f64,
-    p99_ms: f64,
     retransmits: u64,
+    /// Setup latencies, microseconds.
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn new() -> Measured {
+        Measured {
+            setups: 0,
+            failures: 0,
+            elapsed: Duration::ZERO,
+            responder_cpu: Duration::ZERO,
+            generator_cpu: Duration::ZERO,
+            retransmits: 0,
+            latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+        }
+    }
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latency.is_empty() {
+            0.0
+        } else {
+            self.latency.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
 }
 
 pub fn run(args: &IkeArgs) -> Result<(), String> {
@@ -155,40 +177,61 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
     let ncpu = std::thread::available_parallelism().map_or(1, usize::from);
     let (rcpu, gcpu) = (args.responder_cpu % ncpu, args.generator_cpu % ncpu);
     pin_self(gcpu);
-    let lab = Lab::new(lanes)?;
-    let mut gen = Generator::new(&lab, lanes)?;
+    let mut names = Vec::new();
+    for name in &args.responders {
+        match name.as_str() {
+            "ipsec-control" => names.push(name.clone()),
+            "charon" if Path::new(CHARON).exists() => names.push(name.clone()),
+            "charon" => eprintln!(
+                "perf-lab ike: charon skipped: {CHARON} not installed (apt-get install strongswan-charon libcharon-extra-plugins)"
+            ),
+            other => return Err(format!("unknown responder {other:?} (ipsec-control, charon)")),
+        }
+    }
+    let lab = Lab::new(lanes, names.len())?;
+    let mut gen = Generator::new(&lab, lanes, names.len())?;
+    let rounds = args.rounds.max(1);
     eprintln!(
-        "perf-lab ike: {} setups or {:.1} s per case, {} in flight over {lanes} source address(es), warm-up {}, \
-         responder on CPU {rcpu}, generator on CPU {gcpu}",
+        "perf-lab ike: {} setups or {:.1} s per case in {rounds} alternating round(s), {} in flight over {lanes} \
+         source address(es), warm-up {}, responders on CPU {rcpu}, generator on CPU {gcpu}",
         args.setups, args.seconds, args.inflight, args.warmup
     );
-
+    // Every responder runs (idle) for the whole run in its own namespace; the generator alternates
+    // between them round by round, so load from elsewhere on the machine hits them alike.
+    let mut responders = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        responders.push(match name.as_str() {
+            "charon" => Responder::charon(&lab, k, rcpu)?,
+            _ => Responder::ours(&lab, k, rcpu, args.control_bin.as_deref())?,
+        });
+    }
     let mut results: Vec<(String, &str, Measured)> = Vec::new();
-    for name in &args.responders {
-        let mut responder = match name.as_str() {
-            "ipsec-control" => Responder::ours(&lab, rcpu, args.control_bin.as_deref())?,
-            "charon" => {
-                if !Path::new(CHARON).exists() {
-                    eprintln!("perf-lab ike: charon skipped: {CHARON} not installed (apt-get install strongswan-charon libcharon-extra-plugins)");
-                    continue;
-                }
-                Responder::charon(&lab, rcpu)?
-            }
-            other => return Err(format!("unknown responder {other:?} (ipsec-control, charon)")),
-        };
-        for &(group, gname) in &groups {
-            let cfg = initiator_config(group);
-            if args.warmup > 0 {
-                let w = gen.drive(&cfg, args.warmup, args.inflight.min(args.warmup), 30.0, None);
+    for &(group, gname) in &groups {
+        let cfg = initiator_config(group);
+        if args.warmup > 0 {
+            for (k, name) in names.iter().enumerate() {
+                let mut w = Measured::new();
+                gen.drive(k, &cfg, args.warmup, args.inflight.min(args.warmup), 30.0, None, &mut w);
                 if w.setups == 0 {
                     return Err(format!(
                         "{name} {gname}: no setup completed in the warm-up ({} failed); responder log:\n{}",
                         w.failures,
-                        responder.log_tail()
+                        responders[k].log_tail()
                     ));
                 }
             }
-            let m = gen.drive(&cfg, args.setups, args.inflight, args.seconds, Some(responder.pid));
+        }
+        let mut acc: Vec<Measured> = names.iter().map(|_| Measured::new()).collect();
+        let per_round = args.setups.div_ceil(rounds);
+        for _ in 0..rounds {
+            for (k, m) in acc.iter_mut().enumerate() {
+                let count = per_round.min(args.setups.saturating_sub(m.setups + m.failures));
+                if count > 0 {
+                    gen.drive(k, &cfg, count, args.inflight, args.seconds / rounds as f64, Some(responders[k].pid), m);
+                }
+            }
+        }
+        for (name, m) in names.iter().zip(acc) {
             eprintln!(
                 "  {name} {gname}: {} setups ({} failed) in {:.2} s",
                 m.setups,
@@ -197,7 +240,9 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
             );
             results.push((name.clone(), gname, m));
         }
-        responder.stop();
+    }
+    for r in &mut responders {
+        r.stop();
     }
 
     let mut table = vec![[
@@ -224,8 +269,8 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
             "group": gname,
             "setups_per_s": round1(rate),
             "cpu_us_per_sa": round1(per_sa(m.responder_cpu)),
-            "p99_ms": round3(m.p99_ms),
-            "p50_ms": round3(m.p50_ms),
+            "p99_ms": round3(m.quantile_ms(0.99)),
+            "p50_ms": round3(m.quantile_ms(0.5)),
             "setups": m.setups,
             "failures": m.failures,
             "retransmits": m.retransmits,
@@ -246,8 +291,8 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
             format!("{rate:.0}"),
             format!("{:.0}", per_sa(m.responder_cpu)),
             format!("{:.0}", per_sa(m.generator_cpu)),
-            format!("{:.2}", m.p50_ms),
-            format!("{:.2}", m.p99_ms),
+            format!("{:.2}", m.quantile_ms(0.5)),
+            format!("{:.2}", m.quantile_ms(0.99)),
             ratio.map_or_else(|| "-".into(), |r| format!("{r:.3}")),
         ]);
     }
@@ -328,7 +373,9 @@ fn initiator_config(group: DhGroup) -> Config {
     c.local_ts = vec![v4_subnet(192, 0, 2)];
     c.remote_ts = vec![v4_subnet(198, 51, 100)];
     c.dpd_interval = None;
-    c.retransmit_initial = Duration::from_millis(500);
+    // Queueing at a saturated responder delays answers by up to inflight / rate (a second or more
+    // with MODP): retransmitting sooner would only add load.
+    c.retransmit_initial = Duration::from_secs(3);
     c.retransmit_max = 3;
     c
 }
@@ -352,39 +399,38 @@ fn ok(cmd: &str, args: &[&str]) -> Result<(), String> {
 /// The two namespaces, the veth pair and a scratch directory; removed on drop.
 pub struct Lab {
     gen_ns: String,
-    resp_ns: String,
+    /// One namespace per responder; responder `k` is 198.18.k.2.
+    resp_ns: Vec<String>,
     dir: PathBuf,
 }
 
 impl Lab {
-    fn new(lanes: usize) -> Result<Lab, String> {
+    fn new(lanes: usize, responders: usize) -> Result<Lab, String> {
         remove_stale();
         let p = format!("pli{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("{p}-ike"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let lab = Lab { gen_ns: format!("{p}g"), resp_ns: format!("{p}r"), dir };
-        let (vg, vr) = (format!("{p}vg"), format!("{p}vr"));
+        let lab = Lab { gen_ns: format!("{p}g"), resp_ns: (0..responders).map(|k| format!("{p}r{k}")).collect(), dir };
         ok("ip", &["netns", "add", &lab.gen_ns])?;
-        ok("ip", &["netns", "add", &lab.resp_ns])?;
-        ok("ip", &["link", "add", &vg, "type", "veth", "peer", "name", &vr])?;
-        ok("ip", &["link", "set", &vg, "netns", &lab.gen_ns])?;
-        ok("ip", &["link", "set", &vr, "netns", &lab.resp_ns])?;
-        let resp_addr = format!("{RESPONDER_IP}/24");
-        let mut gen_addrs = Vec::new();
-        for i in 0..lanes {
-            gen_addrs.push(format!("{}/24", lane_ip(i)));
-        }
-        for (ns, dev, addrs) in [(&lab.gen_ns, &vg, gen_addrs), (&lab.resp_ns, &vr, vec![resp_addr])] {
-            lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"])?;
-            for a in &addrs {
-                lab.ns_ok(ns, &["ip", "addr", "add", a, "dev", dev])?;
+        lab.ns_ok(&lab.gen_ns, &["ip", "link", "set", "lo", "up"])?;
+        for (k, ns) in lab.resp_ns.iter().enumerate() {
+            let (vg, vr) = (format!("{p}g{k}"), format!("{p}r{k}"));
+            ok("ip", &["netns", "add", ns])?;
+            ok("ip", &["link", "add", &vg, "type", "veth", "peer", "name", &vr])?;
+            ok("ip", &["link", "set", &vg, "netns", &lab.gen_ns])?;
+            ok("ip", &["link", "set", &vr, "netns", ns])?;
+            for i in 0..lanes {
+                lab.ns_ok(&lab.gen_ns, &["ip", "addr", "add", &format!("{}/24", lane_ip(k, i)), "dev", &vg])?;
             }
-            lab.ns_ok(ns, &["ip", "link", "set", dev, "up"])?;
+            lab.ns_ok(&lab.gen_ns, &["ip", "link", "set", &vg, "up"])?;
+            lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"])?;
+            lab.ns_ok(ns, &["ip", "addr", "add", &format!("{}/24", responder_ip(k)), "dev", &vr])?;
+            lab.ns_ok(ns, &["ip", "link", "set", &vr, "up"])?;
+            // charon's libipsec routes each Child SA's remote subnet via a local address inside
+            // its local subnet; without one it refuses the Child SA.
+            lab.ns_ok(ns, &["ip", "addr", "add", "198.51.100.1/32", "dev", "lo"])?;
         }
-        // charon's libipsec routes each Child SA's remote subnet via a local address inside its
-        // local subnet; without one it refuses the Child SA.
-        lab.ns_ok(&lab.resp_ns, &["ip", "addr", "add", "198.51.100.1/32", "dev", "lo"])?;
         Ok(lab)
     }
 
@@ -414,7 +460,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = sh("ip", &["netns", "del", &self.gen_ns]);
-        let _ = sh("ip", &["netns", "del", &self.resp_ns]);
+        for ns in &self.resp_ns {
+            let _ = sh("ip", &["netns", "del", ns]);
+        }
         if std::env::var_os("PERF_LAB_KEEP").is_some() {
             eprintln!("perf-lab ike: PERF_LAB_KEEP: logs kept in {}", self.dir.display());
         } else {
@@ -430,7 +478,7 @@ fn remove_stale() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix("pli") else { continue };
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() || !matches!(&rest[pid.len()..], "g" | "r") {
+        if pid.is_empty() || !matches!(&rest[pid.len()..], "g" | "r0" | "r1") {
             continue;
         }
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -439,8 +487,14 @@ fn remove_stale() {
     }
 }
 
-fn lane_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, FIRST_LANE + u8::try_from(i).unwrap_or(0))
+/// Source address `i` of the generator towards responder `k`.
+fn lane_ip(k: usize, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, u8::try_from(k).unwrap_or(0), FIRST_LANE + u8::try_from(i).unwrap_or(0))
+}
+
+/// Responder `k`'s address.
+fn responder_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, u8::try_from(k).unwrap_or(0), 2)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,7 +507,8 @@ struct Responder {
 }
 
 impl Responder {
-    fn ours(lab: &Lab, cpu: usize, bin: Option<&Path>) -> Result<Responder, String> {
+    fn ours(lab: &Lab, k: usize, cpu: usize, bin: Option<&Path>) -> Result<Responder, String> {
+        let ip = responder_ip(k);
         let bin = match bin {
             Some(b) => b.to_path_buf(),
             None => control_bin()?,
@@ -462,12 +517,12 @@ impl Responder {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let cfg = format!(
             "[daemon]
-listen = \"{RESPONDER_IP}\"
+listen = \"{ip}\"
 control_socket = \"{d}/ctl.sock\"
 
 [[connection]]
 name = \"lab\"
-local_addr = \"{RESPONDER_IP}\"
+local_addr = \"{ip}\"
 remote_addr = \"%any\"
 local_subnets = [\"198.51.100.0/24\"]
 remote_subnets = [\"192.0.2.0/24\"]
@@ -488,7 +543,7 @@ proposals = [\"aes128-sha256\"]
         std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
         let log = dir.join("daemon.log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.resp_ns, "taskset", "-c", &cpu.to_string()])
+            .args(["netns", "exec", &lab.resp_ns[k], "taskset", "-c", &cpu.to_string()])
             .arg(&bin)
             .args(["run", "--config"])
             .arg(&path)
@@ -503,7 +558,8 @@ proposals = [\"aes128-sha256\"]
         Ok(r)
     }
 
-    fn charon(lab: &Lab, cpu: usize) -> Result<Responder, String> {
+    fn charon(lab: &Lab, k: usize, cpu: usize) -> Result<Responder, String> {
+        let ip = responder_ip(k);
         let dir = lab.dir.join("charon");
         std::fs::create_dir_all(dir.join("run")).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir.join("swanctl")).map_err(|e| e.to_string())?;
@@ -548,14 +604,14 @@ swanctl {{
             "connections {{
   lab {{
     version = 2
-    local_addrs = {RESPONDER_IP}
+    local_addrs = {ip}
     remote_addrs = %any
     proposals = aes128-sha256-ecp256-modp2048-curve25519
     rekey_time = 0
     dpd_delay = 0
     local {{
       auth = psk
-      id = {RESPONDER_IP}
+      id = {ip}
     }}
     remote {{
       auth = psk
@@ -585,7 +641,7 @@ secrets {{
             "mount --bind {d}/run /run && export STRONGSWAN_CONF={d}/strongswan.conf && exec taskset -c {cpu} {CHARON}"
         );
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.resp_ns, "unshare", "-m", "--propagation", "private", "sh", "-c", &script])
+            .args(["netns", "exec", &lab.resp_ns[k], "unshare", "-m", "--propagation", "private", "sh", "-c", &script])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -695,6 +751,8 @@ fn self_cpu() -> Duration {
 // Generator
 
 struct Lane {
+    /// The responder this lane talks to.
+    k: usize,
     ike: UdpSocket,
     natt: UdpSocket,
     ip: Ipv4Addr,
@@ -717,11 +775,11 @@ pub struct Generator {
 }
 
 impl Generator {
-    fn new(lab: &Lab, n: usize) -> Result<Generator, String> {
+    fn new(lab: &Lab, n: usize, responders: usize) -> Result<Generator, String> {
         let socks = lab.in_gen_ns(|| {
             let mut v = Vec::new();
-            for i in 0..n {
-                let ip = lane_ip(i);
+            for (k, i) in (0..responders).flat_map(|k| (0..n).map(move |i| (k, i))) {
+                let ip = lane_ip(k, i);
                 let mk = |port: u16| -> io::Result<std::net::UdpSocket> {
                     let s = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(ip), port))?;
                     s.set_nonblocking(true)?;
@@ -729,18 +787,18 @@ impl Generator {
                     let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
                     Ok(s)
                 };
-                v.push((ip, mk(500)?, mk(4500)?));
+                v.push((k, ip, mk(500)?, mk(4500)?));
             }
             Ok(v)
         })?;
         let poll = Poll::new().map_err(|e| e.to_string())?;
         let mut lanes = Vec::new();
-        for (i, (ip, a, b)) in socks.into_iter().enumerate() {
+        for (i, (k, ip, a, b)) in socks.into_iter().enumerate() {
             let mut ike = UdpSocket::from_std(a);
             let mut natt = UdpSocket::from_std(b);
             poll.registry().register(&mut ike, Token(2 * i), Interest::READABLE).map_err(|e| e.to_string())?;
             poll.registry().register(&mut natt, Token(2 * i + 1), Interest::READABLE).map_err(|e| e.to_string())?;
-            lanes.push(Lane { ike, natt, ip });
+            lanes.push(Lane { k, ike, natt, ip });
         }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("getrandom: {e}"))?;
@@ -762,12 +820,24 @@ impl Generator {
         sock.send_to(&t.to_datagram(), t.remote).is_ok()
     }
 
-    /// Runs up to `count` setups (at most `inflight` at once, starting none after `seconds`), each
-    /// deleted once up; measures `responder`'s CPU across them when given.
-    fn drive(&mut self, cfg: &Config, count: usize, inflight: usize, seconds: f64, responder: Option<u32>) -> Measured {
+    /// Runs up to `count` setups against responder `k` (at most `inflight` at once, starting none
+    /// after `seconds`), each deleted once up; adds them to `acc`, with `responder`'s CPU time
+    /// across them when given.
+    #[allow(clippy::too_many_arguments)]
+    fn drive(
+        &mut self,
+        k: usize,
+        cfg: &Config,
+        count: usize,
+        inflight: usize,
+        seconds: f64,
+        responder: Option<u32>,
+        acc: &mut Measured,
+    ) {
         let inflight = inflight.max(1);
+        let lanes: Vec<usize> = (0..self.lanes.len()).filter(|&i| self.lanes[i].k == k).collect();
         let mut sas: HashMap<u64, Setup> = HashMap::new();
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
+        let hist = &mut acc.latency;
         let (mut started, mut completed, mut failures, mut retransmits) = (0usize, 0usize, 0usize, 0u64);
         let mut sent_of: HashMap<u64, u32> = HashMap::new();
         let cpu0 = responder.map(process_cpu);
@@ -777,14 +847,14 @@ impl Generator {
         let mut last_done = t0;
         let mut next_scan = t0;
         let mut pending_out: VecDeque<u64> = VecDeque::new();
-        let remote = SocketAddr::new(IpAddr::V4(RESPONDER_IP), 500);
+        let remote = SocketAddr::new(IpAddr::V4(responder_ip(k)), 500);
         loop {
             let now = Instant::now();
             // Keep `inflight` setups running.
             let setting_up = sas.values().filter(|s| !s.done).count();
             let mut room = inflight.saturating_sub(setting_up);
             while room > 0 && started < count && now < stop_starting {
-                let lane = &self.lanes[self.next_lane % self.lanes.len()];
+                let lane = &self.lanes[lanes[self.next_lane % lanes.len()]];
                 self.next_lane += 1;
                 let local = SocketAddr::new(IpAddr::V4(lane.ip), 500);
                 let sa = IkeSa::initiate(cfg.clone(), local, remote, now, &mut self.rng);
@@ -901,16 +971,11 @@ impl Generator {
             (Some(pid), Some(c0)) => process_cpu(pid).saturating_sub(c0),
             _ => Duration::ZERO,
         };
-        let ms = |q: f64| if hist.is_empty() { 0.0 } else { hist.value_at_quantile(q) as f64 / 1000.0 };
-        Measured {
-            setups: completed,
-            failures,
-            elapsed,
-            responder_cpu,
-            generator_cpu: self_cpu().saturating_sub(gen0),
-            p50_ms: ms(0.5),
-            p99_ms: ms(0.99),
-            retransmits,
-        }
+        acc.setups += completed;
+        acc.failures += failures;
+        acc.elapsed += elapsed;
+        acc.responder_cpu += responder_cpu;
+        acc.generator_cpu += self_cpu().saturating_sub(gen0);
+        acc.retransmits += retransmits;
     }
 }

@@ -77,6 +77,9 @@ enum Cmd {
         /// Only time the DH steps in this process (no root, no responders).
         #[arg(long)]
         dh_only: bool,
+        /// Rounds per case, alternating between the responders.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
     },
 }
 
@@ -117,6 +120,7 @@ fn main() {
             generator_cpu,
             control_bin,
             dh_only,
+            rounds,
         } => {
             let a = ike::IkeArgs {
                 json,
@@ -131,6 +135,7 @@ fn main() {
                 generator_cpu,
                 control_bin,
                 dh_only,
+                rounds,
             };
             if let Err(e) = ike::run(&a) {
                 eprintln!("perf-lab ike: {e}");
