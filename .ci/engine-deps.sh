@@ -3,7 +3,8 @@
 # - xsk-rs builds libxdp and libbpf from source (feature use_cc_build) and runs bindgen:
 #   clang (libclang), m4, libelf-dev, zlib1g-dev, make, pkg-config;
 # - engine/tests/e2e_static.rs turns off checksum offload on veth with ethtool.
-engine_pkgs=(clang m4 libelf-dev zlib1g-dev make pkg-config ethtool)
+# libssl-dev: the IKE core's MODP exponentiation (control/ike, feature `openssl`, on by default).
+engine_pkgs=(clang m4 libelf-dev zlib1g-dev make pkg-config ethtool libssl-dev)
 engine_missing=()
 for p in "${engine_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || engine_missing+=("$p")
