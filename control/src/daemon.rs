@@ -314,14 +314,16 @@ impl Daemon {
             return;
         };
         let h = p.header;
-        logln!(
-            self.log,
-            "recv {} {} mid {} ({} B) from {remote}",
-            h.exchange_type.name().unwrap_or("?"),
-            if h.flags.response { "response" } else { "request" },
-            h.message_id,
-            msg.len()
-        );
+        if self.settings.log_messages {
+            logln!(
+                self.log,
+                "recv {} {} mid {} ({} B) from {remote}",
+                h.exchange_type.name().unwrap_or("?"),
+                if h.flags.response { "response" } else { "request" },
+                h.message_id,
+                msg.len()
+            );
+        }
         let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
             self.conns
                 .iter()
@@ -339,7 +341,7 @@ impl Daemon {
 
     fn send(&self, t: &Transmit) {
         let sock = if t.local.port() == self.settings.natt_port { &self.natt } else { &self.ike };
-        if !t.is_keepalive() {
+        if self.settings.log_messages && !t.is_keepalive() {
             if let Ok(p) = Header::peek(&t.payload) {
                 let h = p.header;
                 logln!(

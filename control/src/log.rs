@@ -49,7 +49,10 @@ impl Logger {
     /// A logger writing to `out`, each line at once.
     #[must_use]
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Logger { out: Arc::new(Mutex::new(Out { w: out, pending: Vec::new(), deferred: false })), start: Instant::now() }
+        Logger {
+            out: Arc::new(Mutex::new(Out { w: out, pending: Vec::new(), deferred: false })),
+            start: Instant::now(),
+        }
     }
 
     /// A logger writing to stderr.

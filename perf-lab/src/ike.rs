@@ -38,7 +38,8 @@
 //! * `ipsec-control run --config` with one `remote_addr = "%any"` connection: every IKE_SA_INIT
 //!   from any address creates a new responder IKE SA in that connection's endpoint (cookies only
 //!   beyond `cookie_threshold` half-open SAs, 64 by default, more than the default in-flight
-//!   count). Logging goes to a file in the run's directory.
+//!   count). Logging goes to a file in the run's directory, SA events only (`log_messages =
+//!   false`, like charon's level 0, which logs no message either).
 //! * charon (`/usr/lib/ipsec/charon`, strongSwan 5.9) with `dos_protection = no`,
 //!   `ikesa_table_size = 4096`, 16 threads, logging off, kernel-libipsec (its Child SAs are
 //!   installed in userspace; no kernel ESP needed) and `install_routes = no`; skipped with a
@@ -261,9 +262,9 @@ pub fn run(args: &IkeArgs) -> Result<(), String> {
         let per_sa = |d: Duration| if m.setups == 0 { 0.0 } else { d.as_secs_f64() * 1e6 / m.setups as f64 };
         let rate = if m.elapsed.is_zero() { 0.0 } else { m.setups as f64 / m.elapsed.as_secs_f64() };
         let charon = results.iter().find(|(n, g, _)| n == "charon" && g == gname).map(|(_, _, c)| c);
-        let ratio = charon.filter(|c| c.setups > 0 && name != "charon").map(|c| {
-            per_sa(m.responder_cpu) / (c.responder_cpu.as_secs_f64() * 1e6 / c.setups as f64)
-        });
+        let ratio = charon
+            .filter(|c| c.setups > 0 && name != "charon")
+            .map(|c| per_sa(m.responder_cpu) / (c.responder_cpu.as_secs_f64() * 1e6 / c.setups as f64));
         let mut line = json!({
             "responder": name,
             "group": gname,
@@ -518,6 +519,7 @@ impl Responder {
         let cfg = format!(
             "[daemon]
 listen = \"{ip}\"
+log_messages = false
 control_socket = \"{d}/ctl.sock\"
 
 [[connection]]
@@ -725,7 +727,10 @@ fn control_bin() -> Result<PathBuf, String> {
     }
     let st = cmd.status().map_err(|e| format!("cargo build -p ipsec-control: {e}"))?;
     if !st.success() || !bin.exists() {
-        return Err(format!("{} missing: build it with cargo build -p ipsec-control, or pass --control-bin", bin.display()));
+        return Err(format!(
+            "{} missing: build it with cargo build -p ipsec-control, or pass --control-bin",
+            bin.display()
+        ));
     }
     Ok(bin)
 }

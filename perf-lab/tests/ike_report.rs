@@ -33,8 +33,14 @@ fn ike_json_lines_have_the_documented_fields() {
     let exe = Path::new(env!("CARGO_BIN_EXE_perf-lab"));
     let control = exe.with_file_name("ipsec-control");
     let mut cmd = Command::new(exe);
-    cmd.args(["ike", "--json", "--setups", "12", "--inflight", "4", "--warmup", "2", "--rounds", "2"])
-        .args(["--seconds", "10", "--lanes", "2", "--responders", responders]);
+    cmd.args(["ike", "--json", "--setups", "12", "--inflight", "4", "--warmup", "2", "--rounds", "2"]).args([
+        "--seconds",
+        "10",
+        "--lanes",
+        "2",
+        "--responders",
+        responders,
+    ]);
     if control.exists() {
         cmd.arg("--control-bin").arg(&control);
     }
