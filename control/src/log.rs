@@ -92,6 +92,12 @@ impl Logger {
     }
 }
 
+/// Logs a formatted line: `logln!(logger, "...", args)`.
+#[macro_export]
+macro_rules! logln {
+    ($l:expr, $($arg:tt)*) => { $l.line(format_args!($($arg)*)) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,10 +138,4 @@ mod tests {
         log.set_deferred(false);
         assert!(String::from_utf8(sink.0.lock().unwrap().0.clone()).unwrap().ends_with("] fourth\n"));
     }
-}
-
-/// Logs a formatted line: `logln!(logger, "...", args)`.
-#[macro_export]
-macro_rules! logln {
-    ($l:expr, $($arg:tt)*) => { $l.line(format_args!($($arg)*)) };
 }
