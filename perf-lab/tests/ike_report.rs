@@ -1,7 +1,9 @@
 //! `perf-lab ike --json` in a tiny configuration: our responder (and charon when installed) in
 //! namespaces, a few setups each; checks the documented fields are there and that setups actually
 //! completed. Root only: without root or iproute2 it prints SKIPPED and passes, unless
-//! `IPSEC_REQUIRE_ROOT_TESTS=1`. The report checks the fields, not the speed.
+//! `IPSEC_REQUIRE_ROOT_TESTS=1`. The report checks the fields, not the speed. Needs the
+//! `ipsec-control` binary of the same profile (built by `cargo test --workspace`; alone:
+//! `cargo build -p ipsec-control && cargo test -p perf-lab --test ike_report`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,22 +30,16 @@ fn ike_json_lines_have_the_documented_fields() {
     }
     let charon = Path::new("/usr/lib/ipsec/charon").exists();
     let responders = if charon { "ipsec-control,charon" } else { "ipsec-control" };
-    // The responder binary of the same build (cargo builds the workspace's binaries for tests of
-    // the workspace; perf-lab builds it itself when it is missing).
+    // The responder binary of the same build: `cargo test --workspace` builds it for the control
+    // crate's tests; alone, build it first (`cargo build -p ipsec-control`).
     let exe = Path::new(env!("CARGO_BIN_EXE_perf-lab"));
     let control = exe.with_file_name("ipsec-control");
+    assert!(control.exists(), "{} missing: run cargo build -p ipsec-control first", control.display());
     let mut cmd = Command::new(exe);
-    cmd.args(["ike", "--json", "--setups", "12", "--inflight", "4", "--warmup", "2", "--rounds", "2"]).args([
-        "--seconds",
-        "10",
-        "--lanes",
-        "2",
-        "--responders",
-        responders,
-    ]);
-    if control.exists() {
-        cmd.arg("--control-bin").arg(&control);
-    }
+    cmd.args(["ike", "--json", "--setups", "12", "--inflight", "4", "--warmup", "2", "--rounds", "2"])
+        .args(["--seconds", "10", "--lanes", "2", "--responders", responders])
+        .arg("--control-bin")
+        .arg(&control);
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run perf-lab");
     let pid = child.id();
     let out = child.wait_with_output().expect("perf-lab output");
