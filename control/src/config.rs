@@ -394,14 +394,19 @@ pub fn selector_prefixes(ts: &TrafficSelector) -> Vec<IpNet> {
     }
 }
 
-fn ip_id(ip: IpAddr) -> Identification {
+/// The IP-address identity of `ip` (ID_IPV4_ADDR / ID_IPV6_ADDR).
+#[must_use]
+pub fn ip_id(ip: IpAddr) -> Identification {
     match ip {
         IpAddr::V4(a) => Identification::Ipv4(a),
         IpAddr::V6(a) => Identification::Ipv6(a),
     }
 }
 
-fn identification(s: &str) -> Identification {
+/// An identity as written in the seed's `LocalId`/`RemoteId` (and this file): an IP address, an
+/// FQDN (optionally `@`-prefixed), or `user@fqdn`.
+#[must_use]
+pub fn identification(s: &str) -> Identification {
     if let Ok(a) = s.parse::<Ipv4Addr>() {
         Identification::Ipv4(a)
     } else if let Ok(a) = s.parse::<Ipv6Addr>() {

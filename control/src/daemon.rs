@@ -20,6 +20,12 @@
 //! connection's). An IKE_SA_INIT request goes to the connection whose `remote_addr` is the
 //! sender's address, else to the first `%any` connection; every other message to the connection
 //! that owns the IKE SPI it is addressed to.
+//!
+//! Several connections may accept the same initiator (several `%any`, or the same address): the
+//! IKE_SA_INIT target then offers the others as [`Alternative`]s, and at IKE_AUTH the IKE core
+//! keeps the connection whose remote ID and PSK the initiator's IDi and AUTH match (exact IDs
+//! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
+//! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipsec_ike::endpoint::{Endpoint, EndpointConfig, SaHandle};
-use ipsec_ike::ike_sa::{ChildSa, Event, Transmit};
+use ipsec_ike::ike_sa::{Alternative, ChildSa, Event, Transmit};
 use ipsec_ike::message::{ExchangeType, Header};
 use ipsec_ike::nat::{self, Received};
 use mio::net::UdpSocket;
@@ -46,6 +52,12 @@ use crate::log::Logger;
 use crate::logln;
 use crate::sink::SaSink;
 
+mod runtime;
+pub use runtime::{
+    next_backoff, ChildStatus, ConnObserver, ConnStatus, IkeState, PUBLISH_EVERY, REMOVE_GRACE, RETRY_INITIAL,
+    RETRY_MAX,
+};
+
 const IKE: Token = Token(0);
 const NATT: Token = Token(1);
 const CTL: Token = Token(2);
@@ -56,6 +68,8 @@ struct Conn {
     endpoint: Endpoint,
     /// The connection's current IKE SA (the last one established or initiated).
     handle: Option<SaHandle>,
+    /// Run-time management: removal, re-initiation with back-off, times (see `runtime`).
+    rt: runtime::ConnRuntime,
 }
 
 /// The daemon; see the module documentation.
@@ -75,6 +89,10 @@ pub struct Daemon {
     /// Our inbound Child SA SPI → its connection (DPD is postponed by inbound ESP).
     spi_owner: HashMap<u32, (usize, SaHandle)>,
     buf: Vec<u8>,
+    /// Per-connection logs and status snapshots (the management API), if any.
+    observer: Option<Box<dyn ConnObserver>>,
+    /// When statuses (with counters) are next published to the observer.
+    next_publish: Option<Instant>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -120,6 +138,7 @@ impl Daemon {
                 endpoint: Endpoint::new(EndpointConfig::new(Some(spec.ike.clone()))),
                 spec,
                 handle: None,
+                rt: runtime::ConnRuntime::default(),
             })
             .collect();
         let mut d = Daemon {
@@ -137,6 +156,8 @@ impl Daemon {
             log,
             spi_owner: HashMap::new(),
             buf: vec![0u8; 65536],
+            observer: None,
+            next_publish: None,
         };
         d.register_sink()?;
         // Lines are queued and written once per loop iteration (`step`); see `log`.
@@ -193,6 +214,17 @@ impl Daemon {
         &self.settings
     }
 
+    /// The keys of connection `name`'s current IKE SA: for the key-derivation cross-check against
+    /// strongSwan's logged keys (`tests/keys_strongswan.rs`) only. No daemon path (log, control
+    /// socket, state file, management API) calls it; keys otherwise leave the IKE core only as
+    /// Child SA keys to the sink.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn ike_sa_keys_for_tests(&self, name: &str) -> Option<&ipsec_ike::crypto::keys::IkeSaKeys> {
+        let i = self.conns.iter().position(|c| c.spec.name == name)?;
+        self.live(i).and_then(|h| self.conns[i].endpoint.ike_sa(h)).and_then(|sa| sa.keys())
+    }
+
     /// Initiates every connection with `effect_immediately`.
     pub fn start(&mut self) {
         let now = Instant::now();
@@ -228,6 +260,7 @@ impl Daemon {
             .conns
             .iter()
             .filter_map(|c| c.endpoint.poll_timeout())
+            .chain(self.runtime_timeout())
             .min()
             .map_or(max_wait, |t| t.saturating_duration_since(now).min(max_wait));
         match self.poll.poll(&mut self.events, Some(wait)) {
@@ -242,7 +275,14 @@ impl Daemon {
                 IKE => self.drain(false, now),
                 NATT => self.drain(true, now),
                 CTL => self.accept(now),
-                SINK => self.sink.on_readable(now),
+                SINK => {
+                    self.sink.on_readable(now);
+                    for name in self.sink.take_acquires() {
+                        if let Err(e) = self.acquire(&name, now) {
+                            logln!(self.log, "acquire for {name}: {e}");
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -252,6 +292,7 @@ impl Daemon {
             }
         }
         self.flush(now);
+        self.runtime_tick(now);
         self.log.flush();
         Ok(())
     }
@@ -327,17 +368,52 @@ impl Daemon {
         let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
             self.conns
                 .iter()
-                .position(|c| c.spec.remote == Some(remote.ip()))
-                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none()))
+                .position(|c| c.spec.remote == Some(remote.ip()) && !c.rt.is_removing())
+                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none() && !c.rt.is_removing()))
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
             self.conns.iter().position(|c| c.endpoint.routes_spi(ours))
         };
         match idx {
-            Some(i) => self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng),
+            Some(i) => {
+                self.observe_received(i, remote, msg);
+                if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
+                    let alternatives = self.alternatives_for(i, remote);
+                    self.conns[i].endpoint.set_responder_alternatives(alternatives);
+                }
+                self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng);
+                self.follow_switches(i);
+            }
             None => logln!(self.log, "  no connection for this message from {remote}: dropped"),
         }
     }
+
+    // ---- responder selection by identity (see the module documentation) ----
+
+    /// The other connections that accept an IKE_SA_INIT from `remote` besides `i`: same
+    /// `remote_addr` first, then `%any`, each in configuration order.
+    fn alternatives_for(&self, i: usize, remote: SocketAddr) -> Vec<Alternative> {
+        let open = |k: usize, c: &Conn| k != i && !c.rt.is_removing();
+        let same = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote == Some(remote.ip()));
+        let any = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote.is_none());
+        same.chain(any).map(|(_, c)| Alternative { label: c.spec.name.clone(), config: c.spec.ike.clone() }).collect()
+    }
+
+    /// Moves every IKE SA of connection `i` that switched to another connection at IKE_AUTH into
+    /// that connection's endpoint, with its pending events.
+    fn follow_switches(&mut self, i: usize) {
+        while let Some((h, name)) = self.conns[i].endpoint.poll_switched() {
+            let Some(k) = self.conns.iter().position(|c| c.spec.name == name) else {
+                continue;
+            };
+            if let Some(sa) = self.conns[i].endpoint.detach(h) {
+                self.conns[k].endpoint.attach(sa);
+                logln!(self.log, "conn {}: peer authenticated as conn {name}: IKE_SA moved", self.conns[i].spec.name);
+            }
+        }
+    }
+
+    // ---- end of responder selection ----
 
     fn send(&self, t: &Transmit) {
         let sock = if t.local.port() == self.settings.natt_port { &self.natt } else { &self.ike };
@@ -366,6 +442,7 @@ impl Daemon {
             for i in 0..self.conns.len() {
                 while let Some(t) = self.conns[i].endpoint.poll_transmit(now) {
                     any = true;
+                    self.observe_transmit(i, &t);
                     self.send(&t);
                 }
                 while let Some((h, ev)) = self.conns[i].endpoint.poll_event() {
@@ -380,6 +457,7 @@ impl Daemon {
     }
 
     fn on_event(&mut self, i: usize, h: SaHandle, ev: Event) {
+        self.observe_event(i, h, &ev);
         let name = self.conns[i].spec.name.clone();
         let mut changed = true;
         match ev {
@@ -462,6 +540,7 @@ impl Daemon {
         let cfg = c.spec.ike.clone();
         let h = self.conns[i].endpoint.connect(cfg, local, remote, now, &mut self.rng);
         self.conns[i].handle = Some(h);
+        self.conns[i].rt.initiated();
         logln!(self.log, "conn {name}: initiating {local} -> {remote}");
         Ok(format!("conn {name}: initiating"))
     }

@@ -66,6 +66,8 @@ pub struct EspForwarder {
     inb: HashMap<u32, InboundSa>,
     log: Logger,
     frame: Vec<u8>,
+    /// Prefixes routed to the TUN.
+    routed: Vec<IpNet>,
 }
 
 impl std::fmt::Debug for EspForwarder {
@@ -162,6 +164,7 @@ impl EspForwarder {
             inb: HashMap::new(),
             log,
             frame: vec![0; HEADROOM + MAX_INNER + TAILROOM],
+            routed: routes.to_vec(),
         })
     }
 
@@ -209,6 +212,17 @@ impl SaSink for EspForwarder {
         });
         match built {
             Ok((o, i)) => {
+                // Connections added at run time (`ipsec-control serve`): route their subnets too.
+                for n in sa.remote_ts().iter().flat_map(selector_prefixes) {
+                    if !self.routed.contains(&n) {
+                        match ip(&["route", "replace", &n.to_string(), "dev", self.tun.name()]) {
+                            Ok(()) => {
+                                self.routed.push(n);
+                            }
+                            Err(e) => logln!(self.log, "forwarder: route {n}: {e}"),
+                        }
+                    }
+                }
                 self.out.push(Outbound {
                     conn: conn.to_string(),
                     spi_in: sa.inbound_spi(),
@@ -228,6 +242,23 @@ impl SaSink for EspForwarder {
             }
             Err(e) => logln!(self.log, "forwarder: conn {conn}: cannot install: {e}"),
         }
+    }
+
+    fn counters(&self, _conn: &str, spi_in: u32, spi_out: u32) -> Option<crate::sink::SaCounters> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut c = crate::sink::SaCounters::default();
+        let mut found = false;
+        if let Some(i) = self.inb.get(&spi_in) {
+            c.bytes_in = i.counters().bytes.load(Relaxed);
+            c.packets_in = i.counters().packets.load(Relaxed);
+            found = true;
+        }
+        if let Some(o) = self.out.iter().find(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
+            c.bytes_out = o.sa.counters().bytes.load(Relaxed);
+            c.packets_out = o.sa.counters().packets.load(Relaxed);
+            found = true;
+        }
+        found.then_some(c)
     }
 
     fn delete(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {

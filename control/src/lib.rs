@@ -14,8 +14,17 @@
 //!   Implementations: [`sink::RecordingSink`] (tests) and [`forwarder::EspForwarder`] (a TUN +
 //!   ESP-in-UDP userspace forwarder over the engine's ESP core, **for interop tests only**; the
 //!   AF_XDP engine's control channel will replace it).
-//! * **Configuration** is a TOML file ([`config`]) until the management API lands. IKEv1 is
-//!   refused with a clear error.
+//! * **Configuration**: a TOML file ([`config`]) for `run`, or the management store and API for
+//!   `serve` ([`serve`]: one process with the `ipsec-mgmt` store, HTTP API and the IKE daemon on its
+//!   own thread; connections are added, re-negotiated and removed at run time as the API commits
+//!   changes, and replayed at start). IKEv1 is refused with a clear error (`run`) or stored but not
+//!   negotiated with a per-connection log line saying so (`serve`).
+//! * **Run-time connections** ([`daemon::Daemon::add_connection`], `replace_connection`,
+//!   `remove_connection`, `acquire`, `connection_status`): see the `daemon::runtime` module; after
+//!   DPD declares a peer dead (or an initiation fails) a connection with a remote address
+//!   re-initiates with back-off (1 s doubling to 60 s). A [`daemon::ConnObserver`] receives one log
+//!   line per negotiation step and each connection's [`daemon::ConnStatus`] (`serve` stores them
+//!   as the connection's logs and DescribeVpnConnection's live fields).
 //! * **Secrets stay secret.** PSKs are read into the IKE core's zeroizing `SecretBytes` and never
 //!   formatted: config errors do not echo source lines, `Debug` of every config type redacts the
 //!   PSK, the log ([`log`]) carries SPIs, algorithms and addresses only. The control socket and
@@ -30,13 +39,19 @@
 //! ```text
 //! ipsec-control check-config /etc/ipsec-control.toml
 //! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--forwarder TUN]
+//! ipsec-control serve --ike-listen 198.18.0.1 [--forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
+//!                     [--state-dir /var/lib/ipsec-mgmt] [ipsec-mgmtd options]
 //! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
 //! ```
 //!
 //! The config format is documented in [`config`]. `--forwarder` (root, interop tests only) serves
 //! the Child SAs in userspace through a TUN device; without it the SAs are only logged until the
-//! engine's control channel exists. Tests: `cargo test -p ipsec-control` (the loopback test runs
-//! unprivileged; `tests/interop_strongswan.rs` needs root and strongSwan, see its documentation;
+//! engine's control channel exists. `serve` takes `ipsec-mgmtd`'s options (API address, state
+//! directory with `mgmt.db`, `api-token` and the IKE state file `ike-state`, all 0600) plus the IKE
+//! address (`--ike-listen`: the VPN gateways' PublicIp; connections of other gateways are logged as
+//! not served). Tests: `cargo test -p ipsec-control` (the loopback tests `loopback.rs` and
+//! `mgmt_ike.rs` run unprivileged; `tests/interop_strongswan.rs` and `tests/mgmt_strongswan.rs`
+//! need root and strongSwan, see their documentation;
 //! `INTEROP_ONLY=<case substring>|rekey` runs a subset, `INTEROP_KEEP=1` keeps the logs).
 #![deny(unsafe_code)]
 
@@ -44,6 +59,7 @@ pub mod config;
 pub mod daemon;
 pub mod forwarder;
 pub mod log;
+pub mod serve;
 pub mod sink;
 pub mod tun;
 

@@ -20,6 +20,10 @@ const USAGE: &str = "usage:
   ipsec-control run --config FILE [--forwarder TUN] [--log FILE]
       run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --forwarder serves the Child SAs with the userspace ESP forwarder on TUN
       (interop tests only); logs go to stderr or FILE
+  ipsec-control serve --ike-listen IP [--forwarder TUN] [--log FILE] [--ike-port N] [--natt-port N] [--peer-ike-port N]
+                      [--listen ADDR:PORT] [--state-dir DIR] [--quota N] [--token-file PATH] [--readonly-token-file PATH]
+      one process: the management store and API (options as ipsec-mgmtd) and the IKE daemon on IP (the VPN gateway's
+      PublicIp); connections come from the API; --forwarder as for run, otherwise SAs are only logged
   ipsec-control check-config FILE
   ipsec-control initiate|rekey-child|rekey-ike|terminate NAME [--socket PATH]
   ipsec-control status [--socket PATH]
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
+        Some("serve") => serve(&args[1..]),
         Some("check-config") => match args.get(1) {
             Some(f) => DaemonConfig::load(f.as_ref())
                 .map(|c| println!("ok: {} connection(s)", c.connections.len()))
@@ -101,6 +106,66 @@ fn run(args: &[String]) -> Result<(), String> {
     let r = d.run(&stop).and_then(|()| d.shutdown(std::time::Duration::from_secs(3))).map_err(|e| e.to_string());
     logln!(log, "exiting: {r:?}");
     r
+}
+
+fn open_log(args: &[String]) -> Result<Logger, String> {
+    Ok(match opt(args, "--log") {
+        Some(f) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&f)
+                .map_err(|e| format!("{f}: {e}"))?;
+            Logger::new(Box::new(file))
+        }
+        None => Logger::stderr(),
+    })
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    use ipsec_control::serve::{IkeOptions, SinkFactory};
+    // Our options; everything else goes to the management daemon's parser.
+    const OURS: &[&str] = &["--ike-listen", "--forwarder", "--log", "--ike-port", "--natt-port", "--peer-ike-port"];
+    let mut mgmt_args = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if OURS.contains(&a.as_str()) {
+            it.next();
+        } else {
+            mgmt_args.push(a.clone());
+        }
+    }
+    let mgmt = ipsec_mgmt::daemon::Options::parse(&mgmt_args).map_err(|e| format!("{e}\n{USAGE}"))?;
+    let listen = opt(args, "--ike-listen").ok_or(USAGE)?.parse().map_err(|e| format!("--ike-listen: {e}"))?;
+    let port = |name: &str, default: u16| -> Result<u16, String> {
+        opt(args, name).map_or(Ok(default), |v| v.parse().map_err(|e| format!("{name}: {e}")))
+    };
+    let mut o = IkeOptions::new(listen);
+    o.ike_port = port("--ike-port", o.ike_port)?;
+    o.natt_port = port("--natt-port", o.natt_port)?;
+    o.peer_ike_port = port("--peer-ike-port", o.peer_ike_port)?;
+    o.state_file = Some(mgmt.state_dir.join("ike-state"));
+    let log = open_log(args)?;
+    let sink: SinkFactory = match opt(args, "--forwarder") {
+        Some(tun) => {
+            // The forwarder serves UDP-encapsulated SAs only.
+            o.force_encap = true;
+            let log = log.clone();
+            Box::new(move |d: &Daemon| {
+                let sock = d.natt_socket()?;
+                let f = EspForwarder::new(&tun, &[], sock, log)?;
+                Ok(Box::new(f) as Box<dyn SaSink>)
+            })
+        }
+        None => {
+            let log = log.clone();
+            Box::new(move |_: &Daemon| Ok(Box::new(LogSink(log)) as Box<dyn SaSink>))
+        }
+    };
+    logln!(log, "serve: IKE on {listen}, management API on {}", mgmt.listen);
+    ipsec_control::serve::serve(mgmt, o, sink, log)
 }
 
 /// The default sink without a data plane: the daemon already logs every SA; this only says so.

@@ -33,6 +33,40 @@ pub trait SaSink {
     }
     /// Called when [`SaSink::poll_fd`] is readable.
     fn on_readable(&mut self, _now: Instant) {}
+    /// Connections whose traffic found no SA since the last call (the data plane's "acquire"): the
+    /// daemon initiates them ([`crate::daemon::Daemon::acquire`]). Polled after
+    /// [`SaSink::on_readable`]; the default has none.
+    fn take_acquires(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Traffic counters of the Child SA with these SPIs (our inbound, our outbound), when the data
+    /// plane can tell; `None` (the default) when it cannot. Shown by DescribeVpnConnection.
+    fn counters(&self, _conn: &str, _spi_in: u32, _spi_out: u32) -> Option<SaCounters> {
+        None
+    }
+}
+
+/// Traffic of one Child SA as the data plane counted it (inbound = decapsulated, outbound =
+/// encapsulated; bytes of the inner packets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaCounters {
+    /// Inner bytes received (decapsulated and accepted).
+    pub bytes_in: u64,
+    /// Inner bytes sent (encapsulated).
+    pub bytes_out: u64,
+    /// Packets received.
+    pub packets_in: u64,
+    /// Packets sent.
+    pub packets_out: u64,
+}
+
+impl std::ops::AddAssign for SaCounters {
+    fn add_assign(&mut self, o: SaCounters) {
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+    }
 }
 
 /// What a [`RecordingSink`] saw.

@@ -1,12 +1,15 @@
 //! Static configuration of the engine (`ipsec-engine run --config FILE`): interfaces, the
 //! gateway's own addresses, tunnels and manually keyed SAs, in TOML.
 //!
-//! This plays the role of `ip xfrm state` / `ip xfrm policy` (or DPDK ipsec-secgw's config file)
-//! until the IKE control process installs SAs over the engine↔control channel. Format:
+//! This plays the role of `ip xfrm state` / `ip xfrm policy` (or DPDK ipsec-secgw's config file);
+//! tunnels and SAs may also (or only) come from the control process over the engine↔control
+//! channel ([`crate::channel`]), in which case the file needs no `[[tunnel]]` / `[[sa]]`. Format:
 //!
 //! ```toml
 //! [gateway]
 //! local_addrs = ["198.18.0.1"]        # outer addresses ESP is received on
+//! inside_addrs = ["192.0.2.1"]        # optional: source of ICMP errors to inside hosts (one per
+//!                                     # family; default: the inside interface's address)
 //!
 //! [[interface]]
 //! name = "eth0"
@@ -27,6 +30,9 @@
 //! remote_subnets = ["198.51.100.0/24"]
 //! routing = "destination"             # or "flows" (local × remote subnet pairs)
 //! udp_encap = { local_port = 4500, remote_port = 4500 }   # optional: ESP in UDP
+//! mtu = 1400                          # optional: outer path MTU to the peer (576-65535) when
+//!                                     # below the outside link's (or route's) MTU; the inner MTU
+//!                                     # is this minus the SA's ESP overhead
 //!
 //! [[sa]]
 //! tunnel = "to-gw2"
@@ -104,6 +110,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     local_addrs: Vec<String>,
+    #[serde(default)]
+    inside_addrs: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +139,7 @@ struct RawTunnel {
     #[serde(default = "destination")]
     routing: String,
     udp_encap: Option<RawUdpEncap>,
+    mtu: Option<u32>,
 }
 
 fn destination() -> String {
@@ -232,6 +241,8 @@ pub struct TunnelConfig {
     pub remote_subnets: Vec<IpNet>,
     pub routing: Routing,
     pub encap: Option<UdpEncap>,
+    /// Outer path MTU override (see the format above).
+    pub mtu: Option<u16>,
 }
 
 /// SA direction.
@@ -254,6 +265,8 @@ pub struct SaEntry {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub local_addrs: Vec<IpAddr>,
+    /// Source addresses of ICMP errors sent to inside hosts (empty: from the inside interface).
+    pub inside_addrs: Vec<IpAddr>,
     pub interfaces: Vec<InterfaceConfig>,
     pub tunnels: Vec<TunnelConfig>,
     pub sas: Vec<SaEntry>,
@@ -361,6 +374,10 @@ impl EngineConfig {
         if local_addrs.is_empty() {
             return Err(ConfigError::new("gateway.local_addrs", "at least one address is needed"));
         }
+        let mut inside_addrs = Vec::new();
+        for (k, a) in raw.gateway.inside_addrs.iter().enumerate() {
+            inside_addrs.push(parse_addr(&format!("gateway.inside_addrs[{k}]"), a)?);
+        }
 
         let mut interfaces = Vec::new();
         let mut names = HashSet::new();
@@ -439,7 +456,13 @@ impl EngineConfig {
                     return Err(ConfigError::new(f("udp_encap"), "ports must be non-zero"));
                 }
             }
+            let mtu = match t.mtu {
+                None => None,
+                Some(m @ 576..=65535) => Some(m as u16),
+                Some(m) => return Err(ConfigError::new(f("mtu"), format!("{m} out of range 576-65535"))),
+            };
             tunnels.push(TunnelConfig {
+                mtu,
                 name: t.name.clone(),
                 id: TunnelId(id),
                 local_addr,
@@ -523,12 +546,13 @@ impl EngineConfig {
                     ));
                 }
             }
+            cfg.mtu = t.mtu;
             if let Some(ttl) = s.ttl {
                 cfg.ttl = ttl;
             }
             sas.push(SaEntry { tunnel, direction, config: cfg });
         }
-        Ok(EngineConfig { local_addrs, interfaces, tunnels, sas })
+        Ok(EngineConfig { local_addrs, inside_addrs, interfaces, tunnels, sas })
     }
 
     /// The interfaces of one role.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipsec_esp::counters::LocalCounter;
 use ipsec_esp::{InboundSa, OutboundSa, SaCounters, WorkerCounters};
 
+use crate::channel::SaLists;
 use crate::xdp::XdpSteering;
 
 macro_rules! engine_drops {
@@ -40,13 +41,30 @@ macro_rules! engine_drops {
 
 engine_drops! {
     NotIp => "not_ip", "Not IPv4/IPv6 (or a malformed IP header) on a steered queue.";
-    Ike => "ike", "IKE (UDP 500, or 4500 with the non-ESP marker): punting to the control process is not there yet.";
-    NatKeepalive => "nat_keepalive", "A NAT keepalive that reached the engine.";
+    Ike => "ike", "IKE (UDP 500, or 4500 with the non-ESP marker) not punted: no control session, over the worker's punt rate, or punt queue full.";
+    NatKeepalive => "nat_keepalive", "A NAT keepalive not punted (same reasons as `ike`).";
     NotEsp => "not_esp", "Something else than ESP or IKE on the outside.";
     TooBig => "too_big", "Larger than the output interface's MTU after encapsulation, or no room in the frame.";
     NoRouteOut => "no_route_out", "No kernel route for the destination via the expected interface.";
     NoNeighbour => "no_neighbour", "The next hop is not resolved yet (the kernel was asked to).";
     TxRingFull => "tx_ring_full", "The tx ring was full.";
+    TtlExpired => "ttl_expired", "Inner TTL / hop limit expired (an ICMP time exceeded goes back on the inside).";
+    FragNeeded => "frag_needed", "Too big for the tunnel with DF set, or IPv6: an ICMP error goes back to the sender (counted in icmp_sent / icmp_suppressed).";
+    FragNoFrames => "frag_no_frames", "Too big for the tunnel and no free frame (or backlog slot) for its fragments.";
+}
+
+/// Router events of one worker that are not drops: fragmentation and ICMP errors.
+#[derive(Default)]
+pub struct ForwardStats {
+    /// Inner IPv4 packets fragmented before encryption.
+    pub fragmented: LocalCounter,
+    /// Fragments made of them.
+    pub fragments: LocalCounter,
+    /// ICMP errors sent (fragmentation needed / packet too big / time exceeded).
+    pub icmp_sent: LocalCounter,
+    /// ICMP errors not sent: rate limit, no source address, or not allowed (about an ICMP error,
+    /// a non-first fragment, a multicast address).
+    pub icmp_suppressed: LocalCounter,
 }
 
 /// Counters of one worker.
@@ -59,6 +77,7 @@ pub struct WorkerStats {
     drops: [LocalCounter; EngineDrop::COUNT],
     pub wakeups: LocalCounter,
     pub esp: Arc<WorkerCounters>,
+    pub fwd: ForwardStats,
 }
 
 impl WorkerStats {
@@ -72,6 +91,7 @@ impl WorkerStats {
             drops: Default::default(),
             wakeups: LocalCounter::default(),
             esp,
+            fwd: ForwardStats::default(),
         }
     }
 
@@ -92,6 +112,8 @@ pub struct StatsSources {
     pub inbound_sas: Vec<(String, Arc<InboundSa>)>,
     /// The XDP programs, by interface name.
     pub steering: Arc<Mutex<Vec<(String, XdpSteering)>>>,
+    /// SAs installed over the control channel (republished by the channel thread).
+    pub control_sas: Option<Arc<Mutex<SaLists>>>,
 }
 
 fn sa_line(out: &mut String, tunnel: &str, dir: &str, spi: u32, c: &SaCounters) {
@@ -106,6 +128,18 @@ fn sa_line(out: &mut String, tunnel: &str, dir: &str, spi: u32, c: &SaCounters) 
 }
 
 impl StatsSources {
+    /// Static and control-owned SAs: (tunnel, SA) per direction.
+    #[allow(clippy::type_complexity)]
+    pub fn all_sas(&self) -> (Vec<(String, Arc<OutboundSa>)>, Vec<(String, Arc<InboundSa>)>) {
+        let mut out = self.outbound_sas.clone();
+        let mut ins = self.inbound_sas.clone();
+        if let Some(Ok(c)) = self.control_sas.as_ref().map(|c| c.lock()) {
+            out.extend(c.outbound.iter().cloned());
+            ins.extend(c.inbound.iter().cloned());
+        }
+        (out, ins)
+    }
+
     /// Human-readable counters.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
@@ -124,18 +158,23 @@ impl StatsSources {
             drops.extend(w.esp.nonzero_drops().map(|(r, n)| format!("esp.{r}={n}")));
             let _ = writeln!(
                 out,
-                "  worker {}: {} | encap {} decap {} | drops {}",
+                "  worker {}: {} | encap {} decap {} | fragmented {} fragments {} icmp_sent {} icmp_suppressed {} | drops {}",
                 w.id,
                 ports.join(", "),
                 w.esp.encap_packets.get(),
                 w.esp.decap_packets.get(),
+                w.fwd.fragmented.get(),
+                w.fwd.fragments.get(),
+                w.fwd.icmp_sent.get(),
+                w.fwd.icmp_suppressed.get(),
                 if drops.is_empty() { "-".into() } else { drops.join(" ") }
             );
         }
-        for (t, sa) in &self.outbound_sas {
+        let (outbound_sas, inbound_sas) = self.all_sas();
+        for (t, sa) in &outbound_sas {
             sa_line(&mut out, t, "out", sa.spi(), sa.counters());
         }
-        for (t, sa) in &self.inbound_sas {
+        for (t, sa) in &inbound_sas {
             sa_line(&mut out, t, "in", sa.spi(), sa.counters());
         }
         if let Ok(st) = self.steering.lock() {
@@ -189,6 +228,22 @@ impl StatsSources {
                 );
             }
         }
+        header(&mut o, "ipsec_worker_forward_events_total", "Fragmentation and ICMP errors, by event.");
+        for w in &self.workers {
+            for (event, c) in [
+                ("fragmented", &w.fwd.fragmented),
+                ("fragments", &w.fwd.fragments),
+                ("icmp_sent", &w.fwd.icmp_sent),
+                ("icmp_suppressed", &w.fwd.icmp_suppressed),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "ipsec_worker_forward_events_total{{worker=\"{}\",event=\"{event}\"}} {}",
+                    w.id,
+                    c.get()
+                );
+            }
+        }
         header(&mut o, "ipsec_esp_packets_total", "Packets through the ESP core, by direction.");
         for w in &self.workers {
             let _ = writeln!(
@@ -216,11 +271,11 @@ impl StatsSources {
                 );
             }
         }
-        let sas = self
-            .outbound_sas
+        let (outbound_sas, inbound_sas) = self.all_sas();
+        let sas = outbound_sas
             .iter()
             .map(|(t, sa)| (t, "out", sa.spi(), sa.counters()))
-            .chain(self.inbound_sas.iter().map(|(t, sa)| (t, "in", sa.spi(), sa.counters())));
+            .chain(inbound_sas.iter().map(|(t, sa)| (t, "in", sa.spi(), sa.counters())));
         let sas: Vec<_> = sas.collect();
         header(&mut o, "ipsec_sa_packets_total", "Packets processed by an SA.");
         for (t, d, spi, c) in &sas {

@@ -179,7 +179,16 @@ impl Engine {
         let child = Command::new("ip")
             .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
             .arg(&cfg)
-            .args(["--no-pin", "--xdp-mode", "auto", "--prometheus", &format!("127.0.0.1:{PROM_PORT}")])
+            .args([
+                "--no-pin",
+                "--no-control-socket",
+                "--io",
+                "afxdp",
+                "--xdp-mode",
+                "auto",
+                "--prometheus",
+                &format!("127.0.0.1:{PROM_PORT}"),
+            ])
             .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200", "--stats-interval", "1"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -483,6 +492,20 @@ fn udp_transfer(t: &Topology) -> usize {
         let rx = s.spawn(move || {
             enter_netns(&format!("/var/run/netns/{hb}"));
             let sock = UdpSocket::bind((HOST_B, UDP_PORT)).expect("bind receiver");
+            // A loaded CI machine may deschedule this thread for a while: let the socket hold
+            // the whole transfer so only the data path can lose datagrams.
+            let big: libc::c_int = 8 << 20;
+            // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&big as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_RCVBUFFORCE");
             sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             ready2.store(true, Ordering::Release);
             let mut seen = HashSet::new();
@@ -760,7 +783,7 @@ fn zero_copy_is_refused_clearly(t: &Topology, case: &Case) {
     let out = Command::new("ip")
         .args(["netns", "exec", &t.ns("g1"), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
         .arg(&cfg)
-        .args(["--no-pin", "--zero-copy"])
+        .args(["--no-pin", "--no-control-socket", "--zero-copy"])
         .stdin(Stdio::null())
         .output()
         .expect("run ipsec-engine");

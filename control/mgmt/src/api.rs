@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::effects::{ConnectionChange, Effects};
 use crate::error::ApiError;
-use crate::model::{ConnectionStatus, VpnConnection};
+use crate::model::{ConnectionStatus, LiveStatus, VpnConnection};
 use crate::render;
 use crate::store::{Db, Page, Store};
 use crate::validate::{self, Params};
@@ -272,8 +272,21 @@ impl Service {
                 ike.remove("Psk");
             }
         }
-        let status = self.effects.status(&c.vpn_connection_id).unwrap_or(ConnectionStatus::IkeSaNotEstablished);
-        v["Status"] = Value::from(status.as_str());
+        let live = self
+            .effects
+            .live(&c.vpn_connection_id)
+            .unwrap_or_else(|| LiveStatus::from_status(ConnectionStatus::IkeSaNotEstablished));
+        v["Status"] = Value::from(live.status.as_str());
+        v["IkeSaState"] = Value::from(live.ike_sa_state);
+        v["IpsecSaState"] = Value::from(live.ipsec_sa_state);
+        v["IkeSaEstablishedTime"] = Value::from(live.ike_sa_established_time.unwrap_or(0));
+        v["IpsecSaEstablishedTime"] = Value::from(live.ipsec_sa_established_time.unwrap_or(0));
+        if let Some(k) = live.counters {
+            v["BytesIn"] = Value::from(k.bytes_in);
+            v["BytesOut"] = Value::from(k.bytes_out);
+            v["PacketsIn"] = Value::from(k.packets_in);
+            v["PacketsOut"] = Value::from(k.packets_out);
+        }
         v
     }
 
@@ -446,6 +459,21 @@ impl Service {
         Ok(self.store().read().vpn_connections(None, None, None, Page { number: 1, size: u32::MAX as u64 })?.0)
     }
 
+    /// The VPN gateway and the customer gateway a connection joins (the IKE side's local and
+    /// remote addresses).
+    pub fn gateways_of(
+        &self,
+        c: &VpnConnection,
+    ) -> Result<(crate::model::VpnGateway, crate::model::CustomerGateway), ApiError> {
+        let store = self.store();
+        let db = store.read();
+        Ok((
+            db.vpn_gateway(&c.vpn_gateway_id)?.ok_or_else(|| gateway_not_found(&c.vpn_gateway_id))?,
+            db.customer_gateway(&c.customer_gateway_id)?
+                .ok_or_else(|| customer_gateway_not_found(&c.customer_gateway_id))?,
+        ))
+    }
+
     /// Appends a log line for a connection (IKE negotiation events). Its PSK is scrubbed from the
     /// text. Unknown connections are ignored.
     pub fn record_log(&self, vpn_connection_id: &str, message: &str) -> Result<(), ApiError> {
@@ -453,6 +481,30 @@ impl Service {
         self.store().write(|tx| {
             if let Some(c) = tx.vpn_connection(vpn_connection_id)? {
                 tx.append_log(vpn_connection_id, now, &scrub(message, &c.ike_config.psk))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends several log lines (connection id, text) in one transaction, in order: what the IKE
+    /// side's log writer calls, so a burst of negotiation steps costs one commit. PSKs are scrubbed
+    /// as in [`Service::record_log`]; lines of unknown connections are dropped.
+    pub fn record_logs(&self, lines: &[(String, String)]) -> Result<(), ApiError> {
+        let now = self.now();
+        self.store().write(|tx| {
+            let mut psks: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+            for (id, message) in lines {
+                let psk = match psks.get(id.as_str()) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = tx.vpn_connection(id)?.map(|c| c.ike_config.psk);
+                        psks.insert(id, p.clone());
+                        p
+                    }
+                };
+                if let Some(psk) = psk {
+                    tx.append_log(id, now, &scrub(message, &psk))?;
+                }
             }
             Ok(())
         })

@@ -91,6 +91,17 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 /// Opens the state, then serves until SIGINT/SIGTERM.
 pub fn serve_with(opts: Options, effects: Arc<dyn Effects>) -> Result<(), String> {
+    serve_with_hook(opts, effects, |_| Ok(()))
+}
+
+/// [`serve_with`], calling `hook` with the service once the state is open and before the API
+/// serves (`ipsec-control serve` starts its IKE thread there, which replays every connection with
+/// [`Service::vpn_connections`] and appends logs with [`Service::record_log`]).
+pub fn serve_with_hook(
+    opts: Options,
+    effects: Arc<dyn Effects>,
+    hook: impl FnOnce(Arc<Service>) -> Result<(), String>,
+) -> Result<(), String> {
     std::fs::create_dir_all(&opts.state_dir).map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
     std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
@@ -104,6 +115,7 @@ pub fn serve_with(opts: Options, effects: Arc<dyn Effects>) -> Result<(), String
         .transpose()?;
     let service = Arc::new(Service::new(store, effects, opts.quota));
     service.prune_logs().map_err(|e| e.message)?;
+    hook(service.clone())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|e| format!("{}: {e}", opts.listen))?;

@@ -2,10 +2,11 @@
 //!
 //! Outbound: after a change is durably committed, the API calls [`Effects::apply`] with a
 //! [`ConnectionChange`], in commit order (the API serializes writes). The IKE side (the
-//! `ipsec-control` daemon, later) starts, re-negotiates or tears down the connection; at start-up it
-//! reads the full set with [`crate::api::Service::vpn_connections`].
+//! `ipsec-control serve` process's IKE thread) starts, re-negotiates or tears down the connection;
+//! at start-up it reads the full set with [`crate::api::Service::vpn_connections`].
 //!
-//! Inbound: [`Effects::status`] answers the live `Status` shown by DescribeVpnConnection(s), and the
+//! Inbound: [`Effects::live`] answers the live status shown by DescribeVpnConnection(s) (`Status`,
+//! SA states, established times, counters: [`LiveStatus`]), and the
 //! IKE side appends negotiation logs with [`crate::api::Service::record_log`] (PSKs scrubbed).
 //!
 //! Two implementations: [`MemoryEffects`] records changes and serves a settable status map (tests,
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::model::{ConnectionStatus, VpnConnection};
+use crate::model::{ConnectionStatus, LiveStatus, VpnConnection};
 
 /// A committed change of a VPN connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +37,27 @@ pub trait Effects: Send + Sync {
     fn apply(&self, change: ConnectionChange);
     /// Live status; `None` means unknown and is shown as `ike_sa_not_established`.
     fn status(&self, vpn_connection_id: &str) -> Option<ConnectionStatus>;
+    /// Live status with SA states, times and counters; by default derived from [`Effects::status`].
+    fn live(&self, vpn_connection_id: &str) -> Option<LiveStatus> {
+        self.status(vpn_connection_id).map(LiveStatus::from_status)
+    }
 }
 
 /// Statuses reported by the IKE side, shared with the API.
 #[derive(Debug, Default)]
-pub struct StatusBoard(RwLock<HashMap<String, ConnectionStatus>>);
+pub struct StatusBoard(RwLock<HashMap<String, LiveStatus>>);
 
 impl StatusBoard {
     pub fn set(&self, vpn_connection_id: &str, status: ConnectionStatus) {
+        self.set_live(vpn_connection_id, LiveStatus::from_status(status));
+    }
+
+    pub fn set_live(&self, vpn_connection_id: &str, status: LiveStatus) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).insert(vpn_connection_id.to_string(), status);
+    }
+
+    pub fn get_live(&self, vpn_connection_id: &str) -> Option<LiveStatus> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(vpn_connection_id).cloned()
     }
 
     pub fn remove(&self, vpn_connection_id: &str) {
@@ -52,7 +65,7 @@ impl StatusBoard {
     }
 
     pub fn get(&self, vpn_connection_id: &str) -> Option<ConnectionStatus> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(vpn_connection_id).copied()
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(vpn_connection_id).map(|l| l.status)
     }
 }
 
@@ -82,6 +95,10 @@ impl Effects for MemoryEffects {
     fn status(&self, vpn_connection_id: &str) -> Option<ConnectionStatus> {
         self.statuses.get(vpn_connection_id)
     }
+
+    fn live(&self, vpn_connection_id: &str) -> Option<LiveStatus> {
+        self.statuses.get_live(vpn_connection_id)
+    }
 }
 
 /// Forwards changes to a receiver (the IKE thread); statuses come from a shared board.
@@ -106,5 +123,9 @@ impl Effects for ChannelEffects {
 
     fn status(&self, vpn_connection_id: &str) -> Option<ConnectionStatus> {
         self.statuses.get(vpn_connection_id)
+    }
+
+    fn live(&self, vpn_connection_id: &str) -> Option<LiveStatus> {
+        self.statuses.get_live(vpn_connection_id)
     }
 }

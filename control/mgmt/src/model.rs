@@ -402,6 +402,49 @@ impl ConnectionStatus {
     }
 }
 
+/// Phase-1 state shown by DescribeVpnConnection(s) as `IkeSaState`.
+pub const IKE_SA_STATES: &[&str] = &["down", "connecting", "established"];
+/// Phase-2 state shown as `IpsecSaState`.
+pub const IPSEC_SA_STATES: &[&str] = &["down", "established"];
+
+/// Traffic of a connection's IPsec SAs, as the data plane counted it (inner bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+/// Live status of a connection as the IKE side reports it: the seed's `Status`, plus the IKE and
+/// IPsec SA states, when they were established and the traffic counters (when the data plane can
+/// tell).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveStatus {
+    pub status: ConnectionStatus,
+    /// One of [`IKE_SA_STATES`].
+    pub ike_sa_state: &'static str,
+    /// One of [`IPSEC_SA_STATES`].
+    pub ipsec_sa_state: &'static str,
+    /// Milliseconds since the epoch when the IKE SA was established.
+    pub ike_sa_established_time: Option<u64>,
+    /// Milliseconds since the epoch when the newest IPsec SA was installed.
+    pub ipsec_sa_established_time: Option<u64>,
+    pub counters: Option<TrafficCounters>,
+}
+
+impl LiveStatus {
+    /// The live status implied by a bare seed `Status`.
+    pub fn from_status(status: ConnectionStatus) -> Self {
+        let (ike, ipsec) = match status {
+            ConnectionStatus::IkeSaNotEstablished => ("down", "down"),
+            ConnectionStatus::IkeSaEstablished | ConnectionStatus::IpsecSaNotEstablished => ("established", "down"),
+            ConnectionStatus::IpsecSaEstablished => ("established", "established"),
+        };
+        LiveStatus { status, ike_sa_state: ike, ipsec_sa_state: ipsec, ..LiveStatus::default() }
+    }
+}
+
 /// Id prefixes in the seed's style: prefix + 20 lowercase alphanumerics.
 pub const VPN_GATEWAY_PREFIX: &str = "vpn-";
 pub const CUSTOMER_GATEWAY_PREFIX: &str = "cgw-";

@@ -7,7 +7,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{AuthAlg, DhGroup, EncAlg, HealthCheckPolicy, IkeMode, IkeVersion, IpsecPfs, RoutingMode};
+use crate::model::{
+    AuthAlg, DhGroup, EncAlg, HealthCheckPolicy, IkeMode, IkeVersion, IpsecPfs, RoutingMode, IKE_SA_STATES,
+    IPSEC_SA_STATES,
+};
 
 enum Ty {
     Str,
@@ -283,6 +286,9 @@ fn components() -> Value {
             "IkeConfig": r("IkeConfig"), "IpsecConfig": r("IpsecConfig"), "EnableDpd": b, "EnableNatTraversal": b,
             "BgpConfig": r("BgpConfig"), "HealthCheckConfig": r("HealthCheckConfig"), "CreateTime": i,
             "Status": e(&["ike_sa_not_established", "ike_sa_established", "ipsec_sa_not_established", "ipsec_sa_established"]),
+            "IkeSaState": e(IKE_SA_STATES), "IpsecSaState": e(IPSEC_SA_STATES),
+            "IkeSaEstablishedTime": i, "IpsecSaEstablishedTime": i,
+            "BytesIn": i, "BytesOut": i, "PacketsIn": i, "PacketsOut": i,
         }),
         &[
             "VpnConnectionId",
@@ -295,6 +301,10 @@ fn components() -> Value {
             "IpsecConfig",
             "CreateTime",
             "Status",
+            "IkeSaState",
+            "IpsecSaState",
+            "IkeSaEstablishedTime",
+            "IpsecSaEstablishedTime",
         ],
     );
     let with_rid = |mut schema: Value| {

@@ -469,3 +469,25 @@ fn openapi_document_matches_checked_in_file() {
         assert!(v["paths"][format!("/{action}")]["get"].is_object(), "{action} is documented");
     }
 }
+
+#[test]
+fn batched_logs_keep_order_scrub_and_skip_unknown() {
+    let e = env();
+    let gw = e.gw();
+    let cgw = e.cgw("203.0.113.1");
+    let id = e.conn(&gw, &cgw, &[("IkeConfig", r#"{"Psk":"Batch$ecret7"}"#)]);
+    let lines: Vec<(String, String)> = (1..=5)
+        .map(|i| (id.clone(), format!("step {i} (Batch$ecret7)")))
+        .chain([("vco-doesnotexist00000000".to_string(), "lost".to_string())])
+        .collect();
+    e.svc.record_logs(&lines).unwrap();
+    let t0 = (T0 / 1000).to_string();
+    let r = e.ok("DescribeVpnConnectionLogs", &[("VpnConnectionId", &id), ("From", &t0)]);
+    let got: Vec<String> =
+        r["Data"]["Logs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(got.len(), 6, "the creation line and the 5 steps: {got:?}");
+    for (i, l) in got[1..].iter().enumerate() {
+        assert!(l.ends_with(&format!("step {} (******)", i + 1)), "{l}");
+    }
+    assert!(!format!("{r}").contains("Batch$ecret7"));
+}

@@ -19,6 +19,8 @@
 //!   the fast path, a burst of up to
 //!   [`MAX_BURST`] packets per call in prepare / crypto / finish passes, no heap allocation per
 //!   packet, every drop counted under a [`DropReason`].
+//! - [`mtu`]: the tunnel's inner MTU per SA ([`OutboundSa::inner_mtu`]) and what to do with an
+//!   inner packet that exceeds it (fragment before encryption, or ICMP too big to the sender).
 //! - [`lifetime`] and [`events`]: soft/hard limits in time, bytes and packets; rekey and expiry
 //!   events leave through a bounded lock-free queue and never block a worker.
 //!
@@ -32,6 +34,7 @@ mod decap;
 mod encap;
 pub mod events;
 pub mod lifetime;
+pub mod mtu;
 pub mod packet;
 pub mod replay;
 pub mod sa;
@@ -45,6 +48,7 @@ pub use decap::ecn_decap;
 pub use encap::{SEQ_SOFT_MARGIN_32, SEQ_SOFT_MARGIN_64};
 pub use events::{Direction, EventQueue, LimitKind, SaEvent};
 pub use lifetime::{Lifetime, Limits};
+pub use mtu::{mtu_action, MtuAction};
 pub use packet::{PacketBuf, Verdict, HEADROOM, MAX_BURST, TAILROOM};
 pub use sa::{DfPolicy, DscpPolicy, InboundSa, OutboundSa, SaConfig, SaError, UdpEncap};
 pub use worker::EspWorker;

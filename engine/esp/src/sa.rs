@@ -82,6 +82,9 @@ pub struct SaConfig {
     pub dscp: DscpPolicy,
     /// Outer TTL / hop limit.
     pub ttl: u8,
+    /// Outer path MTU towards the peer, when smaller than the outside link's MTU (an operator's
+    /// per-tunnel override); `None`: the link MTU. See [`OutboundSa::inner_mtu`].
+    pub mtu: Option<u16>,
 }
 
 impl fmt::Debug for SaConfig {
@@ -103,6 +106,7 @@ impl fmt::Debug for SaConfig {
             .field("df", &self.df)
             .field("dscp", &self.dscp)
             .field("ttl", &self.ttl)
+            .field("mtu", &self.mtu)
             .finish()
     }
 }
@@ -148,6 +152,7 @@ impl SaConfig {
             df: DfPolicy::Copy,
             dscp: DscpPolicy::Copy,
             ttl: 64,
+            mtu: None,
         }
     }
 
@@ -345,6 +350,7 @@ pub struct OutboundSa {
     pub(crate) df: DfPolicy,
     pub(crate) dscp: DscpPolicy,
     pub(crate) ttl: u8,
+    pub(crate) mtu: Option<u16>,
 }
 
 impl OutboundSa {
@@ -364,11 +370,17 @@ impl OutboundSa {
             df: cfg.df,
             dscp: cfg.dscp,
             ttl: cfg.ttl,
+            mtu: cfg.mtu,
         })
     }
 
     pub fn spi(&self) -> u32 {
         self.core.spi
+    }
+
+    /// The peer's outer (tunnel) address.
+    pub fn remote(&self) -> IpAddr {
+        self.core.remote
     }
 
     pub fn counters(&self) -> &SaCounters {
@@ -403,12 +415,29 @@ impl OutboundSa {
         ip + if self.core.encap.is_some() { 8 } else { 0 } + 8 + self.core.layout.iv_len as usize
     }
 
-    /// Largest inner packet that fits an outer MTU of `mtu` bytes (padding accounted for).
+    /// Largest inner packet that fits an outer MTU of `mtu` bytes: `mtu` minus the outer IP
+    /// header (20 / 40), the UDP header (8, if encapsulated), the ESP header (8), the IV, the
+    /// ICV, and the trailer (pad length and next header, 2) with the padding the cipher's block
+    /// needs. An inner packet of exactly this size encapsulates to at most `mtu` bytes, one
+    /// byte more to more than `mtu` (tested per transform in `tests/mtu.rs`). 0 when nothing fits.
     pub fn max_inner_len(&self, mtu: usize) -> usize {
         let l = self.core.layout;
         let room = mtu.saturating_sub(self.header_overhead() + l.icv_len as usize);
         let block = l.block_len as usize;
         (room / block * block).saturating_sub(2)
+    }
+
+    /// The tunnel's inner MTU when the outside link's MTU is `link_mtu`: [`max_inner_len`] of
+    /// the smaller of `link_mtu` and the SA's configured path MTU ([`SaConfig::mtu`]). What an
+    /// ICMP "fragmentation needed" / "packet too big" reports to an inner sender.
+    ///
+    /// [`max_inner_len`]: Self::max_inner_len
+    pub fn inner_mtu(&self, link_mtu: usize) -> usize {
+        let outer = match self.mtu {
+            Some(m) => link_mtu.min(usize::from(m)),
+            None => link_mtu,
+        };
+        self.max_inner_len(outer)
     }
 }
 

@@ -150,3 +150,23 @@ fn debug_output_redacts_keys() {
     let shown = format!("{cfg:?}");
     assert!(!shown.contains("2b7e15") && shown.contains("redacted"));
 }
+
+#[test]
+fn tunnel_mtu_and_inside_addrs() {
+    let text = sample()
+        .replace("local_addrs = [\"198.18.0.1\"]", "local_addrs = [\"198.18.0.1\"]\ninside_addrs = [\"192.0.2.1\"]")
+        .replace("routing = \"flows\"", "routing = \"flows\"\nmtu = 1400");
+    let cfg = EngineConfig::parse(&text).expect("parse");
+    assert_eq!(cfg.inside_addrs, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!((cfg.tunnels[0].mtu, cfg.tunnels[1].mtu), (None, Some(1400)));
+    // The outbound SA of tunnel t2 carries it: its inner MTU follows the smaller of the two.
+    assert_eq!(cfg.sas[2].config.mtu, Some(1400));
+    let tables = cfg.build(ipsec_esp::default_provider(), Instant::now()).expect("build");
+    let sa = &tables.outbound_sas.iter().find(|(t, _)| t == "t2").unwrap().1;
+    assert_eq!(sa.inner_mtu(1500), sa.max_inner_len(1400));
+    assert_eq!(sa.inner_mtu(1300), sa.max_inner_len(1300));
+    let e = err_of(&sample().replace("routing = \"flows\"", "routing = \"flows\"\nmtu = 500"));
+    assert_eq!(e.field, "tunnel[1].mtu");
+    let e = err_of(&sample().replace("[gateway]", "[gateway]\ninside_addrs = [\"nope\"]"));
+    assert_eq!(e.field, "gateway.inside_addrs[0]");
+}

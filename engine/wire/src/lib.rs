@@ -72,6 +72,8 @@ use core::net::IpAddr;
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;
+pub mod frag;
+pub mod icmp_error;
 pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
