@@ -506,10 +506,11 @@ fn modp_pow(m: &Modp, base: &BoxedUint, x: &BoxedUint) -> BoxedUint {
 
 /// `base^x mod p` for a secret exponent `x`, in the system's libcrypto: `BN_mod_exp` with the
 /// exponent flagged `BN_FLG_CONSTTIME`, i.e. `BN_mod_exp_mont_consttime` (fixed windows,
-/// cache-line-scattered tables, the x86-64 `mulx` assembly). About 5x less CPU than crypto-bigint
-/// on the 2048-bit group (`perf-lab ike --dh-only`), which is what puts the MODP responder under a
-/// fifth of charon's cost. The exponent's copy is cleared (`BN_clear`) before it is freed;
-/// crypto-bigint remains the backend without the `openssl` feature.
+/// cache-line-scattered tables, the x86-64 `mulx` assembly). About 1.5x less CPU than
+/// crypto-bigint on the 2048-bit group here (`perf-lab ike --dh-only`); with the comb for our own
+/// g^x it brings the MODP responder to about a fifth of charon's cost. The exponent's copy is
+/// cleared (`BN_clear`) before it is freed; crypto-bigint remains the backend without the
+/// `openssl` feature.
 #[cfg(feature = "openssl")]
 fn modp_pow(m: &Modp, base: &BoxedUint, x: &BoxedUint) -> BoxedUint {
     use openssl::bn::{BigNum, BigNumContext};
