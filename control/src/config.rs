@@ -7,6 +7,7 @@
 //! natt_port = 4500               # default 4500
 //! control_socket = "/run/ipsec-control/ctl.sock"
 //! state_file = "/run/ipsec-control/state"   # written 0600 on every SA change
+//! log_messages = true            # a line per IKE message sent and received (default true)
 //!
 //! [[connection]]
 //! name = "site-b"
@@ -91,6 +92,7 @@ struct DaemonDoc {
     natt_port: Option<u16>,
     control_socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
+    log_messages: Option<bool>,
 }
 
 // No `Debug`: it holds the PSK in clear.
@@ -175,6 +177,8 @@ pub struct DaemonSettings {
     pub control_socket: Option<PathBuf>,
     /// The state file (0600), if any.
     pub state_file: Option<PathBuf>,
+    /// Log a line per IKE message sent and received (SA events are always logged).
+    pub log_messages: bool,
 }
 
 /// One configured connection. `Debug` never shows the PSK.
@@ -254,6 +258,7 @@ impl DaemonConfig {
                 natt_port,
                 control_socket: doc.daemon.control_socket,
                 state_file: doc.daemon.state_file,
+                log_messages: doc.daemon.log_messages.unwrap_or(true),
             },
             connections,
         })
@@ -621,6 +626,9 @@ pfs_group = 14
         assert_eq!(k.ike.remote_id, Some(Identification::Ipv4(Ipv4Addr::new(198, 18, 0, 2))));
         assert!(k.ike.dpd_interval.is_some() && k.ike.nat_traversal);
         assert!(!format!("{c:?}").contains("hunter2"), "Debug never shows the PSK");
+        assert!(c.daemon.log_messages, "per-message lines by default");
+        let quiet = format!("[daemon]\nlog_messages = false\n{BASIC}");
+        assert!(!DaemonConfig::parse(&quiet, None).unwrap().daemon.log_messages);
     }
 
     #[test]

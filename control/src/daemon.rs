@@ -260,10 +260,13 @@ impl Daemon {
             next_publish: None,
         };
         d.register_sink()?;
+        // Lines are queued and written once per loop iteration (`step`); see `log`.
+        d.log.set_deferred(true);
         logln!(d.log, "{}, {} connection(s)", d.transport.describe(), d.conns.len());
         for c in &d.conns {
             logln!(d.log, "conn {}: {:?}", c.spec.name, c.spec);
         }
+        d.log.flush();
         Ok(d)
     }
 
@@ -329,6 +332,7 @@ impl Daemon {
             }
         }
         self.flush(now);
+        self.log.flush();
     }
 
     /// Runs until `stop` is set (checked at least every 200 ms).
@@ -391,6 +395,7 @@ impl Daemon {
         }
         self.flush(now);
         self.runtime_tick(now);
+        self.log.flush();
         Ok(())
     }
 
@@ -412,6 +417,7 @@ impl Daemon {
         while Instant::now() < deadline && (0..self.conns.len()).any(|i| self.live(i).is_some()) {
             self.step(Duration::from_millis(50))?;
         }
+        self.log.flush();
         Ok(())
     }
 
@@ -440,14 +446,16 @@ impl Daemon {
             return;
         };
         let h = p.header;
-        logln!(
-            self.log,
-            "recv {} {} mid {} ({} B) from {remote}",
-            h.exchange_type.name().unwrap_or("?"),
-            if h.flags.response { "response" } else { "request" },
-            h.message_id,
-            msg.len()
-        );
+        if self.settings.log_messages {
+            logln!(
+                self.log,
+                "recv {} {} mid {} ({} B) from {remote}",
+                h.exchange_type.name().unwrap_or("?"),
+                if h.flags.response { "response" } else { "request" },
+                h.message_id,
+                msg.len()
+            );
+        }
         let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
             self.conns
                 .iter()
@@ -455,9 +463,7 @@ impl Daemon {
                 .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none() && !c.rt.is_removing()))
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
-            self.conns.iter().position(|c| {
-                c.endpoint.handles().any(|hd| c.endpoint.ike_sa(hd).is_some_and(|sa| sa.local_spis().contains(&ours)))
-            })
+            self.conns.iter().position(|c| c.endpoint.routes_spi(ours))
         };
         match idx {
             Some(i) => {
@@ -501,7 +507,7 @@ impl Daemon {
     // ---- end of responder selection ----
 
     fn send(&mut self, t: &Transmit) {
-        if !t.is_keepalive() {
+        if self.settings.log_messages && !t.is_keepalive() {
             if let Ok(p) = Header::peek(&t.payload) {
                 let h = p.header;
                 logln!(
@@ -775,6 +781,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.log.set_deferred(false);
         if let Some((_, p)) = &self.ctl {
             let _ = std::fs::remove_file(p);
         }

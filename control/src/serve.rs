@@ -330,6 +330,7 @@ pub fn spawn_ike(
                 natt_port: opts.natt_port,
                 control_socket: None,
                 state_file: opts.state_file.clone(),
+                log_messages: true,
             };
             let cfg = DaemonConfig { daemon: settings, connections: Vec::new() };
             let built = Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).and_then(|mut d| {

@@ -4,10 +4,12 @@
 //! - `perf-lab esp`: the ESP core on one core, in memory (issue: ESP data-plane core).
 //! - `perf-lab xdp`: the AF_XDP engine between namespaces (AES-128-GCM, no-crypto baseline) and
 //!   strongSwan in the same topology; needs root and `cargo build --release -p ipsec-engine`.
+//! - `perf-lab ike`: IKE setup cost of our responder against strongSwan's charon (root).
 //!
 //! Run with `--release`: `cargo run --release -p perf-lab -- esp --json`.
 
 mod esp;
+mod ike;
 mod xdp;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +70,48 @@ enum Cmd {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/reports"))]
         report_dir: std::path::PathBuf,
     },
+    /// IKE_SA + Child SA setups/s, responder CPU per SA and p99 latency: ipsec-control vs charon (root).
+    Ike {
+        /// One JSON object per line on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Setups per responder and group (measured, after the warm-up).
+        #[arg(long, default_value_t = 2000)]
+        setups: usize,
+        /// Setups kept in flight.
+        #[arg(long, default_value_t = 64)]
+        inflight: usize,
+        /// Stop starting setups after this many seconds per case.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Unmeasured setups before each case.
+        #[arg(long, default_value_t = 32)]
+        warmup: usize,
+        /// Generator source addresses (each with a socket on 500 and 4500).
+        #[arg(long, default_value_t = 8)]
+        lanes: usize,
+        /// DH groups: ecp256, modp2048, curve25519.
+        #[arg(long, value_delimiter = ',', default_value = "ecp256,modp2048")]
+        groups: Vec<String>,
+        /// Responders: ipsec-control, charon (skipped when not installed).
+        #[arg(long, value_delimiter = ',', default_value = "ipsec-control,charon")]
+        responders: Vec<String>,
+        /// CPU the responder is pinned to.
+        #[arg(long, default_value_t = 1)]
+        responder_cpu: usize,
+        /// CPU the generator is pinned to.
+        #[arg(long, default_value_t = 0)]
+        generator_cpu: usize,
+        /// The ipsec-control binary (default: next to perf-lab, built if missing).
+        #[arg(long)]
+        control_bin: Option<std::path::PathBuf>,
+        /// Only time the DH steps in this process (no root, no responders).
+        #[arg(long)]
+        dh_only: bool,
+        /// Rounds per case, alternating between the responders.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+    },
 }
 
 fn parse_transform(name: &str) -> Option<(Cipher, Integrity)> {
@@ -99,6 +143,41 @@ fn main() {
             let args = xdp::XdpArgs { json, seconds, sizes, cases, search_steps, repeat, engine, report_dir };
             if let Err(e) = xdp::run(&args) {
                 eprintln!("perf-lab xdp: {e}");
+                std::process::exit(1);
+            }
+        }
+        Cmd::Ike {
+            json,
+            setups,
+            inflight,
+            seconds,
+            warmup,
+            lanes,
+            groups,
+            responders,
+            responder_cpu,
+            generator_cpu,
+            control_bin,
+            dh_only,
+            rounds,
+        } => {
+            let a = ike::IkeArgs {
+                json,
+                setups,
+                inflight,
+                seconds,
+                warmup,
+                lanes,
+                groups,
+                responders,
+                responder_cpu,
+                generator_cpu,
+                control_bin,
+                dh_only,
+                rounds,
+            };
+            if let Err(e) = ike::run(&a) {
+                eprintln!("perf-lab ike: {e}");
                 std::process::exit(1);
             }
         }

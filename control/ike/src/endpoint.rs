@@ -219,6 +219,13 @@ impl Endpoint {
         self.sas.get(&h)
     }
 
+    /// Whether a message addressed to our IKE SPI `spi` belongs to one of this endpoint's
+    /// connections (what [`Endpoint::handle`] routes by; constant time in the number of SAs).
+    #[must_use]
+    pub fn routes_spi(&self, spi: u64) -> bool {
+        self.by_spi.contains_key(&spi)
+    }
+
     /// Handles of all connections.
     pub fn handles(&self) -> impl Iterator<Item = SaHandle> + '_ {
         self.sas.keys().copied()
@@ -595,6 +602,8 @@ mod tests {
         let (ca, cb) = (children(&n.ev_a), children(&n.ev_b));
         assert_eq!(ca[0].keys, cb[0].keys);
         // IKE SA rekey: the new SPIs are routed, the old ones forgotten.
+        let old = n.a.ike_sa(h).unwrap().spis();
+        assert!(n.a.routes_spi(old.0) && n.b.routes_spi(old.1) && !n.b.routes_spi(old.0));
         let now = n.now;
         n.a.with_sa(h, |sa| sa.rekey_ike(now, &mut rng(2)));
         n.drive();
@@ -602,6 +611,8 @@ mod tests {
         assert_eq!(spis, n.b.ike_sa(hb).unwrap().spis());
         assert_eq!(n.a.by_spi.len(), 1);
         assert_eq!(n.b.by_spi.len(), 1);
+        assert!(n.a.routes_spi(spis.0) && n.b.routes_spi(spis.1));
+        assert!(!n.a.routes_spi(old.0) && !n.b.routes_spi(old.1));
         n.b.with_sa(hb, |sa| sa.create_child(now, None, &mut rng(3)));
         n.drive();
         assert_eq!(children(&n.ev_a).len(), 2);

@@ -61,6 +61,15 @@
 //! * `p256`, `p384`, `p521` 0.14 with `ecdh` (RustCrypto): the RFC 5903 ECP groups 19/20/21,
 //!   including on-curve validation of peer points. 0.14 is the generation that resolves with
 //!   `rand_core` 0.10 alongside `x25519-dalek` 3.
+//! * `aws-lc-rs` 1.19 (feature `aws-lc`, default; safe API over AWS-LC, already the ESP engine's
+//!   crypto backend): P-256 and P-384 ECDH. Its assembly field arithmetic makes an ECP256
+//!   responder setup about 4x cheaper than the portable `p256`; `perf-lab ike` measures the
+//!   responder against strongSwan's charon (`perf-lab/reports/ike.md`).
+//! * `openssl` 0.10 (feature `openssl`, default; safe API over the system's libcrypto, the library
+//!   strongSwan uses too): constant-time `BN_mod_exp` for the MODP groups, about 1.5x faster
+//!   than crypto-bigint here. Our own public values use a fixed-base comb over crypto-bigint
+//!   (`crypto::dh`), 3-4x fewer multiplications. Without the features (the fuzz crate builds so),
+//!   everything is RustCrypto again.
 //! * `x25519-dalek` 3 (dalek): Curve25519 (RFC 8031), with its contributory-behaviour check.
 //! * `zeroize` 1.8: wiping secrets on drop. `subtle` 2.6: constant-time comparisons.
 //! * `rand_core` 0.10: the RNG traits through which the caller supplies randomness.
