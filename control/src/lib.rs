@@ -58,6 +58,7 @@
 pub mod config;
 pub mod daemon;
 pub mod forwarder;
+pub mod lab;
 pub mod log;
 pub mod serve;
 pub mod sink;

@@ -24,6 +24,10 @@ const USAGE: &str = "usage:
                       [--listen ADDR:PORT] [--state-dir DIR] [--quota N] [--token-file PATH] [--readonly-token-file PATH]
       one process: the management store and API (options as ipsec-mgmtd) and the IKE daemon on IP (the VPN gateway's
       PublicIp); connections come from the API; --forwarder as for run, otherwise SAs are only logged
+  ipsec-control lab [--gateway engine|forwarder] [--keep] [--timeout SECONDS]
+      the one-command demo (root): namespaces, our gateway, a strongSwan customer gateway, a VPN connection made through
+      the API, a ping across the tunnel, DescribeVpnConnection and counters; everything is removed at the end or on
+      Ctrl-C (--keep: after Ctrl-C). Needs `bash .ci/lab-deps.sh` and ipsec-engine built next to ipsec-control
   ipsec-control check-config FILE
   ipsec-control initiate|rekey-child|rekey-ike|terminate NAME [--socket PATH]
   ipsec-control status [--socket PATH]
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("lab") => lab(&args[1..]),
         Some("check-config") => match args.get(1) {
             Some(f) => DaemonConfig::load(f.as_ref())
                 .map(|c| println!("ok: {} connection(s)", c.connections.len()))
@@ -106,6 +111,28 @@ fn run(args: &[String]) -> Result<(), String> {
     let r = d.run(&stop).and_then(|()| d.shutdown(std::time::Duration::from_secs(3))).map_err(|e| e.to_string());
     logln!(log, "exiting: {r:?}");
     r
+}
+
+fn lab(args: &[String]) -> Result<(), String> {
+    use ipsec_control::lab::LabOptions;
+    let mut o = LabOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--gateway" => o.gateway = it.next().ok_or(USAGE)?.parse()?,
+            "--keep" => o.keep = true,
+            "--timeout" => {
+                let s: u64 = it.next().ok_or(USAGE)?.parse().map_err(|e| format!("--timeout: {e}"))?;
+                o.tunnel_timeout = std::time::Duration::from_secs(s);
+            }
+            _ => return Err(format!("lab: unknown option {a}\n{USAGE}")),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    ipsec_control::lab::run(&o, stop)
 }
 
 fn open_log(args: &[String]) -> Result<Logger, String> {
