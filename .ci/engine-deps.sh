@@ -2,8 +2,8 @@
 # System packages the engine needs (idempotent; sourced by .ci/run and .ci/test):
 # - xsk-rs builds libxdp and libbpf from source (feature use_cc_build) and runs bindgen:
 #   clang (libclang), m4, libelf-dev, zlib1g-dev, make, pkg-config;
-# - engine/tests/e2e_static.rs turns off checksum offload on veth with ethtool;
-# - engine/tests/e2e_static.rs and e2e_mtu.rs ping (iputils: -M do/dont, -t, -6).
+# - engine/tests/e2e_static.rs and channel.rs turn off checksum offload on veth with ethtool;
+# - engine/tests/e2e_static.rs, e2e_mtu.rs and channel.rs ping (iputils: -M do/dont, -t, -6).
 engine_pkgs=(clang m4 libelf-dev zlib1g-dev make pkg-config ethtool iputils-ping)
 engine_missing=()
 for p in "${engine_pkgs[@]}"; do

@@ -1,8 +1,9 @@
 //! Static configuration of the engine (`ipsec-engine run --config FILE`): interfaces, the
 //! gateway's own addresses, tunnels and manually keyed SAs, in TOML.
 //!
-//! This plays the role of `ip xfrm state` / `ip xfrm policy` (or DPDK ipsec-secgw's config file)
-//! until the IKE control process installs SAs over the engine↔control channel. Format:
+//! This plays the role of `ip xfrm state` / `ip xfrm policy` (or DPDK ipsec-secgw's config file);
+//! tunnels and SAs may also (or only) come from the control process over the engine↔control
+//! channel ([`crate::channel`]), in which case the file needs no `[[tunnel]]` / `[[sa]]`. Format:
 //!
 //! ```toml
 //! [gateway]

@@ -6,13 +6,16 @@
 //! `ebpf/`, fills its maps and attaches it; [`run`] is the AF_XDP forwarding engine on a static
 //! configuration ([`config`]): per-queue workers ([`afxdp`]) with next hops from the kernel's
 //! tables ([`neigh`]), router duties (TTL, MTU, ICMP errors: [`forward`]) and counters
-//! ([`stats`]). The control channel will live here too.
+//! ([`stats`]); [`channel`] serves the control process over the engine ↔ control channel
+//! (tunnels and SAs installed at run time, reconciliation after a reconnect, events, counters,
+//! IKE punted both ways), and the engine keeps forwarding when the control process goes away.
 //!
 //! `unsafe` is forbidden everywhere but in [`afxdp`], which wraps xsk-rs's `unsafe fn` ring and
 //! frame accessors behind an ownership-tracking API (see its module documentation).
 #![deny(unsafe_code)]
 
 pub mod afxdp;
+pub mod channel;
 pub mod config;
 pub mod demo;
 pub mod forward;

@@ -1,7 +1,8 @@
 //! `ipsec-engine`: the gateway's packet engine.
 //!
-//! `ipsec-engine run --config FILE` runs the AF_XDP forwarding engine on a static configuration
-//! (see `engine/README.md`); `ipsec-engine demo` runs the in-memory demo of the ESP data path.
+//! `ipsec-engine run --config FILE [--control-socket PATH | --no-control-socket]` runs the AF_XDP
+//! forwarding engine on a static configuration plus what the control process installs over the
+//! channel (see `engine/README.md`); `ipsec-engine demo` runs the in-memory demo of the ESP data path.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,6 +68,12 @@ enum Cmd {
         /// Size of each AF_XDP ring (power of two).
         #[arg(long, default_value_t = 1024)]
         ring_size: u32,
+        /// The engine <-> control channel's Unix socket (mode 0600, in a 0700 directory).
+        #[arg(long, value_name = "PATH", default_value = ipsec_channel::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+        /// Serve no control channel: the static configuration only.
+        #[arg(long, conflicts_with = "control_socket")]
+        no_control_socket: bool,
     },
 }
 
@@ -85,6 +92,8 @@ fn main() -> std::process::ExitCode {
             neigh_interval_ms,
             frames,
             ring_size,
+            control_socket,
+            no_control_socket,
         } => {
             ipsec_engine::run::init_logging();
             ipsec_engine::run::run(RunOptions {
@@ -102,6 +111,7 @@ fn main() -> std::process::ExitCode {
                 neigh_interval: Duration::from_millis(neigh_interval_ms.max(10)),
                 frames,
                 ring_size,
+                control_socket: (!no_control_socket).then_some(control_socket),
             })
         }
     };

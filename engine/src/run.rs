@@ -1,4 +1,5 @@
-//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration.
+//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration plus the tunnels and
+//! SAs the control process installs over the control channel ([`crate::channel`]).
 //!
 //! Start-up: load the configuration and build the SA tables; load the XDP steering program on the
 //! outside interface (role outside: ESP / ESP-in-UDP / IKE to the gateway's addresses) and on the
@@ -10,9 +11,10 @@
 //!
 //! Worker loop, per burst of up to 64 frames and per socket:
 //! - **outside**: Ethernet (VLAN tags skipped) → IP → ESP (protocol 50) or ESP-in-UDP (port 4500,
-//!   non-zero first word) go to `decap_with_table`; IKE and NAT keepalives are counted and dropped
-//!   (the control process will take IKE later); the inner packet goes out of the inside interface
-//!   to the kernel's next hop for its destination.
+//!   non-zero first word) go to `decap_with_table`; IKE and NAT keepalives are punted to the
+//!   control channel ([`crate::channel::punt`]: copied, rate-limited, counted as drops when no
+//!   control session is up); the inner packet goes out of the inside interface to the kernel's
+//!   next hop for its destination.
 //! - **inside**: IP packets go to `encap_routed` (route or flow lookup, SA, crypto); the ESP packet
 //!   goes out of the outside interface to the next hop for the peer gateway.
 //! - router duties ([`crate::forward`]): inner TTL checked and decremented on both sides; an
@@ -22,6 +24,12 @@
 //!   interface.
 //! - L2: a new untagged Ethernet header with the interface's MAC and the neighbour's MAC; an
 //!   unresolved neighbour is counted (`no_neighbour`) and the kernel nudged to resolve it.
+//!
+//! Control channel (unless `--no-control-socket`): the socket is created before anything is
+//! attached (a second engine on the same path fails early); all workers share one event queue;
+//! after the workers start, [`crate::channel::serve`] runs the channel thread, which edits the same
+//! tables the workers read. The static configuration may hold no tunnels at all. The workers do
+//! not depend on the session: losing the control process changes nothing in the data path.
 //!
 //! Stops on SIGINT / SIGTERM: workers finish their burst, counters are printed, the XDP programs
 //! are detached.
@@ -38,6 +46,7 @@ use ipsec_wire::ethernet::{self, EtherType};
 use ipsec_wire::{esp, parse_ip, IpProtocol, IpVersion};
 
 use crate::afxdp::{Disposition, RxBurst, XskIo, XskOptions};
+use crate::channel::{ChannelParts, ControlState, Punt, PuntShared, XdpProtected};
 use crate::config::{EngineConfig, Tables};
 use crate::forward::{Forwarder, Inside, MtuContext};
 use crate::neigh::{Miss, Resolver, ResolverHandle};
@@ -57,6 +66,8 @@ pub struct RunOptions {
     pub neigh_interval: Duration,
     pub frames: u32,
     pub ring_size: u32,
+    /// Where to serve the control channel; `None`: no channel (static configuration only).
+    pub control_socket: Option<PathBuf>,
 }
 
 const OUTSIDE: usize = 0;
@@ -75,6 +86,7 @@ struct Worker {
     devs: [String; 2],
     busy_poll: bool,
     fwd: Forwarder,
+    punt: Punt,
 }
 
 /// What the first pass found in a frame.
@@ -85,6 +97,13 @@ enum Slot {
         l3: usize,
         len: usize,
     },
+    /// IKE or a NAT keepalive for the control channel; counted as `reason` if refused.
+    Punt {
+        l3: usize,
+        reason: EngineDrop,
+    },
+    /// Handed to the punt path (nothing more to do here).
+    Punted,
     Drop(EngineDrop),
     /// Handled by the forwarder: an ICMP error to send back (`Some((start, len))`, Ethernet
     /// header included) or queued for fragmentation (`None`).
@@ -129,10 +148,10 @@ impl Worker {
     /// Runs `process` on the `n` frames of `burst` and hands them to the rings.
     fn process_burst(&mut self, port: usize, burst: &mut RxBurst, disp: &mut [Disposition; MAX_BURST], n: usize) {
         let io = &mut self.io;
-        let (esp, tables, resolver, stats, devs, fwd) =
-            (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs, &mut self.fwd);
+        let (esp, tables, resolver, stats, devs, fwd, punt) =
+            (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs, &mut self.fwd, &mut self.punt);
         io.with_frames(burst, |frames| {
-            process(port, &mut frames[..n], &mut disp[..n], esp, tables, resolver, stats, devs, fwd);
+            process(port, &mut frames[..n], &mut disp[..n], esp, tables, resolver, stats, devs, fwd, punt);
         });
         let before = io.counters.tx_ring_full;
         io.dispatch(burst, &disp[..n]);
@@ -169,11 +188,11 @@ impl Worker {
                 continue;
             }
             let io = &mut self.io;
-            let (esp, tables, resolver, devs, fwd) =
-                (&mut self.esp, &self.tables, &mut self.resolver, &self.devs, &mut self.fwd);
+            let (esp, tables, resolver, devs, fwd, punt) =
+                (&mut self.esp, &self.tables, &mut self.resolver, &self.devs, &mut self.fwd, &mut self.punt);
             let stats = &self.stats;
             io.with_frames(burst, |frames| {
-                process(INSIDE, &mut frames[..used], &mut disp[..used], esp, tables, resolver, stats, devs, fwd);
+                process(INSIDE, &mut frames[..used], &mut disp[..used], esp, tables, resolver, stats, devs, fwd, punt);
             });
             let before = io.counters.tx_ring_full;
             io.dispatch(burst, &disp[..got]);
@@ -204,13 +223,13 @@ fn classify_outside(frame: &[u8]) -> Slot {
     }
     if sum.protocol == IpProtocol::UDP {
         match sum.ports(ip) {
-            Some((_, 500)) => return Slot::Drop(EngineDrop::Ike),
+            Some((_, 500)) => return Slot::Punt { l3: l3.offset, reason: EngineDrop::Ike },
             Some((_, 4500)) => {
                 let payload = ip.get(sum.payload_offset + 8..len).unwrap_or(&[]);
                 return match esp::classify_udp_encap(payload) {
                     esp::UdpEncap::Esp => Slot::Esp { l3: l3.offset, len },
-                    esp::UdpEncap::Ike => Slot::Drop(EngineDrop::Ike),
-                    esp::UdpEncap::NatKeepalive => Slot::Drop(EngineDrop::NatKeepalive),
+                    esp::UdpEncap::Ike => Slot::Punt { l3: l3.offset, reason: EngineDrop::Ike },
+                    esp::UdpEncap::NatKeepalive => Slot::Punt { l3: l3.offset, reason: EngineDrop::NatKeepalive },
                     esp::UdpEncap::Invalid => Slot::Drop(EngineDrop::NotEsp),
                 };
             }
@@ -243,6 +262,7 @@ fn process(
     stats: &WorkerStats,
     devs: &[String; 2],
     fwd: &mut Forwarder,
+    punt: &mut Punt,
 ) {
     let now = Instant::now();
     let n = frames.len();
@@ -259,6 +279,12 @@ fn process(
     for (i, (buf, len)) in frames.iter_mut().enumerate() {
         let rx = &buf[..(*len).min(buf.len())];
         slots[i] = if port == OUTSIDE { classify_outside(rx) } else { classify_inside(rx) };
+        if let Slot::Punt { l3, reason } = slots[i] {
+            if !punt.offer(&rx[l3..], now) {
+                stats.count_drop(reason, 1);
+            }
+            slots[i] = Slot::Punted;
+        }
         if port == INSIDE {
             // Make room in front for the outer headers: move the inner packet to ENCAP_AT.
             if let Slot::Esp { l3, len } = slots[i] {
@@ -411,6 +437,13 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         ));
     }
     let queues = out_if.queues;
+    // The control socket first: a second engine on the same path fails before touching anything.
+    let listener = match &opts.control_socket {
+        Some(path) => Some(ipsec_channel::listen(path).map_err(|e| format!("control socket {}: {e}", path.display()))?),
+        None => None,
+    };
+    // Removes the socket file on every way out of this function.
+    let _socket_file = opts.control_socket.as_ref().map(|p| crate::channel::SocketFile(p.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -444,12 +477,15 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     };
     let mut workers = Vec::new();
     let mut worker_stats = Vec::new();
+    // One event queue for all workers, drained by the channel thread.
+    let events = Arc::new(EventQueue::default());
+    let punt = Arc::new(PuntShared::default());
     for q in 0..queues {
         let io =
             XskIo::open(&[(out_if.name.clone(), q), (in_if.name.clone(), q)], &xsk_opts).map_err(|e| e.to_string())?;
         steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| e.to_string())?;
         steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| e.to_string())?;
-        let esp = EspWorker::new(default_provider(), Arc::new(EventQueue::default())).map_err(|e| e.to_string())?;
+        let esp = EspWorker::new(default_provider(), events.clone()).map_err(|e| e.to_string())?;
         let stats = Arc::new(WorkerStats::new(
             q as usize,
             vec![io.name(OUTSIDE).into(), io.name(INSIDE).into()],
@@ -472,14 +508,26 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             devs: [out_if.name.clone(), in_if.name.clone()],
             busy_poll: opts.busy_poll,
             fwd: Forwarder::new(cfg.inside_addrs.clone(), cfg.tunnels.iter().filter_map(|t| t.mtu).min()),
+            punt: Punt::new(punt.clone()),
         });
     }
+
+    let steering = Arc::new(Mutex::new(steering));
+    let control = ControlState::new(
+        tables.clone(),
+        default_provider(),
+        &cfg,
+        Box::new(XdpProtected::new(steering.clone(), INSIDE)),
+        Instant::now(),
+    );
+    let control_sas = control.published();
 
     let sources = Arc::new(StatsSources {
         workers: worker_stats,
         outbound_sas: tables.outbound_sas.clone(),
         inbound_sas: tables.inbound_sas.clone(),
-        steering: Arc::new(Mutex::new(steering)),
+        steering,
+        control_sas: Some(control_sas),
     });
     if let Some(addr) = opts.prometheus {
         crate::stats::serve_prometheus(addr, sources.clone(), stop.clone())?;
@@ -504,6 +552,26 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             .map_err(|e| format!("worker thread: {e}"))?;
         handles.push(h);
     }
+    let channel = match listener {
+        Some(listener) => {
+            let parts = ChannelParts {
+                listener,
+                state: control,
+                events: events.clone(),
+                punt: punt.clone(),
+                ike_tx: crate::channel::ike_tx::IkeTx::new(cfg.local_addrs.clone()),
+                workers: sources.workers.clone(),
+                boot_id: crate::channel::boot_id(),
+            };
+            let h = crate::channel::serve(parts, stop.clone()).map_err(|e| format!("channel thread: {e}"))?;
+            tracing::info!("control channel on {}", opts.control_socket.as_ref().expect("set").display());
+            Some(h)
+        }
+        None => {
+            drop(control);
+            None
+        }
+    };
     tracing::info!(workers = handles.len(), "engine running");
     println!("ipsec-engine: running ({} workers)", handles.len());
 
@@ -524,6 +592,10 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    if let Some(h) = channel {
+        let _ = h.join();
+    }
+
     println!("final stats:\n{}", sources.render_text());
     tracing::info!("stopped; detaching XDP programs");
     Ok(())

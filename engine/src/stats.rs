@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipsec_esp::counters::LocalCounter;
 use ipsec_esp::{InboundSa, OutboundSa, SaCounters, WorkerCounters};
 
+use crate::channel::SaLists;
 use crate::xdp::XdpSteering;
 
 macro_rules! engine_drops {
@@ -40,8 +41,8 @@ macro_rules! engine_drops {
 
 engine_drops! {
     NotIp => "not_ip", "Not IPv4/IPv6 (or a malformed IP header) on a steered queue.";
-    Ike => "ike", "IKE (UDP 500, or 4500 with the non-ESP marker): punting to the control process is not there yet.";
-    NatKeepalive => "nat_keepalive", "A NAT keepalive that reached the engine.";
+    Ike => "ike", "IKE (UDP 500, or 4500 with the non-ESP marker) not punted: no control session, over the worker's punt rate, or punt queue full.";
+    NatKeepalive => "nat_keepalive", "A NAT keepalive not punted (same reasons as `ike`).";
     NotEsp => "not_esp", "Something else than ESP or IKE on the outside.";
     TooBig => "too_big", "Larger than the output interface's MTU after encapsulation, or no room in the frame.";
     NoRouteOut => "no_route_out", "No kernel route for the destination via the expected interface.";
@@ -111,6 +112,8 @@ pub struct StatsSources {
     pub inbound_sas: Vec<(String, Arc<InboundSa>)>,
     /// The XDP programs, by interface name.
     pub steering: Arc<Mutex<Vec<(String, XdpSteering)>>>,
+    /// SAs installed over the control channel (republished by the channel thread).
+    pub control_sas: Option<Arc<Mutex<SaLists>>>,
 }
 
 fn sa_line(out: &mut String, tunnel: &str, dir: &str, spi: u32, c: &SaCounters) {
@@ -125,6 +128,18 @@ fn sa_line(out: &mut String, tunnel: &str, dir: &str, spi: u32, c: &SaCounters) 
 }
 
 impl StatsSources {
+    /// Static and control-owned SAs: (tunnel, SA) per direction.
+    #[allow(clippy::type_complexity)]
+    pub fn all_sas(&self) -> (Vec<(String, Arc<OutboundSa>)>, Vec<(String, Arc<InboundSa>)>) {
+        let mut out = self.outbound_sas.clone();
+        let mut ins = self.inbound_sas.clone();
+        if let Some(Ok(c)) = self.control_sas.as_ref().map(|c| c.lock()) {
+            out.extend(c.outbound.iter().cloned());
+            ins.extend(c.inbound.iter().cloned());
+        }
+        (out, ins)
+    }
+
     /// Human-readable counters.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
@@ -155,10 +170,11 @@ impl StatsSources {
                 if drops.is_empty() { "-".into() } else { drops.join(" ") }
             );
         }
-        for (t, sa) in &self.outbound_sas {
+        let (outbound_sas, inbound_sas) = self.all_sas();
+        for (t, sa) in &outbound_sas {
             sa_line(&mut out, t, "out", sa.spi(), sa.counters());
         }
-        for (t, sa) in &self.inbound_sas {
+        for (t, sa) in &inbound_sas {
             sa_line(&mut out, t, "in", sa.spi(), sa.counters());
         }
         if let Ok(st) = self.steering.lock() {
@@ -255,11 +271,11 @@ impl StatsSources {
                 );
             }
         }
-        let sas = self
-            .outbound_sas
+        let (outbound_sas, inbound_sas) = self.all_sas();
+        let sas = outbound_sas
             .iter()
             .map(|(t, sa)| (t, "out", sa.spi(), sa.counters()))
-            .chain(self.inbound_sas.iter().map(|(t, sa)| (t, "in", sa.spi(), sa.counters())));
+            .chain(inbound_sas.iter().map(|(t, sa)| (t, "in", sa.spi(), sa.counters())));
         let sas: Vec<_> = sas.collect();
         header(&mut o, "ipsec_sa_packets_total", "Packets processed by an SA.");
         for (t, d, spi, c) in &sas {

@@ -379,6 +379,24 @@ impl XdpSteering {
         }
     }
 
+    /// Removes a protected remote subnet (inside role); removing an absent prefix is an error from
+    /// the kernel (`ENOENT`), which callers that keep their own reference counts may ignore.
+    pub fn remove_protected(&mut self, prefix: Prefix) -> Result<(), XdpError> {
+        match prefix.addr {
+            IpAddr::V4(a) if prefix.len <= 32 => {
+                let mut map: LpmTrie<&mut MapData, AddrV4, Protected> = self.map_mut(PROTECTED_V4_MAP)?;
+                let key = Key::new(u32::from(prefix.len), AddrV4 { octets: a.octets() });
+                map.remove(&key).map_err(map_err(PROTECTED_V4_MAP))
+            }
+            IpAddr::V6(a) if prefix.len <= 128 => {
+                let mut map: LpmTrie<&mut MapData, AddrV6, Protected> = self.map_mut(PROTECTED_V6_MAP)?;
+                let key = Key::new(u32::from(prefix.len), AddrV6 { octets: a.octets() });
+                map.remove(&key).map_err(map_err(PROTECTED_V6_MAP))
+            }
+            _ => Err(XdpError::BadPrefix(prefix)),
+        }
+    }
+
     /// Puts the AF_XDP socket `fd` at `queue` (the rx queue it is bound to).
     pub fn insert_xsk(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), XdpError> {
         let mut map: XskMap<&mut MapData> = self.map_mut(XSKS_MAP)?;

@@ -127,7 +127,14 @@ impl Engine {
         let child = Command::new("ip")
             .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
             .arg(&cfg)
-            .args(["--no-pin", "--xdp-mode", "auto", "--prometheus", &format!("127.0.0.1:{PROM_PORT}")])
+            .args([
+                "--no-pin",
+                "--no-control-socket",
+                "--xdp-mode",
+                "auto",
+                "--prometheus",
+                &format!("127.0.0.1:{PROM_PORT}"),
+            ])
             // The safety-net re-dump every 10 minutes: neighbour changes must come as events.
             .args(["--frames", "1024", "--ring-size", "256", "--neigh-interval-ms", "600000"])
             .env("RUST_LOG", "info")

@@ -179,7 +179,14 @@ impl Engine {
         let child = Command::new("ip")
             .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
             .arg(&cfg)
-            .args(["--no-pin", "--xdp-mode", "auto", "--prometheus", &format!("127.0.0.1:{PROM_PORT}")])
+            .args([
+                "--no-pin",
+                "--no-control-socket",
+                "--xdp-mode",
+                "auto",
+                "--prometheus",
+                &format!("127.0.0.1:{PROM_PORT}"),
+            ])
             .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200", "--stats-interval", "1"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -760,7 +767,7 @@ fn zero_copy_is_refused_clearly(t: &Topology, case: &Case) {
     let out = Command::new("ip")
         .args(["netns", "exec", &t.ns("g1"), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
         .arg(&cfg)
-        .args(["--no-pin", "--zero-copy"])
+        .args(["--no-pin", "--no-control-socket", "--zero-copy"])
         .stdin(Stdio::null())
         .output()
         .expect("run ipsec-engine");

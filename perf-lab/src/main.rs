@@ -2,10 +2,13 @@
 //! `--json`, as one JSON object per line (the table then goes to stderr).
 //!
 //! - `perf-lab esp`: the ESP core on one core, in memory (issue: ESP data-plane core).
+//! - `perf-lab xdp`: the AF_XDP engine between namespaces (AES-128-GCM, no-crypto baseline) and
+//!   strongSwan in the same topology; needs root and `cargo build --release -p ipsec-engine`.
 //!
 //! Run with `--release`: `cargo run --release -p perf-lab -- esp --json`.
 
 mod esp;
+mod xdp;
 
 use clap::{Parser, Subcommand};
 use ipsec_esp::{Cipher, Integrity};
@@ -37,6 +40,34 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         scale_sas: usize,
     },
+    /// Line rate through two gateways in namespaces: engine with AES-128-GCM, engine without
+    /// crypto, strongSwan (root; engine binary next to this one or `--engine`).
+    Xdp {
+        /// One JSON object per line on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Seconds per run (max rate, half rate; lossless search runs take half of it, ≥ 0.5 s).
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Sizes: IP packet bytes, or `imix` (7:4:1 of 64/594/1518).
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1420,imix")]
+        sizes: Vec<String>,
+        /// Cases: engine-aes128gcm, engine-null, strongswan.
+        #[arg(long, value_delimiter = ',', default_value = "engine-aes128gcm,engine-null,strongswan")]
+        cases: Vec<String>,
+        /// Bisection steps of the lossless-rate search (0 skips it).
+        #[arg(long, default_value_t = 5)]
+        search_steps: u32,
+        /// Max-rate runs per case and size; the best counts (noise from other load).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// The `ipsec-engine` binary (default: next to this binary).
+        #[arg(long)]
+        engine: Option<std::path::PathBuf>,
+        /// Where xdp.md and xdp.svg go.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/reports"))]
+        report_dir: std::path::PathBuf,
+    },
 }
 
 fn parse_transform(name: &str) -> Option<(Cipher, Integrity)> {
@@ -62,6 +93,14 @@ fn main() {
                     .collect()
             };
             esp::run(&esp::EspArgs { json, seconds, transforms, sizes, scale_sas });
+        }
+        Cmd::Xdp { json, seconds, sizes, cases, search_steps, repeat, engine, report_dir } => {
+            let report_dir = Some(report_dir);
+            let args = xdp::XdpArgs { json, seconds, sizes, cases, search_steps, repeat, engine, report_dir };
+            if let Err(e) = xdp::run(&args) {
+                eprintln!("perf-lab xdp: {e}");
+                std::process::exit(1);
+            }
         }
     }
 }
