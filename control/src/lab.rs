@@ -51,6 +51,8 @@ use serde_json::Value;
 pub const CHARON: &str = "/usr/lib/ipsec/charon";
 /// The name of our control process in the lab's messages.
 const SERVE: &str = "ipsec-control serve";
+/// The name of the engine process in the lab's messages.
+const ENGINE: &str = "ipsec-engine";
 /// The management API's port inside the gateway namespace.
 pub const API_PORT: u16 = 8470;
 
@@ -456,11 +458,27 @@ fn start_gateway(lab: &mut Lab, mode: GatewayMode, bin_dir: &Path) -> Result<Str
             serve.args(["--forwarder", "labtun"]);
         }
         GatewayMode::Engine => {
-            let _ = bin_dir;
-            return Err(
-                "--gateway engine: the engine's control channel is not in this build yet; use --gateway forwarder"
-                    .into(),
+            // The data plane: no static tunnels, everything comes over the channel.
+            let cfg = lab.dir.join("engine.toml");
+            let toml = format!(
+                "[gateway]\nlocal_addrs = [\"{GW_OUTSIDE}\"]\ninside_addrs = [\"192.0.2.1\"]\n\n\
+                 [[interface]]\nname = \"outside\"\nrole = \"outside\"\n\n\
+                 [[interface]]\nname = \"inside\"\nrole = \"inside\"\n"
             );
+            std::fs::write(&cfg, toml).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let socket = lab.dir.join("engine/engine.sock");
+            let mut engine = Command::new("ip");
+            engine.args(["netns", "exec", &gw]).arg(bin_dir.join("ipsec-engine")).args(["run", "--config"]).arg(&cfg);
+            engine.args(["--no-pin", "--stats-interval", "1", "--control-socket"]).arg(&socket);
+            lab.spawn(ENGINE, engine)?;
+            lab.wait_for(20, "the engine's control socket", || {
+                if socket.exists() {
+                    Ok(())
+                } else {
+                    Err("not there yet".into())
+                }
+            })?;
+            serve.arg("--engine").arg(&socket);
         }
     }
     lab.spawn(SERVE, serve)?;
@@ -505,6 +523,14 @@ fn strip_psk(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(strip_psk),
         _ => {}
     }
+}
+
+/// The last `stats:` block the engine printed (up to the next line that is not indented).
+fn last_stats_block(log: &str) -> Option<String> {
+    let start = log.rfind("\nstats:\n").map(|i| i + 1).or_else(|| log.starts_with("stats:\n").then_some(0))?;
+    let body: Vec<&str> =
+        log[start..].lines().skip(1).take_while(|l| l.starts_with(' ') || l.starts_with('\t')).collect();
+    Some(body.join("\n"))
 }
 
 /// `(transmitted, received)` from ping's summary.
@@ -665,6 +691,17 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         n("BytesIn")
     );
 
+    if o.gateway == GatewayMode::Engine {
+        // The engine prints its counters every second; the latest block is after the ping.
+        lab.sleep(Duration::from_millis(1200))?;
+        let log = lab.procs.iter().find(|p| p.name == ENGINE).map(|p| p.log.clone());
+        let log = log.and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+        match last_stats_block(&log) {
+            Some(b) => println!("lab: engine counters (ipsec-engine --stats-interval):\n{b}"),
+            None => println!("lab: the engine printed no counters yet"),
+        }
+    }
+
     if o.keep {
         println!(
             "lab: --keep: the lab stays up until Ctrl-C. Try:\n  \
@@ -711,6 +748,13 @@ mod tests {
                    5 packets transmitted, 4 received, 20% packet loss, time 810ms\n";
         assert_eq!(ping_summary(out), Some((5, 4)));
         assert_eq!(ping_summary("connect: Network is unreachable"), None);
+    }
+
+    #[test]
+    fn last_stats_block_is_found() {
+        let log = "ipsec-engine: running (1 workers)\nstats:\n  worker 0 rx 1\n  sa a\nINFO x\nstats:\n  worker 0 rx 9\nINFO y\n";
+        assert_eq!(last_stats_block(log).as_deref(), Some("  worker 0 rx 9"));
+        assert_eq!(last_stats_block("nothing"), None);
     }
 
     #[test]

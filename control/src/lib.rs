@@ -32,6 +32,9 @@
 //! * **Control**: a Unix socket (0600) taking one command per connection: `initiate NAME`,
 //!   `rekey-child NAME`, `rekey-ike NAME`, `terminate NAME`, `status`
 //!   ([`daemon::control_request`] is the client side).
+//! * **The lab** ([`lab`], `ipsec-control lab`): the one-command demonstration — namespaces, our
+//!   gateway (`serve` and its data plane), a strongSwan customer gateway, a connection made through
+//!   the API, a ping across, everything removed afterwards (also on Ctrl-C).
 //! * `unsafe` is denied except in [`tun`] (the `TUNSETIFF` ioctl, with its SAFETY argument).
 //!
 //! # Running
