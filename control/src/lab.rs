@@ -664,7 +664,7 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         .map_err(|e| format!("ping: {e}"))?;
     lab.interrupted()?;
     let (sent, received) = ping_summary(&text(&ping)).ok_or_else(|| format!("ping: {}", text(&ping)))?;
-    let loss = if sent == 0 { 100 } else { (sent - received) * 100 / sent };
+    let loss = (sent.saturating_sub(received) * 100).checked_div(sent).unwrap_or(100);
     step(5, &format!("ping host-a {HOST_A} -> host-b {HOST_B}: {sent} sent, {received} received, {loss}% loss"));
 
     // The counters catch up with the data plane within a status period (2 s). They are those of
