@@ -34,6 +34,7 @@
 //!   namespaces (and with them every veth) and the temporary directory on success, on error and on
 //!   Ctrl-C. Child processes run in their own process group, so a terminal's Ctrl-C reaches the lab
 //!   only and the teardown happens in order. `--keep` waits for Ctrl-C before tearing down.
+//! * Leftovers of labs killed with SIGKILL (their pid no longer runs) are removed at start.
 //! * Exit status: success when the tunnel came up and at least one ping crossed it.
 
 use std::io::Write as _;
@@ -384,6 +385,31 @@ fn preflight(o: &LabOptions, bin_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes what labs killed with SIGKILL left behind: `lab<pid>-{a,gw,cgw,b}` namespaces, the
+/// `lab<pid>m` link and the temporary directory of every `<pid>` that no longer runs.
+fn remove_stale() {
+    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
+    let mut dead: Vec<u32> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.strip_prefix("lab"))
+        .filter_map(|n| n.split_once('-'))
+        .filter(|(_, role)| ["a", "gw", "cgw", "b"].contains(role))
+        .filter_map(|(pid, _)| pid.parse::<u32>().ok())
+        .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    dead.sort_unstable();
+    dead.dedup();
+    for pid in dead {
+        println!("lab: removing the leftovers of lab{pid} (no longer running)");
+        for role in ["a", "gw", "cgw", "b"] {
+            let _ = sh("ip", &["netns", "del", &format!("lab{pid}-{role}")]);
+        }
+        let _ = sh("ip", &["link", "del", &format!("lab{pid}m")]);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ipsec-lab{pid}")));
+    }
+}
+
 /// A 32-hex-digit PSK from the OS's random source.
 fn generate_psk() -> Result<String, String> {
     let mut b = [0u8; 16];
@@ -549,6 +575,7 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let bin_dir = me.parent().ok_or("own executable has no directory")?.to_path_buf();
     preflight(o, &bin_dir)?;
+    remove_stale();
     let pid = std::process::id();
     let prefix = format!("lab{pid}");
     let dir = std::env::temp_dir().join(format!("ipsec-{prefix}"));
