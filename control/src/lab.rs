@@ -435,9 +435,11 @@ fn topology(lab: &mut Lab, mode: GatewayMode) -> Result<(), String> {
             in_ns(ns, &["sysctl", "-qw", k])?;
         }
     }
-    for ns in [&gw, &cgw] {
-        in_ns(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    }
+    // The customer gateway routes (charon's libipsec TUN); ours only in forwarder mode (its TUN).
+    // The engine forwards by itself: the gateway's kernel must not route anything in clear.
+    in_ns(&cgw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    let fwd = if mode == GatewayMode::Forwarder { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" };
+    in_ns(&gw, &["sysctl", "-qw", fwd])?;
     // (namespace, device, address) pairs joined by veth.
     let links = [
         ((&a, "eth0", "192.0.2.10/24"), (&gw, "inside", "192.0.2.1/24")),
