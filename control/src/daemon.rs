@@ -20,6 +20,12 @@
 //! connection's). An IKE_SA_INIT request goes to the connection whose `remote_addr` is the
 //! sender's address, else to the first `%any` connection; every other message to the connection
 //! that owns the IKE SPI it is addressed to.
+//!
+//! Several connections may accept the same initiator (several `%any`, or the same address): the
+//! IKE_SA_INIT target then offers the others as [`Alternative`]s, and at IKE_AUTH the IKE core
+//! keeps the connection whose remote ID and PSK the initiator's IDi and AUTH match (exact IDs
+//! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
+//! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipsec_ike::endpoint::{Endpoint, EndpointConfig, SaHandle};
-use ipsec_ike::ike_sa::{ChildSa, Event, Transmit};
+use ipsec_ike::ike_sa::{Alternative, ChildSa, Event, Transmit};
 use ipsec_ike::message::{ExchangeType, Header};
 use ipsec_ike::nat::{self, Received};
 use mio::net::UdpSocket;
@@ -205,6 +211,17 @@ impl Daemon {
         &self.settings
     }
 
+    /// The keys of connection `name`'s current IKE SA: for the key-derivation cross-check against
+    /// strongSwan's logged keys (`tests/keys_strongswan.rs`) only. No daemon path (log, control
+    /// socket, state file, management API) calls it; keys otherwise leave the IKE core only as
+    /// Child SA keys to the sink.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn ike_sa_keys_for_tests(&self, name: &str) -> Option<&ipsec_ike::crypto::keys::IkeSaKeys> {
+        let i = self.conns.iter().position(|c| c.spec.name == name)?;
+        self.live(i).and_then(|h| self.conns[i].endpoint.ike_sa(h)).and_then(|sa| sa.keys())
+    }
+
     /// Initiates every connection with `effect_immediately`.
     pub fn start(&mut self) {
         let now = Instant::now();
@@ -354,11 +371,43 @@ impl Daemon {
         match idx {
             Some(i) => {
                 self.observe_received(i, remote, msg);
+                if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
+                    let alternatives = self.alternatives_for(i, remote);
+                    self.conns[i].endpoint.set_responder_alternatives(alternatives);
+                }
                 self.conns[i].endpoint.handle(now, local, remote, msg, &mut self.rng);
+                self.follow_switches(i);
             }
             None => logln!(self.log, "  no connection for this message from {remote}: dropped"),
         }
     }
+
+    // ---- responder selection by identity (see the module documentation) ----
+
+    /// The other connections that accept an IKE_SA_INIT from `remote` besides `i`: same
+    /// `remote_addr` first, then `%any`, each in configuration order.
+    fn alternatives_for(&self, i: usize, remote: SocketAddr) -> Vec<Alternative> {
+        let open = |k: usize, c: &Conn| k != i && !c.rt.is_removing();
+        let same = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote == Some(remote.ip()));
+        let any = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote.is_none());
+        same.chain(any).map(|(_, c)| Alternative { label: c.spec.name.clone(), config: c.spec.ike.clone() }).collect()
+    }
+
+    /// Moves every IKE SA of connection `i` that switched to another connection at IKE_AUTH into
+    /// that connection's endpoint, with its pending events.
+    fn follow_switches(&mut self, i: usize) {
+        while let Some((h, name)) = self.conns[i].endpoint.poll_switched() {
+            let Some(k) = self.conns.iter().position(|c| c.spec.name == name) else {
+                continue;
+            };
+            if let Some(sa) = self.conns[i].endpoint.detach(h) {
+                self.conns[k].endpoint.attach(sa);
+                logln!(self.log, "conn {}: peer authenticated as conn {name}: IKE_SA moved", self.conns[i].spec.name);
+            }
+        }
+    }
+
+    // ---- end of responder selection ----
 
     fn send(&self, t: &Transmit) {
         let sock = if t.local.port() == self.settings.natt_port { &self.natt } else { &self.ike };

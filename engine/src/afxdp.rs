@@ -29,8 +29,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-/// Largest burst moved through a ring at once (the ESP core's `MAX_BURST`).
-pub const BURST: usize = ipsec_esp::MAX_BURST;
+use crate::io::FrameIo;
+pub use crate::io::{Disposition, IoCounters, BURST};
 
 /// Frame size of the UMEM (one page: room for a 1500-byte MTU frame plus ESP growth).
 pub const FRAME_SIZE: u32 = 4096;
@@ -67,26 +67,6 @@ struct Port {
     comp: CompQueue,
     /// Frames handed to the tx ring and not yet completed.
     tx_outstanding: u32,
-}
-
-/// What happens to a received frame after processing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Transmit `len` bytes from the start of the frame on port `port`.
-    Send { port: usize, len: usize },
-    /// Return the frame to the pool.
-    Drop,
-}
-
-/// Ring-level counters of one worker (cumulative).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IoCounters {
-    /// Packets dropped because a tx ring was full.
-    pub tx_ring_full: u64,
-    /// Fill ring refills that found the free pool empty.
-    pub pool_empty: u64,
-    /// Wakeup syscalls made (tx sendto + fill poll).
-    pub wakeups: u64,
 }
 
 /// A worker's AF_XDP sockets and frames.
@@ -373,6 +353,46 @@ impl XskIo {
     /// Frames in the free pool (for tests and stats).
     pub fn free_frames(&self) -> usize {
         self.free.len()
+    }
+}
+
+impl FrameIo for XskIo {
+    type Burst = RxBurst;
+
+    fn recv(&mut self, port: usize, burst: &mut RxBurst) -> usize {
+        XskIo::recv(self, port, burst)
+    }
+
+    fn alloc(&mut self, port: usize, n: usize, burst: &mut RxBurst) -> usize {
+        XskIo::alloc(self, port, n, burst)
+    }
+
+    fn with_frames<R>(&mut self, burst: &mut RxBurst, f: impl FnOnce(&mut [(&mut [u8], usize)]) -> R) -> R {
+        XskIo::with_frames(self, burst, f)
+    }
+
+    fn dispatch(&mut self, burst: &mut RxBurst, dispositions: &[Disposition]) {
+        XskIo::dispatch(self, burst, dispositions)
+    }
+
+    fn wait(&self, timeout_ms: i32) {
+        XskIo::wait(self, timeout_ms)
+    }
+
+    fn reclaim(&mut self) {
+        XskIo::reclaim(self)
+    }
+
+    fn counters(&self) -> &IoCounters {
+        &self.counters
+    }
+
+    fn name(&self, port: usize) -> &str {
+        XskIo::name(self, port)
+    }
+
+    fn free_frames(&self) -> usize {
+        XskIo::free_frames(self)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ipsec_engine::run::RunOptions;
+use ipsec_engine::run::{IoChoice, RunOptions};
 use ipsec_engine::xdp::AttachMode;
 
 #[derive(Parser)]
@@ -27,6 +27,16 @@ enum Mode {
     Generic,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Io {
+    /// AF_XDP, falling back to AF_PACKET (with a warning saying why) when AF_XDP cannot be used.
+    Auto,
+    /// AF_XDP only (XDP steering + AF_XDP sockets).
+    Afxdp,
+    /// AF_PACKET only (TPACKET_V3 rings, classic BPF socket filters): old kernels, no CAP_BPF.
+    Afpacket,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// In-memory ESP demo: two gateways, three tunnels, sample traffic, refusals, counters.
@@ -35,11 +45,15 @@ enum Cmd {
         #[arg(long, default_value_t = 30_000)]
         packets: usize,
     },
-    /// The forwarding engine: XDP steering + AF_XDP workers on a static SA configuration.
+    /// The forwarding engine: XDP steering + AF_XDP workers (or the AF_PACKET fallback) on a static
+    /// SA configuration.
     Run {
         /// The static configuration (TOML): interfaces, tunnels, SAs.
         #[arg(long)]
         config: PathBuf,
+        /// Packet I/O backend.
+        #[arg(long, value_enum, default_value_t = Io::Auto)]
+        io: Io,
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
@@ -62,10 +76,11 @@ enum Cmd {
         /// milliseconds (a safety net: changes arrive as netlink events right away).
         #[arg(long, default_value_t = 30000)]
         neigh_interval_ms: u64,
-        /// Frames per worker UMEM (4 KiB each).
+        /// Frames per worker UMEM (4 KiB each; AF_PACKET: the worker's pool, at most 1024).
         #[arg(long, default_value_t = 4096)]
         frames: u32,
-        /// Size of each AF_XDP ring (power of two).
+        /// Size of each AF_XDP ring (power of two; AF_PACKET: receive ring of about as many
+        /// full-size packets, in 128 KiB blocks).
         #[arg(long, default_value_t = 1024)]
         ring_size: u32,
         /// The engine <-> control channel's Unix socket (mode 0600, in a 0700 directory).
@@ -83,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo { packets } => ipsec_engine::demo::run(packets),
         Cmd::Run {
             config,
+            io,
             xdp_mode,
             no_pin,
             zero_copy,
@@ -112,6 +128,11 @@ fn main() -> std::process::ExitCode {
                 frames,
                 ring_size,
                 control_socket: (!no_control_socket).then_some(control_socket),
+                io: match io {
+                    Io::Auto => IoChoice::Auto,
+                    Io::Afxdp => IoChoice::AfXdp,
+                    Io::Afpacket => IoChoice::AfPacket,
+                },
             })
         }
     };

@@ -1,13 +1,20 @@
-//! `ipsec-engine run`: the AF_XDP forwarding engine on a static configuration plus the tunnels and
-//! SAs the control process installs over the control channel ([`crate::channel`]).
+//! `ipsec-engine run`: the forwarding engine on a static configuration plus the tunnels and SAs
+//! the control process installs over the control channel ([`crate::channel`]), over AF_XDP or
+//! the portable AF_PACKET fallback ([`IoChoice`]).
 //!
-//! Start-up: load the configuration and build the SA tables; load the XDP steering program on the
-//! outside interface (role outside: ESP / ESP-in-UDP / IKE to the gateway's addresses) and on the
-//! inside interface (role inside: destinations in the tunnels' remote subnets), native mode with a
-//! fallback to generic; read the kernel's routes and neighbours ([`crate::neigh`]); then per queue
-//! `q` open one worker with one UMEM and two AF_XDP sockets, (outside, q) and (inside, q), insert
-//! them into the programs' XSKS maps at index `q`, and start the worker thread (pinned to a core
-//! unless `--no-pin`).
+//! Start-up: load the configuration and build the SA tables; open the packet I/O:
+//! - AF_XDP ([`crate::afxdp`]): load the XDP steering program on the outside interface (role
+//!   outside: ESP / ESP-in-UDP / IKE to the gateway's addresses) and on the inside interface (role
+//!   inside: destinations in the tunnels' remote subnets), native mode with a fallback to generic;
+//!   per queue `q` one UMEM and two AF_XDP sockets, (outside, q) and (inside, q), inserted into the
+//!   programs' XSKS maps at index `q`;
+//! - AF_PACKET ([`crate::afpacket`]): per queue `q` two TPACKET_V3 sockets whose classic BPF
+//!   filters steer the same traffic, in a hash fanout group per interface when `queues > 1`;
+//! - `auto` tries AF_XDP and, when any of its steps fails, undoes it and opens AF_PACKET with one
+//!   warning carrying the AF_XDP error;
+//!
+//! then read the kernel's routes and neighbours ([`crate::neigh`]) and start one worker thread per
+//! queue (pinned to a core unless `--no-pin`), generic over the backend ([`FrameIo`]).
 //!
 //! Worker loop, per burst of up to 64 frames and per socket:
 //! - **outside**: Ethernet (VLAN tags skipped) → IP → ESP (protocol 50) or ESP-in-UDP (port 4500,
@@ -32,7 +39,7 @@
 //! not depend on the session: losing the control process changes nothing in the data path.
 //!
 //! Stops on SIGINT / SIGTERM: workers finish their burst, counters are printed, the XDP programs
-//! are detached.
+//! (if any) are detached.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,10 +52,12 @@ use ipsec_esp::{default_provider, EspWorker, EventQueue, Verdict, HEADROOM, MAX_
 use ipsec_wire::ethernet::{self, EtherType};
 use ipsec_wire::{esp, parse_ip, IpProtocol, IpVersion};
 
-use crate::afxdp::{Disposition, RxBurst, XskIo, XskOptions};
+use crate::afpacket::{AfPacketIo, AfPacketOptions, FanoutGroups, PortSpec};
+use crate::afxdp::{XskIo, XskOptions};
 use crate::channel::{ChannelParts, ControlState, Punt, PuntShared, XdpProtected};
 use crate::config::{EngineConfig, Tables};
 use crate::forward::{Forwarder, Inside, MtuContext};
+use crate::io::{Disposition, FrameIo};
 use crate::neigh::{Miss, Resolver, ResolverHandle};
 use crate::stats::{EngineDrop, StatsSources, WorkerStats};
 use crate::xdp::{AttachMode, Prefix, Role, SteeringConfig, XdpSteering};
@@ -68,6 +77,21 @@ pub struct RunOptions {
     pub ring_size: u32,
     /// Where to serve the control channel; `None`: no channel (static configuration only).
     pub control_socket: Option<PathBuf>,
+    pub io: IoChoice,
+}
+
+/// Which packet I/O backend the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoChoice {
+    /// AF_XDP, falling back to AF_PACKET (with a warning saying why) when the XDP program cannot
+    /// be loaded or attached or an AF_XDP socket cannot be bound; no fallback with `--zero-copy`
+    /// (an explicit AF_XDP request).
+    #[default]
+    Auto,
+    /// AF_XDP only: XDP steering + AF_XDP sockets ([`crate::afxdp`]).
+    AfXdp,
+    /// AF_PACKET only: TPACKET_V3 rings with socket filters ([`crate::afpacket`]).
+    AfPacket,
 }
 
 const OUTSIDE: usize = 0;
@@ -77,8 +101,8 @@ const ETH_LEN: usize = 14;
 /// the new Ethernet header in front.
 const ENCAP_AT: usize = ETH_LEN + HEADROOM;
 
-struct Worker {
-    io: XskIo,
+struct Worker<Io> {
+    io: Io,
     esp: EspWorker,
     tables: Arc<Tables>,
     resolver: ResolverHandle,
@@ -87,6 +111,8 @@ struct Worker {
     busy_poll: bool,
     fwd: Forwarder,
     punt: Punt,
+    /// The backend's `rx_oversize` already counted as `too_big` drops.
+    rx_oversize: u64,
 }
 
 /// What the first pass found in a frame.
@@ -110,9 +136,9 @@ enum Slot {
     Forwarded(Option<(usize, usize)>),
 }
 
-impl Worker {
+impl<Io: FrameIo> Worker<Io> {
     fn run(mut self, stop: &AtomicBool) {
-        let mut burst = RxBurst::default();
+        let mut burst = Io::Burst::default();
         let mut disp = [Disposition::Drop; MAX_BURST];
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
@@ -131,7 +157,12 @@ impl Worker {
                     self.send_fragments(&mut burst, &mut disp);
                 }
             }
-            self.stats.wakeups.add(self.io.counters.wakeups.saturating_sub(self.stats.wakeups.get()));
+            self.stats.wakeups.add(self.io.counters().wakeups.saturating_sub(self.stats.wakeups.get()));
+            let oversize = self.io.counters().rx_oversize;
+            if oversize > self.rx_oversize {
+                self.stats.count_drop(EngineDrop::TooBig, oversize - self.rx_oversize);
+                self.rx_oversize = oversize;
+            }
             if got == 0 {
                 idle = idle.saturating_add(1);
                 if !self.busy_poll && idle > 64 {
@@ -144,18 +175,18 @@ impl Worker {
     }
 }
 
-impl Worker {
+impl<Io: FrameIo> Worker<Io> {
     /// Runs `process` on the `n` frames of `burst` and hands them to the rings.
-    fn process_burst(&mut self, port: usize, burst: &mut RxBurst, disp: &mut [Disposition; MAX_BURST], n: usize) {
+    fn process_burst(&mut self, port: usize, burst: &mut Io::Burst, disp: &mut [Disposition; MAX_BURST], n: usize) {
         let io = &mut self.io;
         let (esp, tables, resolver, stats, devs, fwd, punt) =
             (&mut self.esp, &self.tables, &mut self.resolver, &self.stats, &self.devs, &mut self.fwd, &mut self.punt);
         io.with_frames(burst, |frames| {
             process(port, &mut frames[..n], &mut disp[..n], esp, tables, resolver, stats, devs, fwd, punt);
         });
-        let before = io.counters.tx_ring_full;
+        let before = io.counters().tx_ring_full;
         io.dispatch(burst, &disp[..n]);
-        let full = io.counters.tx_ring_full - before;
+        let full = io.counters().tx_ring_full - before;
         if full > 0 {
             stats.count_drop(EngineDrop::TxRingFull, full);
         }
@@ -168,7 +199,7 @@ impl Worker {
 
     /// Fragments the packets the forwarder queued, in free frames, and sends them through the
     /// inside path (TTL, encapsulation, L2) like received packets.
-    fn send_fragments(&mut self, burst: &mut RxBurst, disp: &mut [Disposition; MAX_BURST]) {
+    fn send_fragments(&mut self, burst: &mut Io::Burst, disp: &mut [Disposition; MAX_BURST]) {
         while self.fwd.has_pending() {
             let want = self.fwd.frames_wanted(MAX_BURST);
             let got = self.io.alloc(INSIDE, want, burst);
@@ -194,9 +225,9 @@ impl Worker {
             io.with_frames(burst, |frames| {
                 process(INSIDE, &mut frames[..used], &mut disp[..used], esp, tables, resolver, stats, devs, fwd, punt);
             });
-            let before = io.counters.tx_ring_full;
+            let before = io.counters().tx_ring_full;
             io.dispatch(burst, &disp[..got]);
-            let full = io.counters.tx_ring_full - before;
+            let full = io.counters().tx_ring_full - before;
             if full > 0 {
                 stats.count_drop(EngineDrop::TxRingFull, full);
             }
@@ -450,48 +481,90 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
 
-    // XDP steering on both interfaces.
     let mut out_cfg = SteeringConfig::new(Role::Outside);
     out_cfg.local_addrs = cfg.local_addrs.clone();
     let mut in_cfg = SteeringConfig::new(Role::Inside);
     in_cfg.protected = cfg.protected_prefixes().iter().map(prefix_of).collect();
-    let mut steering = Vec::new();
-    for (ifc, sc) in [(out_if, out_cfg), (in_if, in_cfg)] {
-        let mut s = XdpSteering::load(&sc).map_err(|e| format!("{}: {e}", ifc.name))?;
-        let mode = s.attach(&ifc.name, opts.attach).map_err(|e| e.to_string())?;
-        tracing::info!(interface = %ifc.name, role = ?ifc.role, "XDP program attached ({mode:?} mode)");
-        steering.push((ifc.name.clone(), s));
+    let ifs = [(out_if.name.as_str(), &out_cfg), (in_if.name.as_str(), &in_cfg)];
+
+    // AF_PACKET's socket filters are fixed at start, while the control channel adds protected
+    // subnets at run time: with a channel the inside filter passes every IP packet and the worker
+    // drops what no tunnel claims (`no_route` / the ESP core's counters).
+    let mut in_all = in_cfg.clone();
+    if opts.control_socket.is_some() {
+        in_all.protected = vec![
+            Prefix::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+            Prefix::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
+        ];
     }
+    let packet_ifs = [(out_if.name.as_str(), &out_cfg), (in_if.name.as_str(), &in_all)];
+    let open_packet = || -> Result<Vec<AfPacketIo>, String> { open_afpacket(&packet_ifs, queues, &opts) };
+    let backend = match opts.io {
+        // --zero-copy asks for AF_XDP explicitly: its refusal is the answer, not a fallback.
+        IoChoice::AfXdp => Backend::AfXdp(open_afxdp(&ifs, queues, &opts)?),
+        IoChoice::Auto if opts.zero_copy => Backend::AfXdp(open_afxdp(&ifs, queues, &opts)?),
+        IoChoice::AfPacket => Backend::AfPacket(open_packet()?),
+        IoChoice::Auto => match open_afxdp(&ifs, queues, &opts) {
+            Ok(b) => Backend::AfXdp(b),
+            Err(e) => {
+                tracing::warn!("AF_XDP cannot be used ({e}); falling back to AF_PACKET (TPACKET_V3)");
+                Backend::AfPacket(open_packet()?)
+            }
+        },
+    };
 
     let resolver = Resolver::start(opts.neigh_interval, stop.clone())?;
-    let cores = if opts.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
-    if opts.pin && cores.is_empty() {
-        tracing::warn!("no core list available: workers are not pinned");
+    let env = WorkerEnv {
+        opts: &opts,
+        cfg: &cfg,
+        tables,
+        resolver: &resolver,
+        devs: [out_if.name.clone(), in_if.name.clone()],
+        stop,
+        listener,
+    };
+    match backend {
+        Backend::AfXdp((steering, ios)) => serve(ios, steering, env),
+        Backend::AfPacket(ios) => serve(ios, Vec::new(), env),
     }
+}
 
+/// The XDP programs, by interface name.
+type Steering = Vec<(String, XdpSteering)>;
+
+/// The opened packet I/O of all workers.
+enum Backend {
+    AfXdp((Steering, Vec<XskIo>)),
+    AfPacket(Vec<AfPacketIo>),
+}
+
+/// XDP steering on both interfaces and, per queue, one UMEM with the worker's two AF_XDP
+/// sockets inserted into the programs' socket maps. On error, what was attached is detached (the
+/// steering objects are dropped).
+fn open_afxdp(
+    ifs: &[(&str, &SteeringConfig); 2],
+    queues: u32,
+    opts: &RunOptions,
+) -> Result<(Steering, Vec<XskIo>), String> {
+    let mut steering = Vec::new();
+    for (name, sc) in ifs {
+        let mut s = XdpSteering::load(sc).map_err(|e| format!("{name}: {}", with_causes(&e)))?;
+        let mode = s.attach(name, opts.attach).map_err(|e| with_causes(&e))?;
+        tracing::info!(interface = %name, role = ?sc.role, "XDP program attached ({mode:?} mode)");
+        steering.push((name.to_string(), s));
+    }
     let xsk_opts = XskOptions {
         zero_copy: opts.zero_copy,
         busy_poll: opts.busy_poll,
         frames: opts.frames,
         ring_size: opts.ring_size,
     };
-    let mut workers = Vec::new();
-    let mut worker_stats = Vec::new();
-    // One event queue for all workers, drained by the channel thread.
-    let events = Arc::new(EventQueue::default());
-    let punt = Arc::new(PuntShared::default());
+    let mut ios = Vec::new();
     for q in 0..queues {
-        let io =
-            XskIo::open(&[(out_if.name.clone(), q), (in_if.name.clone(), q)], &xsk_opts).map_err(|e| e.to_string())?;
-        steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| e.to_string())?;
-        steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| e.to_string())?;
-        let esp = EspWorker::new(default_provider(), events.clone()).map_err(|e| e.to_string())?;
-        let stats = Arc::new(WorkerStats::new(
-            q as usize,
-            vec![io.name(OUTSIDE).into(), io.name(INSIDE).into()],
-            esp.counters().clone(),
-        ));
-        worker_stats.push(stats.clone());
+        let io = XskIo::open(&[(ifs[OUTSIDE].0.to_string(), q), (ifs[INSIDE].0.to_string(), q)], &xsk_opts)
+            .map_err(|e| e.to_string())?;
+        steering[OUTSIDE].1.insert_xsk(q, io.fd(OUTSIDE)).map_err(|e| with_causes(&e))?;
+        steering[INSIDE].1.insert_xsk(q, io.fd(INSIDE)).map_err(|e| with_causes(&e))?;
         tracing::info!(
             worker = q,
             "AF_XDP sockets {} and {} on one UMEM ({} mode)",
@@ -499,16 +572,110 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
             io.name(INSIDE),
             if opts.zero_copy { "zero-copy" } else { "copy" }
         );
+        ios.push(io);
+    }
+    Ok((steering, ios))
+}
+
+/// `e` followed by its chain of causes (`: cause: cause …`), each once.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Per queue, one AF_PACKET socket on each interface, filtered like the XDP program steers, in a
+/// fanout group per interface when there are several workers.
+fn open_afpacket(
+    ifs: &[(&str, &SteeringConfig); 2],
+    queues: u32,
+    opts: &RunOptions,
+) -> Result<Vec<AfPacketIo>, String> {
+    if opts.zero_copy {
+        return Err("--zero-copy needs AF_XDP; AF_PACKET always copies".into());
+    }
+    let (v4, v6) = crate::afpacket::kernel_forwarding();
+    if v4 == Some(true) || v6 == Some(true) {
+        tracing::warn!(
+            "the kernel forwards packets (net.ipv4.ip_forward={}, net.ipv6.conf.all.forwarding={}): with AF_PACKET \
+             it also sees what the engine handles and would forward inside packets in clear; set both to 0 \
+             (see engine/README.md, AF_PACKET fallback)",
+            u8::from(v4 == Some(true)),
+            u8::from(v6 == Some(true))
+        );
+    }
+    let pk_opts = AfPacketOptions::sized(opts.frames, opts.ring_size);
+    let mut groups = FanoutGroups::default();
+    let mut ios = Vec::new();
+    for q in 0..queues {
+        let ports = ifs.map(|(interface, steering)| PortSpec { interface, queue: q, steering, fanout: queues > 1 });
+        let io = AfPacketIo::open(&ports, &pk_opts, &mut groups).map_err(|e| e.to_string())?;
+        tracing::info!(
+            worker = q,
+            "AF_PACKET sockets {} and {} (TPACKET_V3 rx ring of {} x {} KiB blocks, sendmmsg tx{})",
+            io.name(OUTSIDE),
+            io.name(INSIDE),
+            pk_opts.ring_blocks,
+            crate::afpacket::BLOCK_SIZE / 1024,
+            if queues > 1 { ", hash fanout" } else { "" }
+        );
+        ios.push(io);
+    }
+    Ok(ios)
+}
+
+/// What every worker shares, whatever its backend.
+struct WorkerEnv<'a> {
+    opts: &'a RunOptions,
+    cfg: &'a EngineConfig,
+    tables: Arc<Tables>,
+    resolver: &'a Arc<Resolver>,
+    devs: [String; 2],
+    stop: Arc<AtomicBool>,
+    /// The control channel's listening socket, if it is served.
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Builds one worker per opened I/O, serves the statistics, runs the workers until stopped and
+/// prints the final counters.
+fn serve<Io: FrameIo + 'static>(ios: Vec<Io>, steering: Steering, env: WorkerEnv<'_>) -> Result<(), String> {
+    let WorkerEnv { opts, cfg, tables, resolver, devs, stop, listener } = env;
+    let cores = if opts.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    if opts.pin && cores.is_empty() {
+        tracing::warn!("no core list available: workers are not pinned");
+    }
+    let mut workers = Vec::new();
+    let mut worker_stats = Vec::new();
+    // One event queue for all workers, drained by the channel thread.
+    let events = Arc::new(EventQueue::default());
+    let punt = Arc::new(PuntShared::default());
+    for (q, io) in ios.into_iter().enumerate() {
+        let esp = EspWorker::new(default_provider(), events.clone()).map_err(|e| e.to_string())?;
+        let stats = Arc::new(WorkerStats::new(
+            q,
+            vec![io.name(OUTSIDE).into(), io.name(INSIDE).into()],
+            esp.counters().clone(),
+        ));
+        worker_stats.push(stats.clone());
         workers.push(Worker {
             io,
             esp,
             tables: tables.clone(),
             resolver: resolver.handle(),
             stats,
-            devs: [out_if.name.clone(), in_if.name.clone()],
+            devs: devs.clone(),
             busy_poll: opts.busy_poll,
             fwd: Forwarder::new(cfg.inside_addrs.clone(), cfg.tunnels.iter().filter_map(|t| t.mtu).min()),
             punt: Punt::new(punt.clone()),
+            rx_oversize: 0,
         });
     }
 
@@ -516,7 +683,7 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     let control = ControlState::new(
         tables.clone(),
         default_provider(),
-        &cfg,
+        cfg,
         Box::new(XdpProtected::new(steering.clone(), INSIDE)),
         Instant::now(),
     );
@@ -597,6 +764,10 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     }
 
     println!("final stats:\n{}", sources.render_text());
-    tracing::info!("stopped; detaching XDP programs");
+    if sources.steering.lock().map(|s| s.is_empty()).unwrap_or(true) {
+        tracing::info!("stopped");
+    } else {
+        tracing::info!("stopped; detaching XDP programs");
+    }
     Ok(())
 }

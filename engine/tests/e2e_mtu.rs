@@ -130,6 +130,8 @@ impl Engine {
             .args([
                 "--no-pin",
                 "--no-control-socket",
+                "--io",
+                "afxdp",
                 "--xdp-mode",
                 "auto",
                 "--prometheus",

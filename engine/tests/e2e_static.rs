@@ -182,6 +182,8 @@ impl Engine {
             .args([
                 "--no-pin",
                 "--no-control-socket",
+                "--io",
+                "afxdp",
                 "--xdp-mode",
                 "auto",
                 "--prometheus",
@@ -490,6 +492,20 @@ fn udp_transfer(t: &Topology) -> usize {
         let rx = s.spawn(move || {
             enter_netns(&format!("/var/run/netns/{hb}"));
             let sock = UdpSocket::bind((HOST_B, UDP_PORT)).expect("bind receiver");
+            // A loaded CI machine may deschedule this thread for a while: let the socket hold
+            // the whole transfer so only the data path can lose datagrams.
+            let big: libc::c_int = 8 << 20;
+            // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&big as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_RCVBUFFORCE");
             sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             ready2.store(true, Ordering::Release);
             let mut seen = HashSet::new();

@@ -316,7 +316,7 @@ fn start_engines(t: &Topology, engine: &std::path::Path, cipher: &str) -> Result
         let path = path.to_string_lossy();
         #[rustfmt::skip]
         let mut g = Gateway::spawn(t, &format!("g{n}"), &name, &[
-            &exe, "run", "--config", &path, "--no-pin", "--xdp-mode", "auto",
+            &exe, "run", "--config", &path, "--no-pin", "--xdp-mode", "auto", "--no-control-socket",
             "--neigh-interval-ms", "200", "--frames", "4096", "--ring-size", "1024",
         ])?;
         g.wait_until(Duration::from_secs(30), |g| g.stdout().contains("running"))?;

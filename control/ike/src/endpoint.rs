@@ -18,6 +18,14 @@
 //! with the previous secret stay valid. A spoofed source never sees its cookie, so a flood of
 //! spoofed requests costs no state beyond the threshold.
 //!
+//! # Choosing the responder configuration by identity
+//!
+//! A responder SA starts with `responder` and the [`Endpoint::set_responder_alternatives`]; at
+//! IKE_AUTH it keeps the configuration the initiator's IDi and PSK match
+//! ([`IkeSa::set_alternatives`]). When it switched to an alternative, [`Endpoint::poll_switched`]
+//! reports it; a daemon that keeps one `Endpoint` per connection then moves the SA to the
+//! connection of that label with [`Endpoint::detach`] and [`Endpoint::attach`].
+//!
 //! # Both ends initiating at once
 //!
 //! If both gateways `connect` to each other at the same time, two IKE SAs come up, each with its
@@ -34,7 +42,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::ike_sa::{Event, IkeSa, Transmit};
+use crate::ike_sa::{Alternative, Event, IkeSa, Transmit};
 use crate::message::{ExchangeType, Flags, Header, Message, NotifyPayload, NotifyType, Payload, PayloadType};
 
 /// Identifies one connection (one [`IkeSa`]) of an [`Endpoint`] for its whole life.
@@ -91,6 +99,21 @@ pub struct Endpoint {
     secret: Option<CookieSecret>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<(SaHandle, Event)>,
+    alternatives: Vec<Alternative>,
+    switched: VecDeque<(SaHandle, String)>,
+}
+
+/// An IKE SA taken out of one [`Endpoint`] with the events it had not delivered yet, to be
+/// [`Endpoint::attach`]ed to another.
+pub struct DetachedSa {
+    sa: IkeSa,
+    events: Vec<Event>,
+}
+
+impl core::fmt::Debug for DetachedSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DetachedSa").field("sa", &self.sa).field("events", &self.events.len()).finish()
+    }
 }
 
 impl core::fmt::Debug for Endpoint {
@@ -118,7 +141,52 @@ impl Endpoint {
             secret: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            alternatives: Vec::new(),
+            switched: VecDeque::new(),
         }
+    }
+
+    /// Other configurations new responder SAs may switch to at IKE_AUTH by the initiator's
+    /// identity and PSK (see [`IkeSa::set_alternatives`]); replaces the previous list. SAs that
+    /// already exist keep theirs.
+    pub fn set_responder_alternatives(&mut self, alternatives: Vec<Alternative>) {
+        self.alternatives = alternatives;
+    }
+
+    /// The next responder SA that switched to an alternative configuration at IKE_AUTH, with that
+    /// alternative's label. Each switch is reported once.
+    pub fn poll_switched(&mut self) -> Option<(SaHandle, String)> {
+        self.switched.pop_front()
+    }
+
+    /// Takes connection `h` out of this endpoint, with its events not yet polled. Its SPIs are no
+    /// longer routed here. `None` if it does not exist.
+    pub fn detach(&mut self, h: SaHandle) -> Option<DetachedSa> {
+        let sa = self.sas.remove(&h)?;
+        for s in self.spis_of.remove(&h).unwrap_or_default() {
+            if self.by_spi.get(&s) == Some(&h) {
+                self.by_spi.remove(&s);
+            }
+        }
+        if let Some(k) = self.init_of.remove(&h) {
+            self.by_init.remove(&k);
+        }
+        self.half_open.remove(&h);
+        self.switched.retain(|(x, _)| *x != h);
+        let (mine, others): (VecDeque<_>, VecDeque<_>) = self.events.drain(..).partition(|(x, _)| *x == h);
+        self.events = others;
+        let events = mine.into_iter().map(|(_, e)| e).collect();
+        Some(DetachedSa { sa, events })
+    }
+
+    /// Adds a [`DetachedSa`] under a new handle; its pending events follow the events already
+    /// queued here.
+    pub fn attach(&mut self, detached: DetachedSa) -> SaHandle {
+        let h = self.alloc();
+        self.sas.insert(h, detached.sa);
+        self.events.extend(detached.events.into_iter().map(|e| (h, e)));
+        self.sync(h);
+        h
     }
 
     /// Replaces the responder configuration (a connection's settings changed at run time). IKE SAs
@@ -305,6 +373,9 @@ impl Endpoint {
             return;
         };
         let mut sa = IkeSa::respond(cfg, local, remote, now);
+        if !self.alternatives.is_empty() {
+            sa.set_alternatives(self.alternatives.clone());
+        }
         sa.handle(now, local, remote, msg, rng);
         if sa.is_half_open() {
             let handle = self.alloc();
@@ -378,6 +449,9 @@ impl Endpoint {
         while let Some(e) = sa.poll_event() {
             self.events.push_back((h, e));
         }
+        if let Some(label) = sa.take_switch() {
+            self.switched.push_back((h, label));
+        }
         let finished = sa.is_finished();
         let half_open = sa.is_half_open();
         let spis = if finished { Vec::new() } else { sa.local_spis() };
@@ -416,7 +490,7 @@ mod tests {
     use crate::crypto::dh::DhGroup;
     use crate::ike_sa::ChildSa;
     use crate::ike_sa::IkeSa;
-    use crate::message::{KePayload, SaPayload};
+    use crate::message::{Identification, KePayload, SaPayload};
     use crate::sim::{configs, I_ADDR, R_ADDR};
     use crate::test_util::rng;
     use crate::transforms::build_offer;
@@ -730,5 +804,116 @@ mod tests {
                 std::fs::write(format!("{dir}/{name}"), bytes).unwrap();
             }
         }
+    }
+
+    /// Several responder configurations behind one endpoint (as with several `%any` connections):
+    /// each initiator lands on the configuration of its IDi and PSK, with that configuration's
+    /// subnets (narrowed), and an unknown identity gets AUTHENTICATION_FAILED.
+    #[test]
+    fn responder_picks_its_configuration_by_idi_and_psk() {
+        use crate::ike_sa::Failure;
+        use crate::message::NotifyType;
+        use crate::sim::{config, net};
+        use crate::ts::tests::v4;
+
+        let own = config("gw.example", "alice.example", b"p-alice", 2, 1);
+        let mut carol_r = config("gw.example", "carol.example", b"p-carol", 4, 3);
+        carol_r.local_ts = vec![net(4), net(7)];
+        let mut any_r = config("gw.example", "-", b"p-any", 6, 5);
+        any_r.remote_id = None;
+        let mut n = Net::new(EndpointConfig::new(None), EndpointConfig::new(Some(own)));
+        // Eve's connection does not allow the IKE suite negotiated in IKE_SA_INIT (ECP-256, from
+        // the endpoint's own configuration): she is refused although her ID and PSK match.
+        let mut eve_r = config("gw.example", "eve.example", b"p-eve", 8, 9);
+        eve_r.ike_proposals[0].dh = vec![DhGroup::Modp2048];
+        n.b.set_responder_alternatives(vec![
+            Alternative { label: "any".into(), config: any_r },
+            Alternative { label: "carol".into(), config: carol_r },
+            Alternative { label: "eve".into(), config: eve_r },
+        ]);
+
+        let alice = config("alice.example", "gw.example", b"p-alice", 1, 2);
+        let mut carol = config("carol.example", "gw.example", b"p-carol", 3, 4);
+        carol.remote_ts = vec![v4([10, 0, 0, 0], [10, 255, 255, 255])]; // narrowed by the responder
+        let dave = config("dave.example", "gw.example", b"p-any", 5, 6);
+        let mallory = config("mallory.example", "gw.example", b"p-carol", 3, 4);
+        let carol_wrong_psk = config("carol.example", "gw.example", b"p-alice", 3, 4);
+        let eve = config("eve.example", "gw.example", b"p-eve", 9, 8);
+
+        let mut handles = Vec::new();
+        for c in [alice, carol, dave, mallory, carol_wrong_psk, eve] {
+            let now = n.now;
+            handles.push(n.a.connect(c, I_ADDR, R_ADDR, now, &mut n.rng));
+            n.drive();
+        }
+        let up: Vec<bool> = handles.iter().map(|h| n.a.ike_sa(*h).is_some_and(IkeSa::is_established)).collect();
+        assert_eq!(up, [true, true, true, false, false, false]);
+        let failed = n
+            .ev_a
+            .iter()
+            .filter(|(_, e)| *e == Event::Failed(Failure::PeerError(NotifyType::AUTHENTICATION_FAILED)))
+            .count();
+        assert_eq!(failed, 3, "{:?}", n.ev_a);
+
+        // Responder side: which configuration each SA took, and the selectors of its Child SA.
+        let mut switched = Vec::new();
+        while let Some(s) = n.b.poll_switched() {
+            switched.push(s);
+        }
+        let labels: Vec<&str> = switched.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["carol", "any"], "alice keeps the endpoint's own configuration");
+        let child_of = |h: SaHandle| -> ChildSa {
+            n.ev_b
+                .iter()
+                .find_map(|(x, e)| match e {
+                    Event::ChildSaInstalled(c) if *x == h => Some(c.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let carol_h = switched[0].0;
+        let dave_h = switched[1].0;
+        let b_handles: Vec<SaHandle> = n.b.handles().collect();
+        let alice_h = *b_handles.iter().find(|h| **h != carol_h && **h != dave_h).unwrap();
+        assert_eq!(b_handles.len(), 3);
+        assert_eq!((child_of(alice_h).local_ts(), child_of(alice_h).remote_ts()), (&[net(2)][..], &[net(1)][..]));
+        assert_eq!(child_of(carol_h).local_ts(), &[net(4), net(7)][..]);
+        assert_eq!(child_of(carol_h).remote_ts(), &[net(3)][..]);
+        assert_eq!((child_of(dave_h).local_ts(), child_of(dave_h).remote_ts()), (&[net(6)][..], &[net(5)][..]));
+        let carol_cfg = n.b.ike_sa(carol_h).unwrap().config();
+        assert_eq!(carol_cfg.remote_id, Some(Identification::Fqdn(b"carol.example".to_vec())));
+        assert_eq!(carol_cfg.psk.expose(), b"p-carol");
+        // The initiators see the same narrowed selectors.
+        let carol_i = children(&n.ev_a).into_iter().find(|c| c.local_ts() == [net(3)]).unwrap();
+        assert_eq!(carol_i.remote_ts(), &[net(4), net(7)][..]);
+
+        // Moving carol's SA to another endpoint (the daemon's per-connection endpoints): its SPIs
+        // follow it, and later exchanges reach it there.
+        let mut other = Endpoint::new(EndpointConfig::new(None));
+        let moved = n.b.detach(carol_h).unwrap();
+        assert!(n.b.ike_sa(carol_h).is_none());
+        let new_h = other.attach(moved);
+        let before = other.ike_sa(new_h).unwrap().child_sas().count();
+        let now = n.now;
+        n.a.with_sa(handles[1], |sa| {
+            let spi = sa.child_sas().next().unwrap().inbound_spi();
+            sa.rekey_child(now, spi, &mut rng(9));
+        });
+        // Hand-deliver between a and `other` (the Net only knows b).
+        for _ in 0..4 {
+            while let Some(t) = n.a.poll_transmit(now) {
+                other.handle(now, t.remote, t.local, &t.payload, &mut n.rng);
+            }
+            while let Some(t) = other.poll_transmit(now) {
+                n.a.handle(now, t.remote, t.local, &t.payload, &mut n.rng);
+            }
+        }
+        let mut rekeyed = false;
+        while let Some((h, e)) = other.poll_event() {
+            assert_eq!(h, new_h);
+            rekeyed |= matches!(e, Event::ChildSaInstalled(_));
+        }
+        assert!(rekeyed, "the moved SA answered the rekey");
+        assert!(other.ike_sa(new_h).unwrap().child_sas().count() >= before);
     }
 }

@@ -28,7 +28,9 @@
 //!   and responder, COOKIE and INVALID_KE_PAYLOAD retries), CREATE_CHILD_SA (new Child SA, Child
 //!   SA rekey, IKE SA rekey, with or without PFS, collisions per §2.8.1), INFORMATIONAL (DELETE,
 //!   DPD), NAT traversal, lifetimes with jitter. Every entry point takes `now`; outputs are pulled
-//!   (`poll_transmit`, `poll_timeout`, `poll_event`).
+//!   (`poll_transmit`, `poll_timeout`, `poll_event`). A responder may be given alternative
+//!   configurations ([`ike_sa::Alternative`]) and keeps, at IKE_AUTH, the one whose remote ID and
+//!   PSK the initiator's IDi and AUTH match (several `%any` connections).
 //! * [`endpoint`]: the dispatcher a daemon drives with every IKE datagram: routes by IKE SPI,
 //!   creates responders, bounds half-open state with COOKIEs, aggregates outputs.
 //! * [`config`]: the connection configuration (the seed's IkeConfig/IpsecConfig).

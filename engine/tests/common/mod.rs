@@ -2,6 +2,8 @@
 //! removing namespaces left behind by earlier runs that died.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::process::Command;
 
 /// Whether a namespace test can run here: root, with iproute2 and the right to make namespaces.

@@ -80,6 +80,111 @@ fn prf_plus_limit_is_255_blocks() {
     assert!(prf_plus(PrfAlg::HmacSha256, b"k", b"s", 0).unwrap().is_empty());
 }
 
+/// prf+ written out with the `hmac` crate directly (not through [`prf`]): T1 = prf(K, S | 0x01),
+/// Tn = prf(K, Tn-1 | S | n), concatenated and truncated.
+fn prf_plus_by_hand<M: hmac::Mac + hmac::KeyInit + Clone>(key: &[u8], seed: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut t: Vec<u8> = Vec::new();
+    let mut n = 1u8;
+    while out.len() < len {
+        let mut m = <M as hmac::KeyInit>::new_from_slice(key).unwrap();
+        m.update(&t);
+        m.update(seed);
+        m.update(&[n]);
+        t = m.finalize().into_bytes().to_vec();
+        out.extend_from_slice(&t);
+        n = n.wrapping_add(1);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn prf_plus_equals_the_rfc_7296_expansion_for_every_prf_up_to_255_blocks() {
+    use hmac::Hmac;
+    let key = [0x5a; 150]; // longer than every HMAC block: hashed first
+    let key = key.as_slice();
+    let seed: Vec<u8> = (0..=200u8).collect();
+    for alg in [PrfAlg::HmacMd5, PrfAlg::HmacSha1, PrfAlg::HmacSha256, PrfAlg::HmacSha384, PrfAlg::HmacSha512] {
+        let h = alg.output_len();
+        // Lengths: empty, one octet, one block, one past a block, not a multiple, the full 255 blocks
+        // (last counter octet 0xff), one octet too many.
+        for len in [0, 1, h, h + 1, 3 * h - 5, 255 * h] {
+            let want = match alg {
+                PrfAlg::HmacMd5 => prf_plus_by_hand::<Hmac<md5::Md5>>(key, &seed, len),
+                PrfAlg::HmacSha1 => prf_plus_by_hand::<Hmac<sha1::Sha1>>(key, &seed, len),
+                PrfAlg::HmacSha256 => prf_plus_by_hand::<Hmac<sha2::Sha256>>(key, &seed, len),
+                PrfAlg::HmacSha384 => prf_plus_by_hand::<Hmac<sha2::Sha384>>(key, &seed, len),
+                PrfAlg::HmacSha512 => prf_plus_by_hand::<Hmac<sha2::Sha512>>(key, &seed, len),
+            };
+            let got = prf_plus(alg, key, &seed, len).unwrap();
+            assert_eq!(got.expose(), want.as_slice(), "{alg:?} len {len}");
+        }
+        assert_eq!(prf_plus(alg, key, &seed, 255 * h + 1).unwrap_err(), CryptoError::PrfPlusTooLong, "{alg:?}");
+        assert_eq!(prf_plus(alg, key, &seed, usize::MAX).unwrap_err(), CryptoError::PrfPlusTooLong, "{alg:?}");
+    }
+}
+
+/// An independent reference: the sample run in libreswan's IKEv2 KDF CAVS driver (values computed
+/// by NSS), with the input sizes of NIST's SP 800-135 IKEv2 KDF test file: HMAC-SHA-1, 8-octet
+/// nonces, 32-octet g^ir, 132-octet DKM. `DKM` = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr);
+/// `DKM(Child SA)` = prf+(SK_d, Ni | Nr) and `(D-H)` = prf+(SK_d, g^ir (new) | Ni | Nr) with SK_d
+/// the first 20 octets of DKM; `SKEYSEED(Rekey)` = prf(SK_d, g^ir (new) | Ni | Nr).
+#[test]
+fn ikev2_kdf_cavs_sample_sha1() {
+    let gir = hex("4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52");
+    let gir_new = hex("863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330");
+    let (ni, nr) = (hex("32b50d5f4a3763f3"), hex("9206a04b26564cb1"));
+    let (spi_i, spi_r) = (0x34c9_e7c1_8886_8785_u64, 0x3ff7_7d76_0d2b_2199_u64);
+    let want_seed = hex("a9a7b222b59f8f48645f28a1db5b5f5d7479cba7");
+    let want_dkm = hex(concat!(
+        "a14293677cc80ff8f9cc0eee30d895da9d8f405666e30ef0dfcb63c634a46002a2a63080e514a062768b76606f9fa5e9",
+        "92204fc5a670bde3f10d6b027113936a5c55b648a194ae587b0088d52204b702c979fa280870d2ed41efa9c549fd1119",
+        "8af1670b143d384bd275c5f594cf266b05ebadca855e4249520a441a81157435a7a56cc4"
+    ));
+    let want_child = hex(concat!(
+        "8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6ae239c7b38093ad85ef4c5811a8e7b5d1cdabd9560b2d5e092d1f24e",
+        "2d4b85eccdf0ad0dc9abd94b51ee71814ca6dbc8bb51b6309f5b9545c7eb35cf5580b1e521a8fe20754a2d883ba0c2cf",
+        "285f524aea6545b33106bc03e614296d319d41d4b50b3f510b1c0a22f3e664994d234cb4"
+    ));
+    let want_child_dh = hex(concat!(
+        "bb43244c1860ad65ee1e211ffe8bb3661750c8f89cb9f547df7f4fa61d37301628190e38c66232eab4b3ab14c400a519",
+        "7dd3730ed4820a8a10394d51e1c0400052f63ebd36b0e7ef53aaed31eba4a5080d7d4b5666023a8bbb5ffb7857240f9a",
+        "05884d1b7d2f933708450b7b3288f1fc863ab49fa901227cffc06e27899c7054d56fd74c"
+    ));
+    let want_rekey = hex("63e81194946ebd05df7df5ebf5d8750056bf1f1d");
+    assert_eq!((want_dkm.len(), want_child.len(), want_child_dh.len()), (132, 132, 132));
+
+    let seed = skeyseed(PrfAlg::HmacSha1, &ni, &nr, &gir);
+    assert_eq!(seed.expose(), want_seed.as_slice());
+    let s = [ni.clone(), nr.clone(), spi_i.to_be_bytes().to_vec(), spi_r.to_be_bytes().to_vec()].concat();
+    assert_eq!(prf_plus(PrfAlg::HmacSha1, seed.expose(), &s, 132).unwrap().expose(), want_dkm.as_slice());
+    // The same 132 octets split as RFC 7296 §2.14 orders them: AES-128-CBC + HMAC-SHA1-96 needs
+    // exactly 3×20 + 2×20 + 2×16.
+    let suite = IkeSuite { encr: EncrAlg::AES128_CBC, prf: PrfAlg::HmacSha1, integ: Some(IntegAlg::HmacSha1_96) };
+    let k = IkeSaKeys::derive(suite, &seed, &ni, &nr, spi_i, spi_r).unwrap();
+    let split =
+        [&k.sk_d, &k.sk_ai, &k.sk_ar, &k.sk_ei, &k.sk_er, &k.sk_pi, &k.sk_pr].map(|x| x.expose().to_vec()).concat();
+    assert_eq!(split, want_dkm);
+    assert_eq!(k.sk_d.expose(), &want_dkm[..20]);
+
+    let nn = [ni.clone(), nr.clone()].concat();
+    assert_eq!(prf_plus(PrfAlg::HmacSha1, k.sk_d.expose(), &nn, 132).unwrap().expose(), want_child.as_slice());
+    let gnn = [gir_new.clone(), ni.clone(), nr.clone()].concat();
+    assert_eq!(prf_plus(PrfAlg::HmacSha1, k.sk_d.expose(), &gnn, 132).unwrap().expose(), want_child_dh.as_slice());
+    // KEYMAT for an AES-128-CBC + HMAC-SHA1-96 Child SA is the first 2×(16+20) octets, split
+    // encryption then integrity, initiator's direction first (§2.17).
+    for (pfs, want) in [(None, &want_child), (Some(gir_new.as_slice()), &want_child_dh)] {
+        let c =
+            child_keymat(PrfAlg::HmacSha1, &k.sk_d, pfs, &ni, &nr, EncrAlg::AES128_CBC, Some(IntegAlg::HmacSha1_96))
+                .unwrap();
+        let got = [&c.encr_i, &c.integ_i, &c.encr_r, &c.integ_r].map(|x| x.expose().to_vec()).concat();
+        assert_eq!(got, want[..72]);
+    }
+    let rekey = super::keys::skeyseed_rekey(PrfAlg::HmacSha1, &k.sk_d, &gir_new, &ni, &nr);
+    assert_eq!(rekey.expose(), want_rekey.as_slice());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Key derivation and AUTH (expected values from tools/kdf_vectors.py)
 

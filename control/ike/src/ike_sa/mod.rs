@@ -498,6 +498,34 @@ pub struct IkeSa {
     now: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Responder only, until IKE_AUTH: other configurations the initiator may authenticate to.
+    alternatives: Vec<Alternative>,
+    /// The label of the alternative chosen at IKE_AUTH, until taken by [`IkeSa::take_switch`].
+    switched: Option<String>,
+}
+
+/// Another configuration a responder may switch to at IKE_AUTH, chosen by the initiator's IDi and
+/// PSK (strongSwan picks its peer config the same way: the IKE_SA_INIT exchange only tells the
+/// addresses, the identity arrives encrypted in IKE_AUTH).
+#[derive(Clone, Debug)]
+pub struct Alternative {
+    /// The caller's name for this configuration (e.g. the connection name); reported back by
+    /// [`IkeSa::take_switch`].
+    pub label: String,
+    /// The configuration: its `remote_id`, `psk`, `local_id`, subnets, ESP proposals, lifetimes
+    /// and DPD apply from IKE_AUTH on. Its IKE proposals must allow the suite already negotiated.
+    pub config: Config,
+}
+
+/// Whether `specs` allow the IKE suite negotiated in IKE_SA_INIT.
+fn ike_suite_allowed(specs: &[ProposalSpec], suite: IkeSuite, group: Option<DhGroup>) -> bool {
+    specs.iter().any(|p| {
+        p.protocol == ProtocolId::IKE
+            && p.encr.contains(&suite.encr)
+            && p.prf.contains(&suite.prf)
+            && suite.integ.is_none_or(|i| p.integ.contains(&i))
+            && group.is_none_or(|g| p.dh.contains(&g))
+    })
 }
 
 impl core::fmt::Debug for IkeSa {
@@ -631,7 +659,27 @@ impl IkeSa {
             now,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            alternatives: Vec::new(),
+            switched: None,
         }
+    }
+
+    /// Responder, before IKE_AUTH: other configurations the initiator may authenticate to (see
+    /// [`Alternative`]). At IKE_AUTH the candidates are this SA's own configuration followed by
+    /// `alternatives`; those whose `remote_id` equals the initiator's IDi are tried before those
+    /// that accept any identity, each group in order, and the first whose IKE proposals allow the
+    /// negotiated suite and whose PSK verifies the initiator's AUTH is taken. None: AUTHENTICATION_FAILED.
+    /// Ignored for initiators and after IKE_AUTH.
+    pub fn set_alternatives(&mut self, alternatives: Vec<Alternative>) {
+        if matches!(self.state, State::ExpectSaInitRequest | State::ExpectAuthRequest) && !self.cores[0].initiator {
+            self.alternatives = alternatives;
+        }
+    }
+
+    /// The label of the [`Alternative`] this responder switched to at IKE_AUTH, once (`None`: it
+    /// kept its own configuration, or the switch was already taken).
+    pub fn take_switch(&mut self) -> Option<String> {
+        self.switched.take()
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1665,13 +1713,28 @@ impl IkeSa {
         let (prf, sk_pi, sk_pr) =
             self.cores[0].keys.as_ref().map(|k| (k.suite.prf, k.sk_pi.clone(), k.sk_pr.clone()))?;
         let octets = signed_octets(prf, &self.sa_init_request, &self.nr, &sk_pi, &idi.body_bytes());
-        let id_ok = self.config.remote_id.as_ref().is_none_or(|want| want == idi);
-        if auth.method != AuthMethod::SHARED_KEY_MIC
-            || !id_ok
-            || !verify_psk_auth(prf, &self.config.psk, &octets, &auth.data)
-        {
-            self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
-            return Some(notify(NotifyType::AUTHENTICATION_FAILED, vec![]));
+        let suite = self.cores[0].keys.as_ref().map(|k| k.suite)?;
+        let alternatives = core::mem::take(&mut self.alternatives);
+        // Candidates: (label, config); None is our own configuration, allowed by construction.
+        let candidates = core::iter::once((None, &self.config))
+            .chain(alternatives.iter().map(|a| (Some(&a.label), &a.config)))
+            .collect::<Vec<_>>();
+        let exact = candidates.iter().filter(|(_, c)| c.remote_id.as_ref() == Some(idi));
+        let wildcard = candidates.iter().filter(|(_, c)| c.remote_id.is_none());
+        let chosen = exact.chain(wildcard).find(|(label, c)| {
+            (label.is_none() || ike_suite_allowed(&c.ike_proposals, suite, self.ike_group))
+                && verify_psk_auth(prf, &c.psk, &octets, &auth.data)
+        });
+        let switch = match chosen {
+            Some((label, c)) if auth.method == AuthMethod::SHARED_KEY_MIC => label.map(|l| (l.clone(), (*c).clone())),
+            _ => {
+                self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
+                return Some(notify(NotifyType::AUTHENTICATION_FAILED, vec![]));
+            }
+        };
+        if let Some((label, config)) = switch {
+            self.config = config;
+            self.switched = Some(label);
         }
         let idr = self.local_identity();
         let octets_r = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
