@@ -17,6 +17,7 @@
 //! psk = "secret"                 # or psk_file = "/path" (first line, trailing newline stripped)
 //! ike_version = 2                # 1 is refused
 //! effect_immediately = true      # initiate at start; false: wait for `ipsec-control initiate`
+//!                                # or, with --engine, for traffic (the engine's acquire)
 //! enable_dpd = true
 //! dpd_interval = 30              # seconds
 //! dpd_timeout = 30

@@ -11,6 +11,14 @@
 //! `set_read_timeout` would need a thread per descriptor (or busy polling) as soon as the TUN and
 //! the control socket join; `mio` is the minimal portable epoll wrapper (no async runtime).
 //!
+//! # Transport
+//!
+//! IKE datagrams come and go through an [`IkeTransport`]: [`UdpTransport`] (our own sockets on
+//! 500/4500, [`Daemon::new`]) or the engine's channel when the engine owns the interface and punts
+//! IKE to us ([`crate::engine_link`], [`Daemon::with_transport`]). Either way a datagram is the
+//! UDP payload as on the wire (non-ESP marker included on the NAT-T port) and goes through the
+//! same [`nat::classify`] and dispatch.
+//!
 //! This module is the only place that reads the clock (`Instant::now()` once per loop iteration)
 //! and the only owner of the RNG (ChaCha20 seeded from the OS).
 //!
@@ -50,7 +58,7 @@ use std::os::unix::net::UnixListener;
 use crate::config::{selector_prefixes, Connection, DaemonConfig, DaemonSettings};
 use crate::log::Logger;
 use crate::logln;
-use crate::sink::SaSink;
+use crate::sink::{DataplaneEvent, SaSink};
 
 mod runtime;
 pub use runtime::{
@@ -78,9 +86,8 @@ pub struct Daemon {
     conns: Vec<Conn>,
     poll: Poll,
     events: Events,
-    ike: UdpSocket,
-    natt: UdpSocket,
-    natt_std: std::net::UdpSocket,
+    transport: Box<dyn IkeTransport>,
+    natt_std: Option<std::net::UdpSocket>,
     ctl: Option<(UnixListener, PathBuf)>,
     sink: Box<dyn SaSink>,
     sink_registered: bool,
@@ -107,20 +114,114 @@ fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(s)
 }
 
-impl Daemon {
-    /// Binds the sockets and the control socket; initiates nothing yet (see [`Daemon::start`]).
+/// How IKE datagrams (UDP payloads as on the wire, non-ESP marker included on the NAT-T port)
+/// reach the daemon and leave it. Receiving is non-blocking: the daemon drains the transport after
+/// every wake-up of its loop.
+pub trait IkeTransport {
+    /// Sends `datagram` from our `local` address and port to `remote`.
+    ///
+    /// # Errors
+    /// The datagram could not be handed on (it is lost; IKE retransmits).
+    fn send(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) -> io::Result<()>;
+    /// The next received datagram, copied into `buf` (resized to fit): `Some((local, remote))`,
+    /// or `None` when nothing is waiting.
+    fn recv(&mut self, buf: &mut Vec<u8>) -> Option<(SocketAddr, SocketAddr)>;
+    /// For the log: where IKE comes from and goes to.
+    fn describe(&self) -> String;
+}
+
+/// The daemon's own UDP sockets: IKE (500) and NAT-T (4500) on the configured local address.
+#[derive(Debug)]
+pub struct UdpTransport {
+    ike: UdpSocket,
+    natt: UdpSocket,
+    settings: DaemonSettings,
+}
+
+impl UdpTransport {
+    /// Binds both sockets and registers them with `poll`; also returns a clone of the NAT-T
+    /// socket (the userspace forwarder sends ESP in UDP from it).
     ///
     /// # Errors
     /// Socket errors (address in use, no such address, permissions).
-    pub fn new(config: DaemonConfig, sink: Box<dyn SaSink>, log: Logger) -> io::Result<Self> {
-        let s = config.daemon.clone();
+    fn bind(s: &DaemonSettings, poll: &Poll) -> io::Result<(Self, std::net::UdpSocket)> {
         let ike_std = bind_udp(SocketAddr::new(s.listen, s.ike_port))?;
         let natt_std = bind_udp(SocketAddr::new(s.listen, s.natt_port))?;
         let mut ike = UdpSocket::from_std(ike_std);
         let mut natt = UdpSocket::from_std(natt_std.try_clone()?);
-        let poll = Poll::new()?;
         poll.registry().register(&mut ike, IKE, Interest::READABLE)?;
         poll.registry().register(&mut natt, NATT, Interest::READABLE)?;
+        Ok((UdpTransport { ike, natt, settings: s.clone() }, natt_std))
+    }
+}
+
+impl IkeTransport for UdpTransport {
+    fn send(&mut self, local: SocketAddr, remote: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let sock = if local.port() == self.settings.natt_port { &self.natt } else { &self.ike };
+        sock.send_to(datagram, remote).map(|_| ())
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>) -> Option<(SocketAddr, SocketAddr)> {
+        buf.resize(65536, 0);
+        for (sock, port) in [(&self.ike, self.settings.ike_port), (&self.natt, self.settings.natt_port)] {
+            // ICMP errors of earlier sends surface here once each; the next datagram may be fine.
+            for _ in 0..16 {
+                match sock.recv_from(buf) {
+                    Ok((n, from)) => {
+                        buf.truncate(n);
+                        return Some((SocketAddr::new(self.settings.listen, port), from));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "listening on {} (IKE {}, NAT-T {})",
+            self.settings.listen, self.settings.ike_port, self.settings.natt_port
+        )
+    }
+}
+
+impl Daemon {
+    /// Binds the UDP sockets and the control socket; initiates nothing yet (see
+    /// [`Daemon::start`]).
+    ///
+    /// # Errors
+    /// Socket errors (address in use, no such address, permissions).
+    pub fn new(config: DaemonConfig, sink: Box<dyn SaSink>, log: Logger) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let (udp, natt_std) = UdpTransport::bind(&config.daemon, &poll)?;
+        Self::build(config, sink, Box::new(udp), Some(natt_std), poll, log)
+    }
+
+    /// Like [`Daemon::new`], but IKE goes through `transport` (e.g. the engine's channel) and no
+    /// UDP socket is bound.
+    ///
+    /// # Errors
+    /// The control socket or the poll could not be set up.
+    pub fn with_transport(
+        config: DaemonConfig,
+        sink: Box<dyn SaSink>,
+        transport: Box<dyn IkeTransport>,
+        log: Logger,
+    ) -> io::Result<Self> {
+        Self::build(config, sink, transport, None, Poll::new()?, log)
+    }
+
+    fn build(
+        config: DaemonConfig,
+        sink: Box<dyn SaSink>,
+        transport: Box<dyn IkeTransport>,
+        natt_std: Option<std::net::UdpSocket>,
+        poll: Poll,
+        log: Logger,
+    ) -> io::Result<Self> {
+        let s = config.daemon.clone();
         let ctl = match &s.control_socket {
             Some(p) => {
                 let l = bind_control(p)?;
@@ -146,8 +247,7 @@ impl Daemon {
             conns,
             poll,
             events: Events::with_capacity(64),
-            ike,
-            natt,
+            transport,
             natt_std,
             ctl,
             sink,
@@ -160,14 +260,7 @@ impl Daemon {
             next_publish: None,
         };
         d.register_sink()?;
-        logln!(
-            d.log,
-            "listening on {} (IKE {}, NAT-T {}), {} connection(s)",
-            d.settings.listen,
-            d.settings.ike_port,
-            d.settings.natt_port,
-            d.conns.len()
-        );
+        logln!(d.log, "{}, {} connection(s)", d.transport.describe(), d.conns.len());
         for c in &d.conns {
             logln!(d.log, "conn {}: {:?}", c.spec.name, c.spec);
         }
@@ -179,7 +272,10 @@ impl Daemon {
     /// # Errors
     /// `dup` failed.
     pub fn natt_socket(&self) -> io::Result<std::net::UdpSocket> {
-        self.natt_std.try_clone()
+        match &self.natt_std {
+            Some(s) => s.try_clone(),
+            None => Err(io::Error::other("IKE goes through the engine: no NAT-T socket of our own")),
+        }
     }
 
     /// Replaces the sink (before any SA exists).
@@ -256,6 +352,7 @@ impl Daemon {
             .conns
             .iter()
             .filter_map(|c| c.endpoint.poll_timeout())
+            .chain(self.sink.poll_timeout())
             .chain(self.runtime_timeout())
             .min()
             .map_or(max_wait, |t| t.saturating_duration_since(now).min(max_wait));
@@ -268,11 +365,12 @@ impl Daemon {
         let tokens: Vec<Token> = self.events.iter().map(mio::event::Event::token).collect();
         for t in tokens {
             match t {
-                IKE => self.drain(false, now),
-                NATT => self.drain(true, now),
+                IKE | NATT => self.drain(now),
                 CTL => self.accept(now),
                 SINK => {
                     self.sink.on_readable(now);
+                    // The sink may be the transport's channel too (IKE punted by the engine).
+                    self.drain(now);
                     for name in self.sink.take_acquires() {
                         if let Err(e) = self.acquire(&name, now) {
                             logln!(self.log, "acquire for {name}: {e}");
@@ -282,6 +380,10 @@ impl Daemon {
                 _ => {}
             }
         }
+        if self.sink.poll_timeout().is_some_and(|t| t <= now) {
+            self.sink.handle_timeout(now);
+        }
+        self.dataplane_events(now);
         for c in &mut self.conns {
             if c.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 c.endpoint.handle_timeout(now, &mut self.rng);
@@ -313,22 +415,11 @@ impl Daemon {
         Ok(())
     }
 
-    fn drain(&mut self, on_natt: bool, now: Instant) {
+    fn drain(&mut self, now: Instant) {
         let mut buf = std::mem::take(&mut self.buf);
-        let port = if on_natt { self.settings.natt_port } else { self.settings.ike_port };
-        let local = SocketAddr::new(self.settings.listen, port);
-        loop {
-            let sock = if on_natt { &self.natt } else { &self.ike };
-            let (n, from) = match sock.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    logln!(self.log, "recv on port {port}: {e}");
-                    break;
-                }
-            };
-            match nat::classify(on_natt, &buf[..n]) {
+        while let Some((local, from)) = self.transport.recv(&mut buf) {
+            let on_natt = local.port() == self.settings.natt_port;
+            match nat::classify(on_natt, &buf) {
                 Received::Ike(msg) => self.dispatch(now, local, from, msg),
                 Received::Esp(d) => {
                     if let Some(spi) = self.sink.esp_received(now, from, local, d) {
@@ -409,8 +500,7 @@ impl Daemon {
 
     // ---- end of responder selection ----
 
-    fn send(&self, t: &Transmit) {
-        let sock = if t.local.port() == self.settings.natt_port { &self.natt } else { &self.ike };
+    fn send(&mut self, t: &Transmit) {
         if !t.is_keepalive() {
             if let Ok(p) = Header::peek(&t.payload) {
                 let h = p.header;
@@ -425,7 +515,7 @@ impl Daemon {
                 );
             }
         }
-        if let Err(e) = sock.send_to(&t.to_datagram(), t.remote) {
+        if let Err(e) = self.transport.send(t.local, t.remote, &t.to_datagram()) {
             logln!(self.log, "send to {}: {e}", t.remote);
         }
     }
@@ -505,6 +595,50 @@ impl Daemon {
         }
         if changed {
             self.write_state();
+        }
+    }
+
+    /// Acts on the data plane's requests (engine events); see [`DataplaneEvent`].
+    fn dataplane_events(&mut self, now: Instant) {
+        while let Some(ev) = self.sink.poll_dataplane_event() {
+            let (DataplaneEvent::Acquire { conn }
+            | DataplaneEvent::Rekey { conn, .. }
+            | DataplaneEvent::Expired { conn, .. }) = &ev;
+            let Some(i) = self.conns.iter().position(|c| c.spec.name == *conn) else {
+                logln!(self.log, "data plane: {ev:?} for an unknown connection: ignored");
+                continue;
+            };
+            let live = self.live(i);
+            let rng = &mut self.rng;
+            match (ev, live) {
+                (DataplaneEvent::Acquire { conn }, None) => {
+                    logln!(self.log, "conn {conn}: acquire from the data plane");
+                    if let Err(e) = self.acquire(&conn, now) {
+                        logln!(self.log, "acquire for {conn}: {e}");
+                    }
+                }
+                (DataplaneEvent::Acquire { conn }, Some(h)) => {
+                    // An IKE SA exists (or is being set up): only a missing Child SA is negotiated.
+                    let need = self.conns[i]
+                        .endpoint
+                        .ike_sa(h)
+                        .is_some_and(|sa| sa.is_established() && sa.child_sas().next().is_none());
+                    if need {
+                        logln!(self.log, "conn {conn}: acquire from the data plane: creating a CHILD_SA");
+                        self.conns[i].endpoint.with_sa(h, |sa| sa.create_child(now, None, rng));
+                    }
+                }
+                (DataplaneEvent::Rekey { conn, spi_in }, Some(h)) => {
+                    logln!(self.log, "conn {conn}: data plane asks to rekey CHILD_SA spi_in={spi_in:08x}");
+                    self.conns[i].endpoint.with_sa(h, |sa| sa.rekey_child(now, spi_in, rng));
+                }
+                (DataplaneEvent::Expired { conn, spi_in }, Some(h)) => {
+                    logln!(self.log, "conn {conn}: CHILD_SA spi_in={spi_in:08x} expired in the data plane: deleting");
+                    self.conns[i].endpoint.with_sa(h, |sa| sa.delete_child(now, spi_in, rng));
+                }
+                (ev, None) => logln!(self.log, "data plane: {ev:?} but the connection is down: ignored"),
+            }
+            self.flush(now);
         }
     }
 

@@ -29,14 +29,15 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 use ipsec_esp::{
-    default_provider, Cipher, DropReason, EspWorker, EventQueue, InboundSa, Integrity, OutboundSa, PacketBuf, SaConfig,
-    HEADROOM, TAILROOM,
+    default_provider, DropReason, EspWorker, EventQueue, InboundSa, OutboundSa, PacketBuf, HEADROOM, TAILROOM,
 };
 use ipsec_ike::ike_sa::{ChildSa, UdpEncap};
-use ipsec_ike::transforms::{EncrAlg, Esn, IntegAlg};
 use ipsec_wire::{ipv4, ipv6, udp, IpProtocol};
 
 use crate::config::selector_prefixes;
+// The IKE → ESP core mapping lives in `esp_map` (shared with the engine channel); re-exported here
+// for existing users.
+pub use crate::esp_map::{cipher, integrity, sa_configs};
 use crate::log::Logger;
 use crate::logln;
 use crate::sink::SaSink;
@@ -83,56 +84,6 @@ fn ip(args: &[&str]) -> io::Result<()> {
     } else {
         Err(io::Error::other(format!("ip {} failed: {st}", args.join(" "))))
     }
-}
-
-/// The ESP core's cipher for an IKE encryption transform.
-#[must_use]
-pub fn cipher(e: EncrAlg) -> Option<Cipher> {
-    Some(match e {
-        EncrAlg::Des => Cipher::DesCbc,
-        EncrAlg::TripleDes => Cipher::TripleDesCbc,
-        EncrAlg::AesCbc { key_bits: 128 } => Cipher::AesCbc128,
-        EncrAlg::AesCbc { key_bits: 192 } => Cipher::AesCbc192,
-        EncrAlg::AesCbc { key_bits: 256 } => Cipher::AesCbc256,
-        EncrAlg::AesGcm16 { key_bits: 128 } => Cipher::AesGcm128,
-        EncrAlg::AesGcm16 { key_bits: 192 } => Cipher::AesGcm192,
-        EncrAlg::AesGcm16 { key_bits: 256 } => Cipher::AesGcm256,
-        _ => return None,
-    })
-}
-
-/// The ESP core's integrity transform for an IKE integrity transform.
-#[must_use]
-pub fn integrity(i: Option<IntegAlg>) -> Integrity {
-    match i {
-        None => Integrity::None,
-        Some(IntegAlg::HmacMd5_96) => Integrity::HmacMd5_96,
-        Some(IntegAlg::HmacSha1_96) => Integrity::HmacSha1_96,
-        Some(IntegAlg::HmacSha256_128) => Integrity::HmacSha256_128,
-        Some(IntegAlg::HmacSha384_192) => Integrity::HmacSha384_192,
-        Some(IntegAlg::HmacSha512_256) => Integrity::HmacSha512_256,
-    }
-}
-
-/// The (outbound, inbound) SA configurations of a Child SA, UDP-encapsulated with `encap`.
-///
-/// # Errors
-/// An algorithm the ESP core does not have.
-pub fn sa_configs(sa: &ChildSa, encap: UdpEncap) -> Result<(SaConfig, SaConfig), String> {
-    let c = cipher(sa.encr).ok_or_else(|| format!("cipher {:?} not supported by the ESP core", sa.encr))?;
-    let i = integrity(sa.integ);
-    let local_nets: Vec<IpNet> = sa.local_ts().iter().flat_map(selector_prefixes).collect();
-    let remote_nets: Vec<IpNet> = sa.remote_ts().iter().flat_map(selector_prefixes).collect();
-    let e = ipsec_esp::UdpEncap { local_port: encap.local_port, remote_port: encap.remote_port };
-    let build = |spi: u32, (ek, ik): (&ipsec_ike::crypto::SecretBytes, &ipsec_ike::crypto::SecretBytes)| {
-        let mut cfg = SaConfig::new(spi, c, ek.expose(), i, ik.expose(), sa.local.ip(), sa.remote.ip());
-        cfg.esn = sa.esn == Esn::Yes;
-        cfg.encap = Some(e);
-        cfg.local_ts.clone_from(&local_nets);
-        cfg.remote_ts.clone_from(&remote_nets);
-        cfg
-    };
-    Ok((build(sa.outbound_spi(), sa.outbound_keys()), build(sa.inbound_spi(), sa.inbound_keys())))
 }
 
 impl EspForwarder {

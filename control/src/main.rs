@@ -17,9 +17,10 @@ use ipsec_control::{logln, RecordingSink};
 const DEFAULT_SOCKET: &str = "/run/ipsec-control/ctl.sock";
 
 const USAGE: &str = "usage:
-  ipsec-control run --config FILE [--forwarder TUN] [--log FILE]
-      run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --forwarder serves the Child SAs with the userspace ESP forwarder on TUN
-      (interop tests only); logs go to stderr or FILE
+  ipsec-control run --config FILE [--engine SOCKET | --forwarder TUN] [--log FILE]
+      run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --engine publishes the Child SAs to the AF_XDP engine over its channel
+      socket (the engine's default: /run/ipsec-engine/control.sock) and speaks IKE through it; --forwarder serves them with the userspace ESP forwarder
+      on TUN (interop tests only); logs go to stderr or FILE
   ipsec-control serve --ike-listen IP [--forwarder TUN] [--log FILE] [--ike-port N] [--natt-port N] [--peer-ike-port N]
                       [--listen ADDR:PORT] [--state-dir DIR] [--quota N] [--token-file PATH] [--readonly-token-file PATH]
       one process: the management store and API (options as ipsec-mgmtd) and the IKE daemon on IP (the VPN gateway's
@@ -95,8 +96,26 @@ fn run(args: &[String]) -> Result<(), String> {
         cfg.daemon.control_socket = Some(DEFAULT_SOCKET.into());
     }
     let routes: Vec<ipnet::IpNet> = cfg.connections.iter().flat_map(|c| c.remote_subnets.clone()).collect();
-    let mut d = Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).map_err(|e| e.to_string())?;
-    if let Some(tun) = opt(args, "--forwarder") {
+    let engine = opt(args, "--engine");
+    if engine.is_none() && args.iter().any(|a| a == "--engine") {
+        return Err(format!(
+            "--engine needs the socket path (the engine's default is {})",
+            ipsec_channel::DEFAULT_SOCKET
+        ));
+    }
+    let mut d = if let Some(socket) = &engine {
+        if args.iter().any(|a| a == "--forwarder") {
+            return Err("--engine and --forwarder exclude each other".into());
+        }
+        let (sink, ike) = ipsec_control::engine_link::attach(socket.as_ref(), &cfg, log.clone())
+            .map_err(|e| format!("engine channel: {e}"))?;
+        Daemon::with_transport(cfg, Box::new(sink), Box::new(ike), log.clone()).map_err(|e| e.to_string())?
+    } else {
+        Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).map_err(|e| e.to_string())?
+    };
+    if engine.is_some() {
+        // The engine link is the sink already.
+    } else if let Some(tun) = opt(args, "--forwarder") {
         let sock = d.natt_socket().map_err(|e| e.to_string())?;
         let f = EspForwarder::new(&tun, &routes, sock, log.clone()).map_err(|e| format!("forwarder: {e}"))?;
         d.set_sink(Box::new(f) as Box<dyn SaSink>).map_err(|e| e.to_string())?;

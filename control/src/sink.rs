@@ -5,7 +5,8 @@
 //! sends on the newest outbound SA and accepts on every installed inbound SA loses nothing.
 //!
 //! Implementations: [`RecordingSink`] (tests), [`crate::forwarder::EspForwarder`] (the userspace
-//! ESP forwarder of the interop tests). The engine's control channel will be the third.
+//! ESP forwarder of the interop tests), [`crate::engine_link::EngineSink`] (the AF_XDP engine,
+//! over its control channel).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,22 @@ pub trait SaSink {
     }
     /// Called when [`SaSink::poll_fd`] is readable.
     fn on_readable(&mut self, _now: Instant) {}
+    /// When the sink wants [`SaSink::handle_timeout`] called (reconnect back-off, deferred work).
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// Called at or after [`SaSink::poll_timeout`].
+    fn handle_timeout(&mut self, _now: Instant) {}
+    /// The next request of the data plane for the IKE side (drained by the daemon after every
+    /// readiness or timer callback).
+    fn poll_dataplane_event(&mut self) -> Option<DataplaneEvent> {
+        None
+    }
+    /// A connection was added or its settings replaced at run time (the engine sink publishes its
+    /// trap tunnel).
+    fn connection_changed(&mut self, _spec: &crate::config::Connection) {}
+    /// A connection was removed at run time, after its Child SAs were deleted.
+    fn connection_removed(&mut self, _name: &str) {}
     /// Connections whose traffic found no SA since the last call (the data plane's "acquire"): the
     /// daemon initiates them ([`crate::daemon::Daemon::acquire`]). Polled after
     /// [`SaSink::on_readable`]; the default has none.
@@ -44,6 +61,31 @@ pub trait SaSink {
     fn counters(&self, _conn: &str, _spi_in: u32, _spi_out: u32) -> Option<SaCounters> {
         None
     }
+}
+
+/// What a data plane asks of the IKE side (from the engine's events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataplaneEvent {
+    /// Traffic matched connection `conn`'s tunnel, which has no outbound SA: negotiate one
+    /// (initiate the connection, or create a Child SA on its IKE SA).
+    Acquire {
+        /// Connection.
+        conn: String,
+    },
+    /// A soft limit of a Child SA was reached: rekey it.
+    Rekey {
+        /// Connection.
+        conn: String,
+        /// Our inbound SPI of the Child SA.
+        spi_in: u32,
+    },
+    /// A hard limit of a Child SA was reached: the data plane stopped it; delete it (IKE DELETE).
+    Expired {
+        /// Connection.
+        conn: String,
+        /// Our inbound SPI of the Child SA.
+        spi_in: u32,
+    },
 }
 
 /// Traffic of one Child SA as the data plane counted it (inbound = decapsulated, outbound =

@@ -14,11 +14,28 @@
 //! For each case (AES-128-GCM route-based; AES-128-CBC + HMAC-SHA1-96 policy-based in ESP-in-UDP;
 //! AES-256-GCM with IPv6 outer headers over 2001:db8:18::/64):
 //! - ping host-A → host-B and host-B → host-A;
-//! - 2000 UDP datagrams host-A → host-B arrive complete and intact;
+//! - 2000 UDP datagrams host-A → host-B, then 2000 host-B → host-A, arrive complete and intact
+//!   (sizes 64 to 1472 bytes, a pattern per sequence number);
+//! - 2 MiB over TCP host-A → host-B, then 2 MiB host-B → host-A (std `TcpStream` on threads
+//!   inside the hosts' namespaces; the connecting side sends, the listener checks every byte
+//!   against a pattern and the total; accept, each read / write and the whole transfer have
+//!   timeouts). No MSS clamping: the underlay links have MTU 1600, so the tunnels' inner MTU
+//!   stays above the hosts' 1500 and the hosts' MSS of 1460 fits (fragmentation and ICMP frag
+//!   needed are `e2e_mtu.rs`'s subject). The hosts' veths have `tx off` (checksums in software,
+//!   see engine/README.md), which both directions need;
 //! - the capture on the underlay holds only ESP (or ESP-in-UDP) between the gateways (and ARP,
 //!   IPv6 neighbour discovery / MLD),
 //!   and every ESP packet decrypts offline with the ESP core and the test's keys into an inner
-//!   packet between the two protected subnets; the datagrams are all there;
+//!   packet between the two protected subnets, in the direction of its SA; all datagrams of both
+//!   directions are there intact, and at least 2 MiB of TCP payload each way;
+//! - the same capture decrypts with an independent implementation: the frames (hex, one per
+//!   line) and both SAs (SPI, algorithm, test keys, outer addresses, NAT-T ports) are written to
+//!   the run's directory and `tests/e2e_scapy_decrypt.py` decrypts every ESP packet with scapy's
+//!   `SecurityAssociation`, checks the outer headers, the inner addresses and the datagrams'
+//!   content, and prints counts as JSON, which must equal the offline decryption's (ESP packets
+//!   per direction, inner ICMP, TCP bytes per direction) and the datagram numbers. The Python is
+//!   `$IPSEC_TEST_PYTHON` (else `python3`); without scapy this part prints a loud SKIPPED line,
+//!   unless `IPSEC_REQUIRE_SCAPY=1` (as `.ci/test` sets), where the test fails;
 //! - a captured ESP frame re-sent towards gw-2 is dropped as a replay and counted (gw-2's
 //!   Prometheus endpoint), and the per-SA counters match.
 //!
@@ -34,7 +51,7 @@ use common::run;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -52,8 +69,19 @@ const GW2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
 const HOST_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PROM_PORT: u16 = 9464;
-const UDP_PORT: u16 = 5001;
+/// UDP receivers: host-B's (datagrams host-A → host-B) and host-A's (host-B → host-A).
+const UDP_PORT_B: u16 = 5001;
+const UDP_PORT_A: u16 = 5002;
+/// TCP listeners: host-B's (bytes host-A → host-B) and host-A's (host-B → host-A). The connecting
+/// side sends, the listening side receives and checks.
+const TCP_PORT_B: u16 = 5003;
+const TCP_PORT_A: u16 = 5004;
 const DATAGRAMS: usize = 2000;
+/// Bytes of each TCP transfer.
+const TCP_BYTES: usize = 2 << 20;
+/// The UDP datagram sizes, by sequence number modulo their count (the scapy script gets them too).
+const DATAGRAM_LENS: [usize; 6] = [64, 512, 1200, 1472, 100, 800];
+const SCAPY_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e_scapy_decrypt.py");
 /// Queues of every veth, and so workers per engine (worker q serves outside q and inside q).
 const QUEUES: u32 = 2;
 
@@ -114,8 +142,10 @@ impl Topology {
             run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "multicast", "off"]);
         }
         run(&["ip", "-n", &w, "link", "set", "br0", "multicast", "off"]);
-        // Room for ESP overhead on the underlay: full 1500-byte inner packets fit (no MTU
-        // handling in the engine yet).
+        // Room for ESP overhead on the underlay: the tunnels' inner MTU (1600 minus the SA's
+        // overhead) stays above the hosts' 1500, so full-size packets (1472-byte datagrams, TCP
+        // with the hosts' MSS of 1460) cross without fragmentation or ICMP frag needed; the
+        // engine's MTU handling has its own test (e2e_mtu.rs).
         for (ns, dev) in [("w", "w1"), ("w", "w2"), ("g1", "g1o"), ("g2", "g2o")] {
             run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "mtu", "1600"]);
         }
@@ -482,16 +512,17 @@ impl Case {
     }
 }
 
-/// Sends `DATAGRAMS` UDP datagrams host-A → host-B; returns how many arrived intact.
-fn udp_transfer(t: &Topology) -> usize {
+/// Sends `DATAGRAMS` UDP datagrams from `from` (namespace suffix, address) to port `port` of `to`;
+/// returns how many arrived intact.
+fn udp_transfer(t: &Topology, from: (&str, Ipv4Addr), to: (&str, Ipv4Addr), port: u16) -> usize {
     let ready = Arc::new(AtomicBool::new(false));
-    let hb = t.ns("hb");
-    let ha = t.ns("ha");
+    let (rx_ns, tx_ns) = (t.ns(to.0), t.ns(from.0));
+    let (src, dst) = (from.1, to.1);
     std::thread::scope(|s| {
         let ready2 = ready.clone();
         let rx = s.spawn(move || {
-            enter_netns(&format!("/var/run/netns/{hb}"));
-            let sock = UdpSocket::bind((HOST_B, UDP_PORT)).expect("bind receiver");
+            enter_netns(&format!("/var/run/netns/{rx_ns}"));
+            let sock = UdpSocket::bind((dst, port)).expect("bind receiver");
             // A loaded CI machine may deschedule this thread for a while: let the socket hold
             // the whole transfer so only the data path can lose datagrams.
             let big: libc::c_int = 8 << 20;
@@ -528,8 +559,8 @@ fn udp_transfer(t: &Topology) -> usize {
             std::thread::sleep(Duration::from_millis(10));
         }
         s.spawn(move || {
-            enter_netns(&format!("/var/run/netns/{ha}"));
-            let sock = UdpSocket::bind((HOST_A, 0)).unwrap();
+            enter_netns(&format!("/var/run/netns/{tx_ns}"));
+            let sock = UdpSocket::bind((src, 0)).unwrap();
             let mut buf = vec![0u8; 2048];
             for seq in 0..DATAGRAMS {
                 let n = datagram_len(seq);
@@ -537,7 +568,7 @@ fn udp_transfer(t: &Topology) -> usize {
                 for k in 0..n - 4 {
                     buf[4 + k] = pattern(seq, k);
                 }
-                sock.send_to(&buf[..n], (HOST_B, UDP_PORT)).expect("send");
+                sock.send_to(&buf[..n], (dst, port)).expect("send");
                 if seq % 16 == 15 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -548,17 +579,109 @@ fn udp_transfer(t: &Topology) -> usize {
 }
 
 fn datagram_len(seq: usize) -> usize {
-    [64, 512, 1200, 1472, 100, 800][seq % 6]
+    DATAGRAM_LENS[seq % DATAGRAM_LENS.len()]
 }
 
 fn pattern(seq: usize, k: usize) -> u8 {
     (seq.wrapping_mul(31) + k) as u8
 }
 
+/// Byte `i` of a TCP transfer: not periodic with any segment or buffer size used here.
+fn tcp_pattern(i: usize) -> u8 {
+    (i.wrapping_mul(131) ^ (i >> 11) ^ (i >> 19)) as u8
+}
+
+/// Sends `TCP_BYTES` over one TCP connection from `from` (namespace suffix, address) to port
+/// `port` of `to`, which listens, reads to the end and checks every byte. Every step is bounded
+/// (accept 10 s, each read / write 10 s, the whole transfer 60 s). Returns the bytes the receiver
+/// read intact, or what went wrong.
+fn tcp_transfer(t: &Topology, from: (&str, Ipv4Addr), to: (&str, Ipv4Addr), port: u16) -> Result<usize, String> {
+    let (rx_ns, tx_ns) = (t.ns(to.0), t.ns(from.0));
+    let (src, dst) = (from.1, to.1);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let rx = s.spawn(move || -> Result<usize, String> {
+            enter_netns(&format!("/var/run/netns/{rx_ns}"));
+            let listener = TcpListener::bind((dst, port)).map_err(|e| format!("bind {dst}:{port}: {e}"))?;
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let (mut conn, peer) = loop {
+                match listener.accept() {
+                    Ok(c) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => return Err(format!("accept on {dst}:{port}: {e}")),
+                }
+            };
+            if peer.ip() != IpAddr::V4(src) {
+                return Err(format!("connection from {peer}, expected {src}"));
+            }
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0usize;
+            loop {
+                if Instant::now() > deadline {
+                    return Err(format!("receiver: only {got} bytes after 60 s"));
+                }
+                let n = conn.read(&mut buf).map_err(|e| format!("receiver: read after {got} bytes: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(k) = (0..n).find(|&k| buf[k] != tcp_pattern(got + k)) {
+                    return Err(format!(
+                        "receiver: byte {} is {:#04x}, expected {:#04x}",
+                        got + k,
+                        buf[k],
+                        tcp_pattern(got + k)
+                    ));
+                }
+                got += n;
+                if got > TCP_BYTES {
+                    return Err(format!("receiver: {got} bytes, more than the {TCP_BYTES} sent"));
+                }
+            }
+            Ok(got)
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+            return rx.join().unwrap().and(Err("the receiver did not start".into()));
+        }
+        let tx = s.spawn(move || -> Result<(), String> {
+            enter_netns(&format!("/var/run/netns/{tx_ns}"));
+            let mut conn = TcpStream::connect_timeout(&(dst, port).into(), Duration::from_secs(10))
+                .map_err(|e| format!("connect {src} -> {dst}:{port}: {e}"))?;
+            conn.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            let data: Vec<u8> = (0..TCP_BYTES).map(tcp_pattern).collect();
+            // Several writes of odd sizes, so segments do not line up with anything.
+            for chunk in data.chunks(50_000 + 7) {
+                conn.write_all(chunk).map_err(|e| format!("sender: {e}"))?;
+            }
+            conn.shutdown(std::net::Shutdown::Write).map_err(|e| format!("sender: shutdown: {e}"))?;
+            // Wait for the receiver to close, so that no data is lost to a reset.
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut rest = [0u8; 16];
+            let _ = conn.read(&mut rest);
+            Ok(())
+        });
+        let got = rx.join().expect("TCP receiver panicked");
+        let sent = tx.join().expect("TCP sender panicked");
+        sent?;
+        got
+    })
+}
+
+#[derive(Default)]
 struct Decrypted {
     esp_12: Vec<Vec<u8>>,
-    /// Inner UDP datagrams to host-B's port, by sequence number.
-    udp_seqs: HashSet<usize>,
+    /// Inner UDP datagrams host-A → host-B and host-B → host-A, by sequence number.
+    udp_seqs_ab: HashSet<usize>,
+    udp_seqs_ba: HashSet<usize>,
+    /// Inner TCP payload bytes of the two transfers (retransmissions included).
+    tcp_bytes_ab: usize,
+    tcp_bytes_ba: usize,
     inner_icmp: usize,
     packets_12: usize,
     packets_21: usize,
@@ -572,8 +695,7 @@ fn check_capture(case: &Case, frames: &[Vec<u8>]) -> Decrypted {
     table.insert(Spi(case.spi_12), gw2, Arc::new(case.offline_sa(case.spi_12, gw1, gw2))).unwrap();
     table.insert(Spi(case.spi_21), gw1, Arc::new(case.offline_sa(case.spi_21, gw2, gw1))).unwrap();
     let mut worker = EspWorker::new(default_provider(), Arc::new(EventQueue::default())).unwrap();
-    let mut out =
-        Decrypted { esp_12: Vec::new(), udp_seqs: HashSet::new(), inner_icmp: 0, packets_12: 0, packets_21: 0 };
+    let mut out = Decrypted::default();
     for f in frames {
         let ethertype = u16::from_be_bytes([f[12], f[13]]);
         match ethertype {
@@ -614,30 +736,124 @@ fn check_capture(case: &Case, frames: &[Vec<u8>]) -> Decrypted {
         assert_eq!(v[0], Ok(()), "a captured ESP packet {src} -> {dst} does not decrypt with the test's keys");
         let inner = pkts[0].data().to_vec();
         let isum = ipsec_wire::parse_ip(&inner).expect("inner IP");
-        let nets_ok = |a: IpAddr, b: IpAddr| {
-            let in_a = |x: IpAddr| matches!(x, IpAddr::V4(v) if v.octets()[..3] == [192, 0, 2]);
-            let in_b = |x: IpAddr| matches!(x, IpAddr::V4(v) if v.octets()[..3] == [198, 51, 100]);
-            (in_a(a) && in_b(b)) || (in_b(a) && in_a(b))
-        };
-        assert!(nets_ok(isum.src, isum.dst), "inner packet {} -> {}", isum.src, isum.dst);
+        let in_a = |x: IpAddr| matches!(x, IpAddr::V4(v) if v.octets()[..3] == [192, 0, 2]);
+        let in_b = |x: IpAddr| matches!(x, IpAddr::V4(v) if v.octets()[..3] == [198, 51, 100]);
+        let (from_a, from_b) = (in_a(isum.src) && in_b(isum.dst), in_b(isum.src) && in_a(isum.dst));
+        assert!(from_a || from_b, "inner packet {} -> {}", isum.src, isum.dst);
+        // Each direction has its own SA: host-A's packets only in gw-1 → gw-2 ESP.
+        assert_eq!(from_a, dst == gw2, "inner packet {} -> {} inside ESP {src} -> {dst}", isum.src, isum.dst);
         if dst == gw2 {
             out.packets_12 += 1;
             out.esp_12.push(f.clone());
         } else {
             out.packets_21 += 1;
         }
+        let ports = isum.ports(&inner).map(|p| p.1);
         match isum.protocol {
             ipsec_wire::IpProtocol::ICMP => out.inner_icmp += 1,
-            ipsec_wire::IpProtocol::UDP if isum.ports(&inner).map(|p| p.1) == Some(UDP_PORT) => {
+            ipsec_wire::IpProtocol::UDP if ports == Some(UDP_PORT_B) || ports == Some(UDP_PORT_A) => {
                 let payload = &inner[isum.payload_offset + 8..isum.packet_end];
                 let seq = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
                 assert_eq!(payload.len(), datagram_len(seq), "datagram {seq} length");
-                out.udp_seqs.insert(seq);
+                assert!(payload[4..].iter().enumerate().all(|(k, b)| *b == pattern(seq, k)), "datagram {seq} content");
+                assert_eq!(from_a, ports == Some(UDP_PORT_B), "datagram {seq} to port {ports:?} from {}", isum.src);
+                if from_a {
+                    out.udp_seqs_ab.insert(seq);
+                } else {
+                    out.udp_seqs_ba.insert(seq);
+                }
+            }
+            ipsec_wire::IpProtocol::TCP => {
+                let tcp = &inner[isum.payload_offset..isum.packet_end];
+                let data = tcp.len() - usize::from(tcp[12] >> 4) * 4;
+                // Data flows to the listener: host-B's port from host-A, host-A's from host-B.
+                match (ports, from_a) {
+                    (Some(TCP_PORT_B), true) => out.tcp_bytes_ab += data,
+                    (Some(TCP_PORT_A), false) => out.tcp_bytes_ba += data,
+                    _ => {}
+                }
             }
             _ => {}
         }
     }
     out
+}
+
+/// scapy's `CRYPT_ALGOS` / `AUTH_ALGOS` names of a case's transform.
+fn scapy_names(case: &Case) -> (&'static str, &'static str) {
+    let cipher = match case.cipher {
+        Cipher::AesGcm128 | Cipher::AesGcm192 | Cipher::AesGcm256 => "AES-GCM",
+        Cipher::AesCbc128 | Cipher::AesCbc192 | Cipher::AesCbc256 => "AES-CBC",
+        other => panic!("no scapy name for {other:?} in this test"),
+    };
+    let integ = match case.integrity {
+        Integrity::None => "NULL",
+        Integrity::HmacSha1_96 => "HMAC-SHA1-96",
+        Integrity::HmacSha256_128 => "SHA2-256-128",
+        other => panic!("no scapy name for {other:?} in this test"),
+    };
+    (cipher, integ)
+}
+
+/// Independent decryption: writes the captured underlay frames (hex, one per line) and the two
+/// SAs (SPI, scapy algorithm names, test keys, outer addresses, NAT-T ports) into the run's
+/// directory, has `tests/e2e_scapy_decrypt.py` decrypt every ESP packet with scapy's
+/// `SecurityAssociation`, and compares its counts with the offline decryption above. Skipped
+/// loudly without scapy (fails instead with `IPSEC_REQUIRE_SCAPY=1`).
+fn scapy_check(t: &Topology, case: &Case, frames: &[Vec<u8>], d: &Decrypted) {
+    let Some(py) = common::scapy::python() else { return };
+    let frames_path = t.dir.join(format!("{}-underlay.hex", case.name));
+    let sas_path = t.dir.join(format!("{}-sas.json", case.name));
+    let mut text = String::with_capacity(frames.iter().map(|f| 2 * f.len() + 1).sum());
+    for f in frames {
+        text += &Case::hex(f);
+        text.push('\n');
+    }
+    std::fs::write(&frames_path, text).unwrap();
+    let (cipher, integ) = scapy_names(case);
+    let sa = |spi: u32, src: IpAddr, dst: IpAddr| {
+        let (ek, ak) = case.keys(spi);
+        serde_json::json!({
+            "spi": spi, "cipher": cipher, "enc_key": Case::hex(&ek), "integ": integ, "auth_key": Case::hex(&ak),
+            "src": src.to_string(), "dst": dst.to_string(),
+        })
+    };
+    let (gw1, gw2) = (case.gw(1), case.gw(2));
+    let doc = serde_json::json!({
+        "sas": [sa(case.spi_12, gw1, gw2), sa(case.spi_21, gw2, gw1)],
+        "udp": case.encap.map(|e| [e.local_port, e.remote_port]),
+        "net_a": "192.0.2.0/24",
+        "net_b": "198.51.100.0/24",
+        "udp_port_b": UDP_PORT_B,
+        "udp_port_a": UDP_PORT_A,
+        "tcp_port_b": TCP_PORT_B,
+        "tcp_port_a": TCP_PORT_A,
+        "datagram_lens": DATAGRAM_LENS,
+    });
+    std::fs::write(&sas_path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let started = Instant::now();
+    let out = Command::new(&py)
+        .arg(SCAPY_SCRIPT)
+        .arg(&sas_path)
+        .arg(&frames_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {py} {SCAPY_SCRIPT}: {e}"));
+    assert!(out.status.success(), "{SCAPY_SCRIPT} failed ({}); its stderr is above", out.status);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{SCAPY_SCRIPT} printed bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    println!("case {}: scapy ({:?}): {r}", case.name, started.elapsed());
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} missing from {r}")) as usize;
+    assert_eq!(n("error_count"), 0, "scapy found problems, the first ones: {:#}", r["errors"]);
+    assert_eq!(n("frames"), frames.len(), "frames read by scapy");
+    assert_eq!(n("esp_12"), d.packets_12, "ESP gw-1 -> gw-2 decrypted by scapy");
+    assert_eq!(n("esp_21"), d.packets_21, "ESP gw-2 -> gw-1 decrypted by scapy");
+    assert_eq!(n("inner_icmp"), d.inner_icmp, "inner ICMP seen by scapy");
+    assert_eq!(n("udp_ab"), DATAGRAMS, "datagrams host-A -> host-B decrypted intact by scapy");
+    assert_eq!(n("udp_ba"), DATAGRAMS, "datagrams host-B -> host-A decrypted intact by scapy");
+    assert_eq!(n("tcp_bytes_ab"), d.tcp_bytes_ab, "TCP bytes host-A -> host-B seen by scapy");
+    assert_eq!(n("tcp_bytes_ba"), d.tcp_bytes_ba, "TCP bytes host-B -> host-A seen by scapy");
 }
 
 fn run_case(t: &Topology, case: &Case) {
@@ -654,25 +870,51 @@ fn run_case(t: &Topology, case: &Case) {
     assert!(warm_up(t, "hb", HOST_A, 5), "host-B cannot reach host-A:\n{}", logs(&gw1, &gw2));
     assert!(ping(t, "hb", HOST_A, 5), "ping host-B -> host-A lost packets:\n{}", logs(&gw1, &gw2));
 
-    let got = udp_transfer(t);
-    assert_eq!(got, DATAGRAMS, "UDP transfer incomplete:\n{}", logs(&gw1, &gw2));
+    let a = ("ha", HOST_A);
+    let b = ("hb", HOST_B);
+    let got = udp_transfer(t, a, b, UDP_PORT_B);
+    assert_eq!(got, DATAGRAMS, "UDP transfer host-A -> host-B incomplete:\n{}", logs(&gw1, &gw2));
+    let got = udp_transfer(t, b, a, UDP_PORT_A);
+    assert_eq!(got, DATAGRAMS, "UDP transfer host-B -> host-A incomplete:\n{}", logs(&gw1, &gw2));
+    let started = Instant::now();
+    let got = tcp_transfer(t, a, b, TCP_PORT_B);
+    assert_eq!(got, Ok(TCP_BYTES), "TCP transfer host-A -> host-B:\n{}", logs(&gw1, &gw2));
+    let ab_time = started.elapsed();
+    let started = Instant::now();
+    let got = tcp_transfer(t, b, a, TCP_PORT_A);
+    assert_eq!(got, Ok(TCP_BYTES), "TCP transfer host-B -> host-A:\n{}", logs(&gw1, &gw2));
+    println!(
+        "case {}: TCP {} KiB host-A -> host-B in {:?}, host-B -> host-A in {:?}",
+        case.name,
+        TCP_BYTES >> 10,
+        ab_time,
+        started.elapsed()
+    );
 
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let frames = capture.join().expect("capture thread");
     let d = check_capture(case, &frames);
     println!(
-        "case {}: {} frames captured, {} ESP gw-1->gw-2, {} ESP gw-2->gw-1, {} inner ICMP, {} datagrams",
+        "case {}: {} frames captured, {} ESP gw-1->gw-2, {} ESP gw-2->gw-1, {} inner ICMP, datagrams {} A->B {} B->A, \
+         TCP payload bytes {} A->B {} B->A",
         case.name,
         frames.len(),
         d.packets_12,
         d.packets_21,
         d.inner_icmp,
-        d.udp_seqs.len()
+        d.udp_seqs_ab.len(),
+        d.udp_seqs_ba.len(),
+        d.tcp_bytes_ab,
+        d.tcp_bytes_ba,
     );
-    assert_eq!(d.udp_seqs.len(), DATAGRAMS, "every datagram crossed the underlay encrypted");
+    assert_eq!(d.udp_seqs_ab.len(), DATAGRAMS, "every datagram host-A -> host-B crossed the underlay encrypted");
+    assert_eq!(d.udp_seqs_ba.len(), DATAGRAMS, "every datagram host-B -> host-A crossed the underlay encrypted");
+    assert!(d.tcp_bytes_ab >= TCP_BYTES, "TCP host-A -> host-B on the underlay: {} bytes", d.tcp_bytes_ab);
+    assert!(d.tcp_bytes_ba >= TCP_BYTES, "TCP host-B -> host-A on the underlay: {} bytes", d.tcp_bytes_ba);
     assert!(d.inner_icmp >= 20, "echo requests and replies both ways: {}", d.inner_icmp);
     assert!(d.packets_21 >= 10);
+    scapy_check(t, case, &frames, &d);
 
     // Replay: re-send the last gw-1 -> gw-2 ESP frame towards gw-2.
     let spi_label = format!("spi=\"{:#010x}\"", case.spi_12);

@@ -359,6 +359,7 @@ impl Daemon {
             rt: ConnRuntime { dirty: true, ..ConnRuntime::default() },
         });
         let i = self.conns.len() - 1;
+        self.sink.connection_changed(&self.conns[i].spec);
         self.note(i, line, true);
         if self.conns[i].spec.effect_immediately {
             if let Err(e) = self.initiate(i, now) {
@@ -389,6 +390,7 @@ impl Daemon {
         self.conns[i].endpoint.set_responder(Some(spec.ike.clone()));
         self.conns[i].spec = spec;
         self.conns[i].rt.dirty = true;
+        self.sink.connection_changed(&self.conns[i].spec);
         if !renegotiate {
             self.note(i, "configuration changed; nothing negotiated changed".into(), true);
             if now_immediate && !was_up && self.conns[i].spec.remote.is_some() {
@@ -586,6 +588,7 @@ impl Daemon {
                     }
                 }
             }
+            self.sink.connection_removed(&name);
             self.spi_owner.retain(|_, v| v.0 != i);
             for v in self.spi_owner.values_mut() {
                 if v.0 > i {
