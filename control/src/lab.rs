@@ -114,7 +114,7 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { gateway: GatewayMode::Forwarder, keep: false, tunnel_timeout: Duration::from_secs(60), pings: 5 }
+        LabOptions { gateway: GatewayMode::Engine, keep: false, tunnel_timeout: Duration::from_secs(60), pings: 5 }
     }
 }
 

@@ -57,7 +57,7 @@
 //! ```text
 //! ipsec-control check-config /etc/ipsec-control.toml
 //! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--engine SOCKET | --forwarder TUN]
-//! ipsec-control serve --ike-listen 198.18.0.1 [--forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
+//! ipsec-control serve --ike-listen 198.18.0.1 [--engine SOCKET | --forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
 //!                     [--state-dir /var/lib/ipsec-mgmt] [ipsec-mgmtd options]
 //! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
 //! ```

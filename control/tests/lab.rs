@@ -1,4 +1,5 @@
-//! `ipsec-control lab` end to end, non-interactively: the whole demonstration must succeed (exit
+//! `ipsec-control lab` end to end, non-interactively, in both gateway modes (the default engine
+//! mode needs `ipsec-engine` built next to `ipsec-control`, as `cargo test --workspace` does): the whole demonstration must succeed (exit
 //! status 0, the tunnel established, pings across) and leave no `lab<pid>-*` namespace, no
 //! management link and no temporary directory behind, also when it is stopped with SIGINT while
 //! kept running (`--keep`). Needs root; without it prints SKIPPED and passes, unless
@@ -112,9 +113,30 @@ fn check_demo(args: &[&str]) {
     assert!(ping.contains(" 0% loss") || ping.contains(" 20% loss"), "{ping}");
     assert!(out.contains("\"Status\": \"ipsec_sa_established\""), "no DescribeVpnConnection:\n{out}");
     assert!(out.contains("lab: traffic counters"), "{out}");
+    let counters = out.lines().find(|l| l.starts_with("lab: traffic counters")).unwrap_or_default();
+    assert!(!counters.contains("out 0 packets") && !counters.contains("in 0 packets"), "{counters}");
+    if args.is_empty() {
+        assert!(out.contains("gateway (engine mode)") && out.contains("lab: engine counters"), "{out}");
+        let sa_lines = out.lines().filter(|l| l.trim_start().starts_with("sa vco-")).count();
+        assert!(sa_lines >= 2, "the engine's counters list no control SAs:\n{out}");
+    }
     assert!(!out.contains("\"Psk\""), "the output shows a PSK:\n{out}");
     assert!(out.contains("lab: cleaned up"), "{out}");
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn lab_engine_runs_end_to_end_and_cleans_up() {
+    if skip() {
+        return;
+    }
+    let engine = std::path::Path::new(BIN).with_file_name("ipsec-engine");
+    assert!(
+        engine.exists(),
+        "{} missing: `cargo build -p ipsec-engine` (cargo test --workspace builds it)",
+        engine.display()
+    );
+    check_demo(&[]);
 }
 
 #[test]
@@ -130,8 +152,7 @@ fn lab_kept_running_cleans_up_on_sigint() {
     if skip() {
         return;
     }
-    let (ok, out, pid) =
-        run_lab(&["--gateway", "forwarder", "--keep"], Duration::from_secs(180), |l| l.starts_with("lab: --keep"));
+    let (ok, out, pid) = run_lab(&["--keep"], Duration::from_secs(180), |l| l.starts_with("lab: --keep"));
     let left = leftovers(pid);
     assert!(ok, "the lab failed:\n{out}");
     assert!(out.contains("lab: --keep") && out.contains("lab: cleaned up"), "{out}");
