@@ -50,7 +50,7 @@
 //! re-established. Queued frames are wiped once written or dropped.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -89,6 +89,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_QUEUED: usize = 8 << 20;
 /// IKE datagrams buffered between the channel and the daemon's dispatch.
 const MAX_IKE_QUEUE: usize = 1024;
+/// How often the SAs' counters are read from the engine while SAs are installed (the daemon
+/// publishes statuses with counters every 2 s: `serve`'s DescribeVpnConnection).
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 const STREAM: Token = Token(0);
 
@@ -159,6 +162,10 @@ pub struct EngineLink {
     /// A deferred first restatement (see [`TAKEOVER_GRACE`]).
     sync_at: Option<Instant>,
     takeover_grace: Duration,
+    /// The engine's last answer to `Counters`: (packets, bytes) by (direction, SPI).
+    sa_counters: HashMap<(Direction, u32), (u64, u64)>,
+    /// When `Counters` is next asked for (while a session is up and SAs are installed).
+    counters_at: Instant,
 }
 
 impl std::fmt::Debug for EngineLink {
@@ -205,6 +212,8 @@ pub fn attach(socket: &Path, config: &DaemonConfig, log: Logger) -> io::Result<(
         syncs: 0,
         sync_at: None,
         takeover_grace: TAKEOVER_GRACE,
+        sa_counters: HashMap::new(),
+        counters_at: Instant::now(),
     };
     for c in &config.connections {
         link.add_connection(c);
@@ -513,6 +522,13 @@ impl EngineLink {
                             "engine: sync {generation} done: {added} added, {replaced} replaced, {kept} kept, {removed} removed"
                         );
                     }
+                    Ok(Response::Counters(r)) => {
+                        self.sa_counters = r
+                            .sas
+                            .iter()
+                            .filter_map(|c| c.direction.map(|d| ((d, c.spi), (c.packets, c.bytes))))
+                            .collect();
+                    }
                     Ok(_) => {}
                     Err(e) => logln!(self.log, "engine: {what}: refused: {e}"),
                 }
@@ -702,7 +718,13 @@ impl EngineLink {
             .chain(self.retry_at)
             .chain(self.sync_at)
             .chain(self.session.as_ref().filter(|s| !s.ready).map(|s| s.hello_by))
+            .chain(self.wants_counters().then_some(self.counters_at))
             .min()
+    }
+
+    /// Whether counters are worth reading: a session is up and SAs are installed.
+    fn wants_counters(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.ready) && self.tunnels.values().any(|t| !t.sas.is_empty())
     }
 
     fn on_timeout(&mut self, now: Instant) {
@@ -715,6 +737,10 @@ impl EngineLink {
         if self.sync_at.is_some_and(|t| t <= now) {
             self.sync_at = None;
             self.restate();
+        }
+        if self.wants_counters() && self.counters_at <= now {
+            self.counters_at = now + COUNTERS_EVERY;
+            self.request("counters".into(), Request::Counters { tunnel: None });
         }
         let due: Vec<(String, u32)> = self
             .tunnels
@@ -766,6 +792,13 @@ impl SaSink for EngineSink {
 
     fn poll_dataplane_event(&mut self) -> Option<DataplaneEvent> {
         self.0.borrow_mut().dp_events.pop_front()
+    }
+
+    fn counters(&self, _conn: &str, spi_in: u32, spi_out: u32) -> Option<crate::sink::SaCounters> {
+        let l = self.0.borrow();
+        let (packets_in, bytes_in) = l.sa_counters.get(&(Direction::In, spi_in)).copied()?;
+        let (packets_out, bytes_out) = l.sa_counters.get(&(Direction::Out, spi_out)).copied().unwrap_or((0, 0));
+        Some(crate::sink::SaCounters { bytes_in, bytes_out, packets_in, packets_out })
     }
 
     fn connection_changed(&mut self, spec: &Connection) {

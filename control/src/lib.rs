@@ -47,6 +47,9 @@
 //! * **Control**: a Unix socket (0600) taking one command per connection: `initiate NAME`,
 //!   `rekey-child NAME`, `rekey-ike NAME`, `terminate NAME`, `status`
 //!   ([`daemon::control_request`] is the client side).
+//! * **The lab** ([`lab`], `ipsec-control lab`): the one-command demonstration — namespaces, our
+//!   gateway (`serve` and its data plane), a strongSwan customer gateway, a connection made through
+//!   the API, a ping across, everything removed afterwards (also on Ctrl-C).
 //! * `unsafe` is denied except in [`tun`] (the `TUNSETIFF` ioctl, with its SAFETY argument).
 //!
 //! # Running
@@ -54,7 +57,7 @@
 //! ```text
 //! ipsec-control check-config /etc/ipsec-control.toml
 //! ipsec-control run --config /etc/ipsec-control.toml [--log FILE] [--engine SOCKET | --forwarder TUN]
-//! ipsec-control serve --ike-listen 198.18.0.1 [--forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
+//! ipsec-control serve --ike-listen 198.18.0.1 [--engine SOCKET | --forwarder TUN] [--log FILE] [--listen 127.0.0.1:8470]
 //!                     [--state-dir /var/lib/ipsec-mgmt] [ipsec-mgmtd options]
 //! ipsec-control initiate NAME | rekey-child NAME | rekey-ike NAME | terminate NAME | status
 //! ```
@@ -79,6 +82,7 @@ pub mod daemon;
 pub mod engine_link;
 pub mod esp_map;
 pub mod forwarder;
+pub mod lab;
 pub mod log;
 pub mod serve;
 pub mod sink;

@@ -21,10 +21,14 @@ const USAGE: &str = "usage:
       run the daemon (SIGTERM/SIGINT: delete every SA, then exit); --engine publishes the Child SAs to the AF_XDP engine over its channel
       socket (the engine's default: /run/ipsec-engine/control.sock) and speaks IKE through it; --forwarder serves them with the userspace ESP forwarder
       on TUN (interop tests only); logs go to stderr or FILE
-  ipsec-control serve --ike-listen IP [--forwarder TUN] [--log FILE] [--ike-port N] [--natt-port N] [--peer-ike-port N]
+  ipsec-control serve --ike-listen IP [--engine SOCKET | --forwarder TUN] [--log FILE] [--ike-port N] [--natt-port N] [--peer-ike-port N]
                       [--listen ADDR:PORT] [--state-dir DIR] [--quota N] [--token-file PATH] [--readonly-token-file PATH]
       one process: the management store and API (options as ipsec-mgmtd) and the IKE daemon on IP (the VPN gateway's
-      PublicIp); connections come from the API; --forwarder as for run, otherwise SAs are only logged
+      PublicIp); connections come from the API; --engine / --forwarder as for run, otherwise SAs are only logged
+  ipsec-control lab [--gateway engine|forwarder (default engine)] [--keep] [--timeout SECONDS]
+      the one-command demo (root): namespaces, our gateway, a strongSwan customer gateway, a VPN connection made through
+      the API, a ping across the tunnel, DescribeVpnConnection and counters; everything is removed at the end or on
+      Ctrl-C (--keep: after Ctrl-C). Needs `bash .ci/lab-deps.sh` and ipsec-engine built next to ipsec-control
   ipsec-control check-config FILE
   ipsec-control initiate|rekey-child|rekey-ike|terminate NAME [--socket PATH]
   ipsec-control status [--socket PATH]
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let r = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("serve") => serve(&args[1..]),
+        Some("lab") => lab(&args[1..]),
         Some("check-config") => match args.get(1) {
             Some(f) => DaemonConfig::load(f.as_ref())
                 .map(|c| println!("ok: {} connection(s)", c.connections.len()))
@@ -127,6 +132,28 @@ fn run(args: &[String]) -> Result<(), String> {
     r
 }
 
+fn lab(args: &[String]) -> Result<(), String> {
+    use ipsec_control::lab::LabOptions;
+    let mut o = LabOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--gateway" => o.gateway = it.next().ok_or(USAGE)?.parse()?,
+            "--keep" => o.keep = true,
+            "--timeout" => {
+                let s: u64 = it.next().ok_or(USAGE)?.parse().map_err(|e| format!("--timeout: {e}"))?;
+                o.tunnel_timeout = std::time::Duration::from_secs(s);
+            }
+            _ => return Err(format!("lab: unknown option {a}\n{USAGE}")),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    ipsec_control::lab::run(&o, stop)
+}
+
 fn open_log(args: &[String]) -> Result<Logger, String> {
     Ok(match opt(args, "--log") {
         Some(f) => {
@@ -146,7 +173,8 @@ fn open_log(args: &[String]) -> Result<Logger, String> {
 fn serve(args: &[String]) -> Result<(), String> {
     use ipsec_control::serve::{IkeOptions, SinkFactory};
     // Our options; everything else goes to the management daemon's parser.
-    const OURS: &[&str] = &["--ike-listen", "--forwarder", "--log", "--ike-port", "--natt-port", "--peer-ike-port"];
+    const OURS: &[&str] =
+        &["--ike-listen", "--forwarder", "--engine", "--log", "--ike-port", "--natt-port", "--peer-ike-port"];
     let mut mgmt_args = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -166,6 +194,16 @@ fn serve(args: &[String]) -> Result<(), String> {
     o.natt_port = port("--natt-port", o.natt_port)?;
     o.peer_ike_port = port("--peer-ike-port", o.peer_ike_port)?;
     o.state_file = Some(mgmt.state_dir.join("ike-state"));
+    o.engine = opt(args, "--engine").map(PathBuf::from);
+    if o.engine.is_none() && args.iter().any(|a| a == "--engine") {
+        return Err(format!(
+            "--engine needs the socket path (the engine's default is {})",
+            ipsec_channel::DEFAULT_SOCKET
+        ));
+    }
+    if o.engine.is_some() && args.iter().any(|a| a == "--forwarder") {
+        return Err("--engine and --forwarder exclude each other".into());
+    }
     let log = open_log(args)?;
     let sink: SinkFactory = match opt(args, "--forwarder") {
         Some(tun) => {

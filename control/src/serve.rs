@@ -22,8 +22,10 @@
 //!   `IpsecSaState`, the established times and, when the sink counts, bytes and packets) and
 //!   appends every negotiation step to the connection's log ([`Service::record_log`], which also
 //!   scrubs the PSK should one ever slip into a line).
-//! * **The SA sink** stays pluggable: a factory builds it on the IKE thread once the sockets exist
-//!   (`--forwarder TUN`: the userspace ESP forwarder of the interop tests; default: log only).
+//! * **The data plane**: `--engine SOCKET` publishes the Child SAs to the AF_XDP engine and speaks
+//!   IKE through it ([`crate::engine_link`], as `run --engine`; the daemon binds no UDP socket).
+//!   Otherwise the SA sink stays pluggable: a factory builds it on the IKE thread once the sockets
+//!   exist (`--forwarder TUN`: the userspace ESP forwarder of the interop tests; default: log only).
 //! * **Shutdown**: SIGINT/SIGTERM stop the API; the IKE thread then deletes every IKE SA (DELETE to
 //!   the peers) and exits.
 
@@ -71,6 +73,10 @@ pub struct IkeOptions {
     pub dpd: Option<(Duration, Duration)>,
     /// The 0600 state file of the daemon, if any.
     pub state_file: Option<std::path::PathBuf>,
+    /// The AF_XDP engine's channel socket (`--engine`): Child SAs are published to the engine and
+    /// IKE is sent and received through it ([`crate::engine_link`]; no UDP socket is bound, the
+    /// [`SinkFactory`] is not used).
+    pub engine: Option<std::path::PathBuf>,
 }
 
 impl IkeOptions {
@@ -85,6 +91,7 @@ impl IkeOptions {
             force_encap: false,
             dpd: None,
             state_file: None,
+            engine: None,
         }
     }
 }
@@ -333,11 +340,15 @@ pub fn spawn_ike(
                 log_messages: true,
             };
             let cfg = DaemonConfig { daemon: settings, connections: Vec::new() };
-            let built = Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).and_then(|mut d| {
-                let s = sink(&d)?;
-                d.set_sink(s)?;
-                Ok(d)
-            });
+            let built = match &opts.engine {
+                Some(socket) => crate::engine_link::attach(socket, &cfg, log.clone())
+                    .and_then(|(sink, ike)| Daemon::with_transport(cfg, Box::new(sink), Box::new(ike), log.clone())),
+                None => Daemon::new(cfg, Box::new(RecordingSink::default()), log.clone()).and_then(|mut d| {
+                    let s = sink(&d)?;
+                    d.set_sink(s)?;
+                    Ok(d)
+                }),
+            };
             let mut daemon = match built {
                 Ok(d) => d,
                 Err(e) => {

@@ -8,7 +8,7 @@
 //! restates everything and the engine keeps it; a restarted engine (new `boot_id`, empty) gets the
 //! same SAs back; `Expired` deletes the Child SA on both sides; `Acquire` on an IKE SA without a
 //! Child SA creates one; connections added and removed at run time publish and remove their trap
-//! tunnels; no error replies; neither PSK nor key bytes in the logs.
+//! tunnels; the engine's SA counters show in the connection status; no error replies; neither PSK nor key bytes in the logs.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write};
@@ -301,7 +301,23 @@ fn apply(st: &mut State, req: Request) -> Result<Response, String> {
             st.sas.remove(&(tunnel, direction == Direction::Out, spi)).ok_or("no such SA")?;
             Ok(Response::Done)
         }
-        Request::Counters { .. } => Ok(Response::Counters(Default::default())),
+        // Every SA reports 7 packets of 100 bytes.
+        Request::Counters { .. } => Ok(Response::Counters(ipsec_channel::CountersReport {
+            sas: st
+                .sas
+                .keys()
+                .map(|(tunnel, out, spi)| ipsec_channel::SaCounters {
+                    tunnel: tunnel.clone(),
+                    direction: Some(if *out { Direction::Out } else { Direction::In }),
+                    spi: *spi,
+                    packets: 7,
+                    bytes: 700,
+                    drops: 0,
+                    age_seconds: 1,
+                })
+                .collect(),
+            workers: Vec::new(),
+        })),
         Request::Ping => Ok(Response::Pong),
     }
 }
@@ -433,6 +449,12 @@ fn ike_and_sas_over_the_engine_channel() {
     let sa = &w.ea.sas(true)[0];
     assert_eq!((sa.cipher.as_str(), sa.integrity.as_str()), ("aes256", "sha256"));
     assert!(sa.lifetime.hard_seconds > 0);
+    // The engine's SA counters reach the connection's status (DescribeVpnConnection in `serve`).
+    w.step_until("the engine's counters in the status", |w| {
+        w.a.connection_status("lo")
+            .and_then(|s| s.counters)
+            .is_some_and(|k| (k.packets_in, k.packets_out, k.bytes_in, k.bytes_out) == (7, 7, 700, 700))
+    });
 
     // 3. Our Child SA rekey: make-before-break in both engines.
     let (a_in0, a_out0) = (w.ea.spis(false)[0], w.ea.spis(true)[0]);

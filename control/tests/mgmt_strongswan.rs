@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 const PSK: &str = "mgmt-swan-psk-61d0a9c4";
-const CHARON: &str = "/usr/lib/ipsec/charon";
+const CHARON: &str = ipsec_control::lab::CHARON;
 const BIN: &str = env!("CARGO_BIN_EXE_ipsec-control");
 const API: &str = "http://198.18.1.2:8470";
 
@@ -152,12 +152,7 @@ impl Api {
 }
 
 fn swanctl(dir: &Path, args: &[&str]) -> Output {
-    Command::new("swanctl")
-        .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
-        .env("SWANCTL_DIR", dir.join("swanctl"))
-        .args(args)
-        .output()
-        .expect("swanctl")
+    ipsec_control::lab::swanctl(dir, args).expect("swanctl")
 }
 
 fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> Result<(), String>) {
@@ -250,43 +245,8 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
 
     // The customer gateway: charon with the downloaded swanctl.conf, unchanged.
     let cdir = lab.dir.join("charon");
-    std::fs::create_dir_all(cdir.join("run")).unwrap();
-    std::fs::create_dir_all(cdir.join("swanctl")).unwrap();
-    let d = cdir.display();
-    std::fs::write(
-        cdir.join("strongswan.conf"),
-        format!(
-            "charon {{
-  load = random nonce openssl aes des sha1 sha2 md5 hmac gcm pem pkcs1 x509 pubkey gmp kdf kernel-libipsec kernel-netlink socket-default vici updown
-  retransmit_timeout = 1
-  plugins {{
-    vici {{
-      socket = unix://{d}/charon.vici
-    }}
-  }}
-  filelog {{
-    log {{
-      path = {d}/charon.log
-      time_format = %T
-      default = 1
-      ike = 2
-      cfg = 2
-      flush_line = yes
-      ike_name = yes
-    }}
-  }}
-}}
-swanctl {{
-  socket = unix://{d}/charon.vici
-}}
-"
-        ),
-    )
-    .unwrap();
-    std::fs::write(cdir.join("swanctl/swanctl.conf"), &conf).unwrap();
-    let script = format!("mount --bind {d}/run /run && export STRONGSWAN_CONF={d}/strongswan.conf && exec {CHARON}");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.b, "unshare", "-m", "--propagation", "private", "sh", "-c", &script])
+    let child = ipsec_control::lab::charon_command(&lab.b, &cdir, &conf)
+        .expect("charon's files")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
