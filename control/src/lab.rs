@@ -696,9 +696,8 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let loss = (sent.saturating_sub(received) * 100).checked_div(sent).unwrap_or(100);
     step(5, &format!("ping host-a {HOST_A} -> host-b {HOST_B}: {sent} sent, {received} received, {loss}% loss"));
 
-    // The counters catch up with the data plane within a status period (2 s). They are those of
-    // the connection's current IKE SA: when both sides initiated at once, a second IKE SA may have
-    // carried some packets.
+    // The counters catch up with the data plane within a status period (2 s). They sum the Child
+    // SAs of every IKE SA of the connection (both sides may have initiated at once).
     let _ = lab.wait_for(4, "the traffic counters", || {
         let d = describe(&api)?;
         if d["PacketsOut"].as_u64().unwrap_or(0) >= received && d["PacketsIn"].as_u64().unwrap_or(0) >= received {

@@ -123,7 +123,7 @@ pub struct ConnStatus {
     pub ike_state: &'static str,
     /// When the IKE SA (of the connection, across rekeys) was established.
     pub ike_established_at: Option<SystemTime>,
-    /// The Child SAs of the current IKE SA.
+    /// The Child SAs of every live IKE SA of the connection (two when both sides initiated).
     pub children: Vec<ChildStatus>,
     /// Sum of the Child SAs' counters, when the sink can tell.
     pub counters: Option<SaCounters>,
@@ -481,8 +481,14 @@ impl Daemon {
             None => (IkeState::Down, "Down"),
         };
         let mut total: Option<SaCounters> = None;
-        let children: Vec<ChildStatus> = sa
-            .map(|sa| {
+        // Every IKE SA of the connection, not only the current one: when both sides initiate at
+        // once two IKE SAs (each with a Child SA) may carry traffic side by side.
+        let children: Vec<ChildStatus> = c
+            .endpoint
+            .handles()
+            .filter_map(|h| c.endpoint.ike_sa(h))
+            .filter(|sa| !sa.is_finished())
+            .flat_map(|sa| {
                 sa.child_sas()
                     .map(|ch| {
                         let counters = self.sink.counters(&c.spec.name, ch.inbound_spi(), ch.outbound_spi());
@@ -502,9 +508,9 @@ impl Daemon {
                             counters,
                         }
                     })
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default();
+            .collect();
         ConnStatus {
             name: c.spec.name.clone(),
             ike,
