@@ -28,6 +28,7 @@
 mod common;
 use common::netns::start_capture;
 use common::run;
+use common::topology::Topology;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -49,102 +50,27 @@ const UDP_PORT: u16 = 5001;
 const DATAGRAMS: usize = 2000;
 const QUEUES: u32 = 2;
 
-/// The five namespaces and their links; deleted on drop.
-struct Topology {
-    p: String,
-    created: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Topology {
-    fn ns(&self, s: &str) -> String {
-        format!("{}{s}", self.p)
+/// The shared five-namespace topology (`common::topology`), with the gateways' kernels set up
+/// as engine/README.md asks of an AF_PACKET gateway.
+fn topology() -> Topology {
+    let t = Topology::bridged("afp", QUEUES);
+    // What engine/README.md asks of an AF_PACKET gateway's kernel.
+    for (g, outside, inside) in [("g1", "g1o", "g1i"), ("g2", "g2o", "g2i")] {
+        let (ns, outside, inside) = (t.ns(g), t.dev(outside), t.dev(inside));
+        run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+        run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+        let rules = format!(
+            "table inet ipsec_engine {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+             iifname \"{outside}\" meta l4proto esp drop\n    iifname \"{outside}\" udp dport 4500 drop\n  }}\n}}\n"
+        );
+        let file = t.dir.join(format!("{g}.nft"));
+        std::fs::write(&file, rules).unwrap();
+        run(&["ip", "netns", "exec", &ns, "nft", "-f", file.to_str().unwrap()]);
+        for dev in [&outside, &inside] {
+            run(&["ip", "netns", "exec", &ns, "ethtool", "-K", dev, "gro", "off"]);
+        }
     }
-
-    fn dev(&self, s: &str) -> String {
-        format!("{}{s}", self.p)
-    }
-
-    fn new() -> Topology {
-        let p = format!("afp{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("{p}-files"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut t = Topology { p, created: Vec::new(), dir };
-        for s in ["ha", "g1", "w", "g2", "hb"] {
-            let ns = t.ns(s);
-            run(&["ip", "netns", "add", &ns]);
-            t.created.push(ns.clone());
-            for knob in ["all", "default"] {
-                run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", &format!("net.ipv6.conf.{knob}.disable_ipv6=1")]);
-            }
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        }
-        let links =
-            [("ha", "a0", "g1", "g1i"), ("g1", "g1o", "w", "w1"), ("w", "w2", "g2", "g2o"), ("g2", "g2i", "hb", "b0")];
-        let q = QUEUES.to_string();
-        for (na, da, nb, db) in links {
-            #[rustfmt::skip]
-            run(&["ip", "-n", &t.ns(na), "link", "add", &t.dev(da), "numtxqueues", &q, "numrxqueues", &q,
-                  "type", "veth", "peer", "name", &t.dev(db), "numtxqueues", &q, "numrxqueues", &q,
-                  "netns", &t.ns(nb)]);
-        }
-        let w = t.ns("w");
-        run(&["ip", "-n", &w, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
-        for (ns, dev) in [("w", "w1"), ("w", "w2"), ("g1", "g1o"), ("g2", "g2o")] {
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "multicast", "off"]);
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "mtu", "1600"]);
-        }
-        run(&["ip", "-n", &w, "link", "set", "br0", "multicast", "off"]);
-        for d in ["w1", "w2"] {
-            run(&["ip", "-n", &w, "link", "set", &t.dev(d), "master", "br0"]);
-            run(&["ip", "-n", &w, "link", "set", &t.dev(d), "up"]);
-        }
-        run(&["ip", "-n", &w, "link", "set", "br0", "up"]);
-        for (ns, dev, addr) in [
-            ("ha", "a0", "192.0.2.2/24"),
-            ("g1", "g1i", "192.0.2.1/24"),
-            ("g1", "g1o", "198.18.0.1/24"),
-            ("g2", "g2o", "198.18.0.2/24"),
-            ("g2", "g2i", "198.51.100.1/24"),
-            ("hb", "b0", "198.51.100.2/24"),
-        ] {
-            run(&["ip", "-n", &t.ns(ns), "addr", "add", addr, "dev", &t.dev(dev)]);
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "up"]);
-        }
-        run(&["ip", "-n", &t.ns("ha"), "route", "add", "default", "via", "192.0.2.1"]);
-        run(&["ip", "-n", &t.ns("hb"), "route", "add", "default", "via", "198.51.100.1"]);
-        // The engine forwards frames as they are: hosts fill their checksums in software.
-        for (ns, dev) in [("ha", "a0"), ("hb", "b0")] {
-            run(&["ip", "netns", "exec", &t.ns(ns), "ethtool", "-K", &t.dev(dev), "tx", "off"]);
-        }
-        // What engine/README.md asks of an AF_PACKET gateway's kernel.
-        for (g, outside, inside) in [("g1", "g1o", "g1i"), ("g2", "g2o", "g2i")] {
-            let (ns, outside, inside) = (t.ns(g), t.dev(outside), t.dev(inside));
-            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
-            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
-            let rules = format!(
-                "table inet ipsec_engine {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
-                 iifname \"{outside}\" meta l4proto esp drop\n    iifname \"{outside}\" udp dport 4500 drop\n  }}\n}}\n"
-            );
-            let file = t.dir.join(format!("{g}.nft"));
-            std::fs::write(&file, rules).unwrap();
-            run(&["ip", "netns", "exec", &ns, "nft", "-f", file.to_str().unwrap()]);
-            for dev in [&outside, &inside] {
-                run(&["ip", "netns", "exec", &ns, "ethtool", "-K", dev, "gro", "off"]);
-            }
-        }
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    t
 }
 
 /// A running engine; stopped (SIGTERM, then SIGKILL) on drop.
@@ -496,7 +422,7 @@ fn e2e_afpacket_backend_and_fallback() {
         return;
     }
     common::remove_stale_namespaces("afp", &["ha", "g1", "w", "g2", "hb", "p"]);
-    let t = Topology::new();
+    let t = topology();
 
     // 1. AF_PACKET by flag.
     let forced = Case {

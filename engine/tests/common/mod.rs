@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod scapy;
+pub mod topology;
 
 use std::process::Command;
 
