@@ -29,6 +29,7 @@
 //! `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 
 mod common;
+use common::engine::EngineProcess;
 use common::run;
 
 use std::collections::VecDeque;
@@ -38,7 +39,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -120,12 +121,9 @@ impl Drop for Topology {
     }
 }
 
-/// A running engine; stopped (SIGTERM, then SIGKILL) on drop.
+/// A running engine with its control socket; stopped (SIGTERM, then SIGKILL) on drop.
 struct Engine {
-    name: String,
-    child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
+    process: EngineProcess,
     socket: PathBuf,
 }
 
@@ -139,67 +137,21 @@ impl Engine {
             t.ns(&format!("g{n}i"))
         );
         std::fs::write(&cfg, config).unwrap();
-        let out = t.dir.join(format!("{name}.out"));
-        let err = t.dir.join(format!("{name}.err"));
         let socket = t.dir.join(format!("{name}/control.sock"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &t.ns(&format!("g{n}")), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
-            .arg(&cfg)
-            .args(["--no-pin", "--xdp-mode", "auto", "--frames", "2048", "--ring-size", "512"])
-            .args(["--neigh-interval-ms", "200", "--control-socket"])
-            .arg(&socket)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn ipsec-engine");
-        let mut e = Engine { name, child: Some(child), out, err, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::fs::read_to_string(&e.out).unwrap_or_default().contains("running") {
-                break;
-            }
-            if let Some(status) = e.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited at start ({status}):\n{}", e.name, e.logs());
-            }
-            assert!(Instant::now() < deadline, "{} did not start:\n{}", e.name, e.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
+        #[rustfmt::skip]
+        let args = ["run", "--config", cfg.to_str().unwrap(), "--no-pin", "--xdp-mode", "auto", "--frames", "2048",
+            "--ring-size", "512", "--neigh-interval-ms", "200", "--control-socket", socket.to_str().unwrap()];
+        let ns = t.ns(&format!("g{n}"));
+        let process = EngineProcess::spawn(env!("CARGO_BIN_EXE_ipsec-engine"), &t.dir, &ns, &name, &[], &args);
+        Engine { process, socket }
     }
 
     fn logs(&self) -> String {
-        format!(
-            "--- {} stdout\n{}\n--- {} stderr\n{}",
-            self.name,
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            self.name,
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
+        self.process.logs()
     }
 
     fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.logs()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop()
     }
 }
 
@@ -428,7 +380,7 @@ fn channel_installs_reconciles_survives_control_loss_and_punts_ike() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!ping(&t, "ha", Ipv4Addr::new(198, 51, 100, 200), 1), "tunnel c has no SA");
     pings("after control loss");
-    assert!(std::fs::read_to_string(&gw1.err).unwrap_or_default().contains("control session closed"), "{}", gw1.logs());
+    assert!(gw1.process.stderr().contains("control session closed"), "{}", gw1.logs());
 
     // Reconnect and restate: everything is kept, with its state.
     let mut c1 = Ctl::connect(&gw1.socket);

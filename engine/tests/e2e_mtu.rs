@@ -27,6 +27,7 @@
 //! `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 
 mod common;
+use common::engine::EngineProcess as Engine;
 use common::run;
 
 use std::collections::HashMap;
@@ -35,8 +36,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const PROM_PORT: u16 = 9465;
 const INNER_MTU: u32 = 1446;
@@ -110,87 +111,18 @@ impl Drop for Topology {
     }
 }
 
-/// A running engine; stopped (SIGTERM, then SIGKILL) on drop.
-struct Engine {
-    name: String,
-    child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
-}
-
 impl Engine {
+    /// Starts `ipsec-engine run` on `config` in namespace `ns` and waits until it runs.
     fn start(t: &Topology, ns: &str, config: &str) -> Engine {
         let cfg = t.dir.join(format!("{ns}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let out = t.dir.join(format!("{ns}.out"));
-        let err = t.dir.join(format!("{ns}.err"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
-            .arg(&cfg)
-            .args([
-                "--no-pin",
-                "--no-control-socket",
-                "--io",
-                "afxdp",
-                "--xdp-mode",
-                "auto",
-                "--prometheus",
-                &format!("127.0.0.1:{PROM_PORT}"),
-            ])
+        let prom = format!("127.0.0.1:{PROM_PORT}");
+        #[rustfmt::skip]
+        let args = ["run", "--config", cfg.to_str().unwrap(), "--no-pin", "--no-control-socket", "--io", "afxdp",
+            "--xdp-mode", "auto", "--prometheus", &prom,
             // The safety-net re-dump every 10 minutes: neighbour changes must come as events.
-            .args(["--frames", "1024", "--ring-size", "256", "--neigh-interval-ms", "600000"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn ipsec-engine");
-        let mut e = Engine { name: ns.into(), child: Some(child), out, err };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::fs::read_to_string(&e.out).unwrap_or_default().contains("running") {
-                break;
-            }
-            if let Some(status) = e.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited at start ({status}):\n{}", e.name, e.logs());
-            }
-            assert!(Instant::now() < deadline, "{} did not start:\n{}", e.name, e.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- {} stdout\n{}\n--- {} stderr\n{}",
-            self.name,
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            self.name,
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
-    }
-
-    fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.logs()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
+            "--frames", "1024", "--ring-size", "256", "--neigh-interval-ms", "600000"];
+        Engine::spawn(env!("CARGO_BIN_EXE_ipsec-engine"), &t.dir, &t.ns(ns), ns, &[], &args)
     }
 }
 

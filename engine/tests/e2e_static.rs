@@ -46,6 +46,7 @@
 //! `IPSEC_REQUIRE_ROOT_TESTS=1`, where it fails.
 
 mod common;
+use common::engine::EngineProcess as Engine;
 use common::run;
 use common::topology::Topology;
 
@@ -54,8 +55,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,87 +107,17 @@ fn remove_stale_namespaces() {
     common::remove_stale_namespaces("e2e", &["ha", "g1", "w", "g2", "hb", "p"]);
 }
 
-/// A running engine; stopped (SIGTERM, then SIGKILL) on drop.
-struct Engine {
-    name: String,
-    child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
-}
-
 impl Engine {
+    /// Starts `ipsec-engine run` on `config` in namespace `ns` and waits until it runs.
     fn start(t: &Topology, ns: &str, name: &str, config: &str) -> Engine {
         let cfg = t.dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let out = t.dir.join(format!("{name}.out"));
-        let err = t.dir.join(format!("{name}.err"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &t.ns(ns), env!("CARGO_BIN_EXE_ipsec-engine"), "run", "--config"])
-            .arg(&cfg)
-            .args([
-                "--no-pin",
-                "--no-control-socket",
-                "--io",
-                "afxdp",
-                "--xdp-mode",
-                "auto",
-                "--prometheus",
-                &format!("127.0.0.1:{PROM_PORT}"),
-            ])
-            .args(["--frames", "2048", "--ring-size", "512", "--neigh-interval-ms", "200", "--stats-interval", "1"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn ipsec-engine");
-        let mut e = Engine { name: name.into(), child: Some(child), out, err };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::fs::read_to_string(&e.out).unwrap_or_default().contains("running") {
-                break;
-            }
-            if let Some(status) = e.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited at start ({status}):\n{}", e.name, e.logs());
-            }
-            assert!(Instant::now() < deadline, "{} did not start:\n{}", e.name, e.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- {} stdout\n{}\n--- {} stderr\n{}",
-            self.name,
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            self.name,
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
-    }
-
-    /// Stops the engine and returns its logs (final stats included).
-    fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        self.logs()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
+        let prom = format!("127.0.0.1:{PROM_PORT}");
+        #[rustfmt::skip]
+        let args = ["run", "--config", cfg.to_str().unwrap(), "--no-pin", "--no-control-socket", "--io", "afxdp",
+            "--xdp-mode", "auto", "--prometheus", &prom, "--frames", "2048", "--ring-size", "512",
+            "--neigh-interval-ms", "200", "--stats-interval", "1"];
+        Engine::spawn(env!("CARGO_BIN_EXE_ipsec-engine"), &t.dir, &t.ns(ns), name, &[], &args)
     }
 }
 

@@ -2,6 +2,7 @@
 //! removing namespaces left behind by earlier runs that died.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod netns;
 pub mod scapy;
 pub mod topology;
