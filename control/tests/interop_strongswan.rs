@@ -1,8 +1,12 @@
-//! Interop with strongSwan 5.9 (charon + kernel-libipsec) in network namespaces. Needs root; without
-//! it prints SKIPPED and passes, unless `IPSEC_REQUIRE_ROOT_TESTS=1` (then it fails). strongSwan is
-//! installed with apt if `/usr/lib/ipsec/charon` is missing.
+//! Interop with strongSwan 5.9 (charon + kernel-libipsec) in network namespaces, on both of our
+//! data planes. Needs root; without it prints SKIPPED and passes, unless
+//! `IPSEC_REQUIRE_ROOT_TESTS=1` (then it fails). strongSwan is installed with apt if
+//! `/usr/lib/ipsec/charon` is missing.
 //!
-//! Topology (per-run name prefix; removed afterwards, also on failure):
+//! Two tests run the same matrix, one after the other (never at once: they share the machine's
+//! two cores and would blur the "at most one lost packet" checks):
+//!
+//! * `interop_strongswan` — our daemon with the userspace ESP forwarder (`run --forwarder`):
 //!
 //! ```text
 //!  netns <p>a: ipsec-control --forwarder            netns <p>b: charon (libipsec, TUN ipsec0)
@@ -10,16 +14,29 @@
 //!  <p>va 198.18.0.1/24  ------------ veth ------------  <p>vb 198.18.0.2/24
 //! ```
 //!
+//! * `interop_strongswan_engine` — the AF_XDP engine (`ipsec-engine run --control-socket`, one
+//!   for the whole matrix) with our daemon attached to it (`run --engine`): IKE is punted through
+//!   the engine, the Child SAs are published to it, and the pings come from a host behind it.
+//!   Every ping is also checked in the engine's own per-SA counters (the negotiated SPIs, both
+//!   directions), and after DPD the engine must have dropped the SAs:
+//!
+//! ```text
+//!  netns <p>h: host           netns <p>a: ipsec-engine + ipsec-control --engine    netns <p>b: charon
+//!  eth0 192.0.2.1/24,    ---  <p>vi 192.0.2.254/24 (inside)
+//!       192.0.2.129/24        <p>va 198.18.0.1/24 (outside)  ------------ veth ----  <p>vb 198.18.0.2/24
+//! ```
+//!
 //! For every proposal case and both roles (we initiate / charon initiates): the IKE SA and the
 //! Child SA come up, `swanctl --list-sas` shows the Child SA INSTALLED with the SPIs our daemon
-//! logged, and a ping from 192.0.2.1 to 198.51.100.1 crosses our userspace ESP forwarder and
-//! charon's libipsec; SIGTERM makes our daemon DELETE the IKE SA and charon must drop it. Then, in
-//! both roles, under a running ping (at most one lost packet per step): Child SA and IKE SA rekeys
-//! started by charon and by us; rekey collisions (both ends at once, made deterministic by dropping
-//! IKE messages with nftables in netns a); a rekey of the SA we just created as responder whose
-//! response charon has not received yet (charon answers CHILD_SA_NOT_FOUND: we recreate the
-//! Child SA, RFC 7296 §2.25). Finally charon is killed and our DPD must notice within 30 s and
-//! remove the SAs. Everything runs sequentially with short timeouts (about two minutes).
+//! logged, and a ping from 192.0.2.1 to 198.51.100.1 crosses our data plane and charon's
+//! libipsec; SIGTERM makes our daemon DELETE the IKE SA and charon must drop it. Then, in both
+//! roles, under a running ping (at most one lost packet per step): Child SA and IKE SA rekeys
+//! started by charon and by us; rekey collisions (both ends at once, made deterministic by
+//! dropping IKE messages with nftables in charon's namespace — the engine's XDP program takes
+//! ours before any netfilter hook); a rekey of the SA we just created as responder whose response
+//! charon has not received yet (charon answers CHILD_SA_NOT_FOUND: we recreate the Child SA, RFC
+//! 7296 §2.25). Finally charon is killed and our DPD must notice within 30 s and remove the SAs.
+//! Everything runs sequentially with short timeouts (about two minutes per data plane).
 //!
 //! Knobs: `INTEROP_ONLY=<case name substring>|rekey`, `INTEROP_STEP=<rekey step substring>`,
 //! `INTEROP_KEEP=1` (keep logs and configs in the temporary directory).
@@ -27,11 +44,15 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const PSK: &str = "interop-psk-8c1f4e2a77d0";
-const CHARON: &str = "/usr/lib/ipsec/charon";
+const CHARON: &str = ipsec_control::lab::CHARON;
 const BIN: &str = env!("CARGO_BIN_EXE_ipsec-control");
+
+/// The two tests take turns (see the module documentation).
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
@@ -66,48 +87,203 @@ fn ensure_strongswan() {
             "iputils-ping",
             "tcpdump",
             "nftables",
+            "ethtool",
         ])
         .output()
         .expect("apt-get");
     assert!(o.status.success(), "apt-get install: {}", text(&o));
 }
 
+/// Which of our data planes carries the ESP traffic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Plane {
+    /// `ipsec-control run --forwarder`: kernel routing + TUN + userspace ESP.
+    Forwarder,
+    /// `ipsec-engine run --control-socket` + `ipsec-control run --engine`.
+    Engine,
+}
+
+/// The engine of the `Engine` plane: its control socket and its stdout (stats every second).
+struct Engine {
+    socket: PathBuf,
+    out: PathBuf,
+}
+
+impl Engine {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// `(packets in, packets out)` of the tunnel `t` SAs with these SPIs (our daemon's hex
+    /// notation) in the engine's last stats block; `None` when either SA is not listed.
+    fn sa_packets(&self, spi_in: &str, spi_out: &str) -> Option<(u64, u64)> {
+        let out = self.output();
+        let block = &out[out.rfind("stats:\n")?..];
+        let block: Vec<&str> = block.lines().skip(1).take_while(|l| l.starts_with(' ')).collect();
+        let packets = |dir: &str, spi: &str| {
+            let spi = format!("spi 0x{}", spi.to_ascii_lowercase());
+            block.iter().find(|l| l.contains(" sa t ") && l.contains(&format!(" {dir} ")) && l.contains(&spi)).and_then(
+                |l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.iter().position(|x| *x == "packets").and_then(|i| w.get(i + 1)?.parse::<u64>().ok())
+                },
+            )
+        };
+        Some((packets("in", spi_in)?, packets("out", spi_out)?))
+    }
+
+    /// Waits (a few stats intervals) until both SAs have carried packets; returns the counts.
+    fn wait_traffic(&self, spi_in: &str, spi_out: &str) -> Result<(u64, u64), String> {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            match self.sa_packets(spi_in, spi_out) {
+                Some((i, o)) if i > 0 && o > 0 => return Ok((i, o)),
+                last if Instant::now() > deadline => {
+                    return Err(format!(
+                        "the engine's counters for in {spi_in} / out {spi_out} show no traffic ({last:?}):\n{}",
+                        tail(&self.output(), 25)
+                    ))
+                }
+                _ => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// Waits until the engine no longer lists an SA with `spi` (our daemon's hex notation).
+    fn wait_gone(&self, spi: &str) -> Result<(), String> {
+        let spi = format!("spi 0x{}", spi.to_ascii_lowercase());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.output();
+            let last = out.rfind("stats:\n").map(|i| &out[i..]).unwrap_or("");
+            let block: Vec<&str> = last.lines().skip(1).take_while(|l| l.starts_with(' ')).collect();
+            if !last.is_empty() && !block.iter().any(|l| l.contains(&spi)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the engine still lists {spi}:\n{}", block.join("\n")));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// The `ipsec-engine` binary of the same build, if it has the control channel.
+fn engine_binary() -> Option<PathBuf> {
+    let p = Path::new(BIN).with_file_name("ipsec-engine");
+    let out = Command::new(&p).args(["run", "--help"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).contains("--control-socket").then_some(p)
+}
+
 /// The namespaces and the temporary directory; torn down on drop (also when a test panics).
 struct Lab {
+    /// Our gateway.
     a: String,
+    /// charon.
     b: String,
+    /// Where pings start: `a` (forwarder) or the host behind the engine.
+    src: String,
+    namespaces: Vec<String>,
     dir: PathBuf,
     children: Vec<Child>,
+    engine: Option<Engine>,
     keep: bool,
 }
 
 impl Lab {
-    fn new() -> Lab {
-        let p = format!("ipt{}", std::process::id() % 100_000);
+    fn new(plane: Plane) -> Lab {
+        let tag = if plane == Plane::Engine { "e" } else { "f" };
+        let p = format!("ipt{}{tag}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("{p}-interop"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab { a: format!("{p}a"), b: format!("{p}b"), dir, children: Vec::new(), keep: false };
-        let (va, vb) = (format!("{p}va"), format!("{p}vb"));
-        ok("ip", &["netns", "add", &lab.a]);
-        ok("ip", &["netns", "add", &lab.b]);
-        ok("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ok("ip", &["link", "set", &va, "netns", &lab.a]);
-        ok("ip", &["link", "set", &vb, "netns", &lab.b]);
-        for (ns, dev, addr, inner) in [
-            (&lab.a, &va, "198.18.0.1/24", ["192.0.2.1/32", "192.0.2.129/32"]),
-            (&lab.b, &vb, "198.18.0.2/24", ["198.51.100.1/32", "198.51.100.129/32"]),
-        ] {
+        let (a, b, h) = (format!("{p}a"), format!("{p}b"), format!("{p}h"));
+        let src = if plane == Plane::Engine { h.clone() } else { a.clone() };
+        let mut lab = Lab { a, b, src, namespaces: Vec::new(), dir, children: Vec::new(), engine: None, keep: false };
+        let (va, vb, vi) = (format!("{p}va"), format!("{p}vb"), format!("{p}vi"));
+        let mut nss = vec![lab.a.clone(), lab.b.clone()];
+        if plane == Plane::Engine {
+            nss.push(h.clone());
+        }
+        for ns in &nss {
+            ok("ip", &["netns", "add", ns]);
+            lab.namespaces.push(ns.clone());
             lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"]);
+            lab.ns_ok(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+            lab.ns_ok(ns, &["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+        }
+        ok("ip", &["link", "add", &va, "netns", &lab.a, "type", "veth", "peer", "name", &vb, "netns", &lab.b]);
+        // Ours: inner addresses on lo (forwarder: the kernel routes them into its TUN) or on a
+        // host behind the engine. charon's: on lo, routed into libipsec's TUN.
+        let (a_inner, h_inner): (&[&str], &[&str]) = match plane {
+            Plane::Forwarder => (&["192.0.2.1/32", "192.0.2.129/32"], &[]),
+            Plane::Engine => (&[], &["192.0.2.1/24", "192.0.2.129/24"]),
+        };
+        for (ns, dev, addr, inner) in [
+            (&lab.a, &va, "198.18.0.1/24", a_inner),
+            (&lab.b, &vb, "198.18.0.2/24", &["198.51.100.1/32", "198.51.100.129/32"][..]),
+        ] {
             lab.ns_ok(ns, &["ip", "addr", "add", addr, "dev", dev]);
             lab.ns_ok(ns, &["ip", "link", "set", dev, "up"]);
             for i in inner {
                 lab.ns_ok(ns, &["ip", "addr", "add", i, "dev", "lo"]);
             }
-            lab.ns_ok(ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
-            lab.ns_ok(ns, &["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+        }
+        if plane == Plane::Engine {
+            ok("ip", &["link", "add", &vi, "netns", &lab.a, "type", "veth", "peer", "name", "eth0", "netns", &h]);
+            lab.ns_ok(&lab.a, &["ip", "addr", "add", "192.0.2.254/24", "dev", &vi]);
+            lab.ns_ok(&lab.a, &["ip", "link", "set", &vi, "up"]);
+            for i in h_inner {
+                lab.ns_ok(&h, &["ip", "addr", "add", i, "dev", "eth0"]);
+            }
+            lab.ns_ok(&h, &["ip", "link", "set", "eth0", "up"]);
+            lab.ns_ok(&h, &["ip", "route", "add", "default", "via", "192.0.2.254"]);
+            // The engine forwards frames as they are: every sender fills its checksums itself.
+            // The gateway's kernel must not route anything in clear.
+            for (ns, dev) in [(&h, "eth0"), (&lab.a, vi.as_str()), (&lab.a, va.as_str()), (&lab.b, vb.as_str())] {
+                lab.ns_ok(ns, &["ethtool", "-K", dev, "tx", "off"]);
+            }
+            lab.ns_ok(&lab.a, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+            lab.start_engine(&va, &vi);
         }
         lab
+    }
+
+    /// One engine for the whole matrix; each cell's daemon attaches to it in turn (a new daemon
+    /// re-states its SAs and the engine drops the previous daemon's).
+    fn start_engine(&mut self, outside: &str, inside: &str) {
+        let exe = engine_binary().expect("ipsec-engine with --control-socket next to ipsec-control");
+        let cfg = self.dir.join("engine.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[gateway]\nlocal_addrs = [\"198.18.0.1\"]\ninside_addrs = [\"192.0.2.254\"]\n\n\
+                 [[interface]]\nname = \"{outside}\"\nrole = \"outside\"\nqueues = 1\n\n\
+                 [[interface]]\nname = \"{inside}\"\nrole = \"inside\"\nqueues = 1\n"
+            ),
+        )
+        .unwrap();
+        let socket = self.dir.join("engine/control.sock");
+        let out = self.dir.join("engine.out");
+        #[rustfmt::skip]
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.a]).arg(&exe)
+            .args(["run", "--config", cfg.to_str().unwrap(), "--control-socket", socket.to_str().unwrap(),
+                   "--no-pin", "--xdp-mode", "auto", "--frames", "2048", "--ring-size", "512",
+                   "--neigh-interval-ms", "200", "--stats-interval", "1"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(self.dir.join("engine.err")).unwrap())
+            .spawn()
+            .expect("ipsec-engine");
+        self.children.push(child);
+        let engine = Engine { socket, out };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !engine.socket.exists() {
+            let err = std::fs::read_to_string(self.dir.join("engine.err")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "the engine did not open its control socket:\n{err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.engine = Some(engine);
     }
 
     fn ns(&self, ns: &str, args: &[&str]) -> Output {
@@ -120,16 +296,26 @@ impl Lab {
         let o = self.ns(ns, args);
         assert!(o.status.success(), "in {ns}: {}: {}", args.join(" "), text(&o));
     }
+
+    /// Stops the processes of one cell (everything but the engine).
+    fn stop_cell(&mut self) {
+        let keep = usize::from(self.engine.is_some());
+        for mut c in self.children.drain(keep..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = run("ip", &["netns", "del", &self.a]);
-        let _ = run("ip", &["netns", "del", &self.b]);
+        for ns in &self.namespaces {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
         if self.keep || std::thread::panicking() {
             eprintln!("logs kept in {}", self.dir.display());
         } else {
@@ -238,58 +424,19 @@ fn toml_list(v: &[&str]) -> String {
     v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
-/// A charon instance in netns b with its own /run, VICI socket, config and log.
+/// A charon instance in netns b with its own /run, VICI socket, config and log
+/// (`ipsec_control::lab::charon_command`).
 struct Charon {
     dir: PathBuf,
     pid: u32,
 }
 
 impl Charon {
-    fn start(lab: &mut Lab, case: &Case, tag: &str, we_initiate: bool) -> Charon {
+    fn start(lab: &mut Lab, case: &Case, tag: &str) -> Charon {
         let dir = lab.dir.join(format!("charon-{tag}"));
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::create_dir_all(dir.join("swanctl")).unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("strongswan.conf"),
-            format!(
-                "charon {{
-  load = random nonce openssl aes des sha1 sha2 md5 hmac gcm pem pkcs1 x509 pubkey gmp kdf kernel-libipsec kernel-netlink socket-default vici updown
-  port = 500
-  port_nat_t = 4500
-  retransmit_timeout = 1
-  plugins {{
-    vici {{
-      socket = unix://{d}/charon.vici
-    }}
-  }}
-  filelog {{
-    log {{
-      path = {d}/charon.log
-      time_format = %T
-      default = 1
-      ike = 2
-      cfg = 2
-      net = 1
-      enc = 1
-      mgr = 2
-      flush_line = yes
-      ike_name = yes
-    }}
-  }}
-}}
-swanctl {{
-  socket = unix://{d}/charon.vici
-}}
-"
-            ),
-        )
-        .unwrap();
         let (ours, theirs) = subnets(case.multi);
-        std::fs::write(
-            dir.join("swanctl/swanctl.conf"),
-            format!(
-                "connections {{
+        let conf = format!(
+            "connections {{
   t {{
     version = 2
     local_addrs = 198.18.0.2
@@ -323,22 +470,13 @@ secrets {{
   }}
 }}
 ",
-                ike = case.swan_ike,
-                esp = case.swan_esp,
-                ours = ours.join(","),
-                theirs = theirs.join(","),
-            ),
-        )
-        .unwrap();
-        let _ = we_initiate;
-        let script =
-            format!("mount --bind {d}/run /run && export STRONGSWAN_CONF={d}/strongswan.conf && exec {CHARON}");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.b, "unshare", "-m", "--propagation", "private", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("charon");
+            ike = case.swan_ike,
+            esp = case.swan_esp,
+            ours = ours.join(","),
+            theirs = theirs.join(","),
+        );
+        let mut cmd = ipsec_control::lab::charon_command(&lab.b, &dir, &conf).expect("charon files");
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("charon");
         let pid = child.id();
         lab.children.push(child);
         let c = Charon { dir, pid };
@@ -353,12 +491,7 @@ secrets {{
     }
 
     fn swanctl(&self, args: &[&str]) -> Output {
-        Command::new("swanctl")
-            .env("STRONGSWAN_CONF", self.dir.join("strongswan.conf"))
-            .env("SWANCTL_DIR", self.dir.join("swanctl"))
-            .args(args)
-            .output()
-            .expect("swanctl")
+        ipsec_control::lab::swanctl(&self.dir, args).expect("swanctl")
     }
 
     fn list_sas(&self) -> String {
@@ -374,7 +507,7 @@ secrets {{
     }
 }
 
-/// Our daemon in netns a with the forwarder.
+/// Our daemon in netns a, on the lab's data plane.
 struct Ours {
     dir: PathBuf,
 }
@@ -415,11 +548,14 @@ dpd_timeout = 12
         let cfg_path = dir.join("ipsec-control.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.join("daemon.log");
-        let tun = format!("{}t", lab.a);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.a, BIN, "run", "--config"])
-            .arg(&cfg_path)
-            .args(["--forwarder", &tun, "--log"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.a, BIN, "run", "--config"]).arg(&cfg_path);
+        match &lab.engine {
+            Some(e) => cmd.arg("--engine").arg(&e.socket),
+            None => cmd.args(["--forwarder", &format!("{}t", lab.a)]),
+        };
+        let child = cmd
+            .arg("--log")
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
@@ -427,7 +563,7 @@ dpd_timeout = 12
             .expect("ipsec-control");
         lab.children.push(child);
         let o = Ours { dir };
-        o.wait_log("listening on", Duration::from_secs(5)).expect("daemon started");
+        o.wait_log("connection(s)", Duration::from_secs(5)).expect("daemon started");
         o
     }
 
@@ -509,7 +645,8 @@ dpd_timeout = 12
 }
 
 fn ping(lab: &Lab, src: &str, dst: &str, count: u32, interval: &str) -> (u32, u32, String) {
-    let o = lab.ns(&lab.a, &["ping", "-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", "-I", src, dst]);
+    let o =
+        lab.ns(&lab.src, &["ping", "-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", "-I", src, dst]);
     let t = text(&o);
     let stats = t.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
     let nums: Vec<u32> = stats.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
@@ -547,13 +684,14 @@ enum Block {
     Responses,
 }
 
-/// Drops IKE messages on port 4500 in both directions in netns a (`None`: stops dropping).
+/// Drops IKE messages on port 4500 in both directions in charon's netns (`None`: stops
+/// dropping). Not in ours: the engine's XDP program takes IKE before any netfilter hook.
 fn block_ike(lab: &Lab, how: Option<Block>) {
-    let _ = lab.ns(&lab.a, &["nft", "delete", "table", "inet", "ipt"]);
+    let _ = lab.ns(&lab.b, &["nft", "delete", "table", "inet", "ipt"]);
     let Some(how) = how else {
         return;
     };
-    lab.ns_ok(&lab.a, &["nft", "add", "table", "inet", "ipt"]);
+    lab.ns_ok(&lab.b, &["nft", "add", "table", "inet", "ipt"]);
     // UDP payload: the 4-octet zero marker at bit 64, the IKE flags octet at 8 + 4 + 19.
     let rule = match how {
         Block::All => "udp dport 4500 @th,64,32 0 drop",
@@ -561,8 +699,8 @@ fn block_ike(lab: &Lab, how: Option<Block>) {
     };
     for hook in ["input", "output"] {
         let chain = format!("{{ type filter hook {hook} priority 0; }}");
-        lab.ns_ok(&lab.a, &["nft", "add", "chain", "inet", "ipt", hook, &chain]);
-        lab.ns_ok(&lab.a, &["nft", "add", "rule", "inet", "ipt", hook, rule]);
+        lab.ns_ok(&lab.b, &["nft", "add", "chain", "inet", "ipt", hook, &chain]);
+        lab.ns_ok(&lab.b, &["nft", "add", "rule", "inet", "ipt", hook, rule]);
     }
 }
 
@@ -584,7 +722,7 @@ fn swan_single(charon: &Charon) -> Result<(), String> {
 /// One cell: bring up, compare SPIs, ping. Returns Ok(detail) or Err(reason).
 fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<String, String> {
     let tag = format!("{idx}-{}", if we_initiate { "init" } else { "resp" });
-    let charon = Charon::start(lab, case, &tag, we_initiate);
+    let charon = Charon::start(lab, case, &tag);
     let ours = Ours::start(lab, case, &tag, we_initiate);
     let r = (|| {
         if !we_initiate {
@@ -611,6 +749,10 @@ fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<Str
             }
             let _ = write!(detail, ", ping {s}->{d} {rx}/{tx}");
         }
+        if let Some(e) = &lab.engine {
+            let (i, o) = e.wait_traffic(&spi_in, &spi_out)?;
+            let _ = write!(detail, ", engine SA packets in/out {i}/{o}");
+        }
         if case.rekey {
             let o = charon.swanctl(&["--rekey", "--child", "t"]);
             if !o.status.success() {
@@ -631,6 +773,10 @@ fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<Str
             }
             let (i, o) = ours.last_child().unwrap_or_default();
             let _ = write!(detail, ", PFS rekey (KE) -> {i}/{o}, ping {rx}/{tx}");
+            if let Some(e) = &lab.engine {
+                let (pi, po) = e.wait_traffic(&i, &o)?;
+                let _ = write!(detail, " (engine {pi}/{po})");
+            }
         }
         // Graceful stop: SIGTERM makes our daemon delete its IKE SA; charon must drop it.
         let pid = lab.children.last().map(Child::id).ok_or("no daemon")?;
@@ -649,13 +795,7 @@ fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<Str
     charon.kill("-TERM");
     let log = ours.log();
     // Stop our daemon (the most recent child but one is charon; kill ours explicitly).
-    if let Some(mut c) = lab.children.pop() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    if let Some(mut c) = lab.children.pop() {
-        let _ = c.wait();
-    }
+    lab.stop_cell();
     if log.contains(PSK) {
         return Err("the PSK appears in our log".into());
     }
@@ -687,7 +827,7 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
     };
     let mut results = Vec::new();
     let tag = format!("rekey-{we_initiate}");
-    let charon = Charon::start(lab, &case, &tag, we_initiate);
+    let charon = Charon::start(lab, &case, &tag);
     let ours = Ours::start(lab, &case, &tag, we_initiate);
     if !we_initiate {
         let o = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
@@ -786,7 +926,13 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
             swan_has(&charon, &ours)?;
             let lost = tx.saturating_sub(rx);
             let (spi_in, spi_out) = ours.live_child()?;
-            let d = format!("ping {rx}/{tx} (lost {lost}), child now {spi_in}/{spi_out}");
+            let mut d = format!("ping {rx}/{tx} (lost {lost}), child now {spi_in}/{spi_out}");
+            if let Some(e) = &lab_ref.engine {
+                // The survivor must be what the engine forwards on (a short ping after the step).
+                let _ = ping(lab_ref, "192.0.2.1", "198.51.100.1", 2, "0.2");
+                let (pi, po) = e.wait_traffic(&spi_in, &spi_out)?;
+                let _ = write!(d, ", engine {pi}/{po}");
+            }
             if tx == 0 || lost > 1 {
                 Err(format!("{d}\n{out}"))
             } else {
@@ -802,11 +948,23 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
     let before = ours.log().matches("CHILD_SA deleted").count();
     charon.kill("-KILL");
     let t0 = Instant::now();
+    let live = ours.live_child();
     let r = ours.wait_log("peer dead", Duration::from_secs(30)).and_then(|l| {
-        if l.matches("CHILD_SA deleted").count() > before && l.contains("forwarder: deleted") {
-            Ok(format!("peer declared dead after {:.1} s, SAs removed", t0.elapsed().as_secs_f64()))
-        } else {
-            Err("peer dead but the Child SA was not removed".into())
+        let dead = t0.elapsed().as_secs_f64();
+        if l.matches("CHILD_SA deleted").count() <= before {
+            return Err("peer dead but the Child SA was not removed".into());
+        }
+        match (&lab.engine, live) {
+            (None, _) if l.contains("forwarder: deleted") => {
+                Ok(format!("peer declared dead after {dead:.1} s, SAs removed from the forwarder"))
+            }
+            (None, _) => Err("peer dead but the forwarder kept the SA".into()),
+            (Some(e), Ok((i, o))) => {
+                e.wait_gone(&i)?;
+                e.wait_gone(&o)?;
+                Ok(format!("peer declared dead after {dead:.1} s, SAs {i}/{o} removed from the engine"))
+            }
+            (Some(_), Err(e)) => Err(format!("before the kill: {e}")),
         }
     });
     results
@@ -815,27 +973,42 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
     if log.contains(PSK) {
         results.push(("PSK redaction".into(), Err("the PSK appears in our log".into())));
     }
-    for mut c in lab.children.drain(..) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    lab.stop_cell();
     results
 }
 
 #[test]
 fn interop_strongswan() {
+    matrix(Plane::Forwarder);
+}
+
+#[test]
+fn interop_strongswan_engine() {
+    matrix(Plane::Engine);
+}
+
+fn matrix(plane: Plane) {
+    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let name = if plane == Plane::Engine { "interop_strongswan_engine" } else { "interop_strongswan" };
     if !is_root() {
         if std::env::var("IPSEC_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
             panic!("IPSEC_REQUIRE_ROOT_TESTS=1 but not running as root");
         }
-        eprintln!("SKIPPED: interop_strongswan needs root (set IPSEC_REQUIRE_ROOT_TESTS=1 to make this a failure)");
+        eprintln!("SKIPPED: {name} needs root (set IPSEC_REQUIRE_ROOT_TESTS=1 to make this a failure)");
+        return;
+    }
+    if plane == Plane::Engine && engine_binary().is_none() {
+        if std::env::var("IPSEC_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+            panic!("{name}: no ipsec-engine with --control-socket next to ipsec-control (cargo build -p ipsec-engine)");
+        }
+        eprintln!("SKIPPED: {name}: no ipsec-engine next to ipsec-control (cargo build -p ipsec-engine)");
         return;
     }
     ensure_strongswan();
     let started = Instant::now();
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(plane);
     let only = std::env::var("INTEROP_ONLY").ok();
-    let mut report = String::from("\ninterop matrix (ipsec-control vs strongSwan charon):\n");
+    let mut report = format!("\ninterop matrix (ipsec-control vs strongSwan charon, data plane: {plane:?}):\n");
     let mut failures = 0;
     for (i, case) in CASES.iter().enumerate() {
         if only.as_deref().is_some_and(|o| !case.name.contains(o)) {
