@@ -145,10 +145,14 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Result<String, String> {
     sh("ip", &v)
 }
 
-/// A strongswan.conf for one charon living in `dir` (own VICI socket, log file `dir/charon.log`,
-/// kernel-libipsec before kernel-netlink); see `/work/shared/interop/strongswan.md`.
+/// charon's log levels in the lab and the interop tests (strongswan.conf `filelog` syntax).
+pub const CHARON_LOG_LEVELS: &str = "ike = 2\n      cfg = 2";
+
+/// A strongswan.conf for one charon living in `dir` (own VICI socket, log file `dir/charon.log`
+/// with `default = 1` and `log_levels`, e.g. [`CHARON_LOG_LEVELS`]; kernel-libipsec before
+/// kernel-netlink); see `/work/shared/interop/strongswan.md`.
 #[must_use]
-pub fn strongswan_conf(dir: &Path) -> String {
+pub fn strongswan_conf(dir: &Path, log_levels: &str) -> String {
     let d = dir.display();
     format!(
         "charon {{
@@ -164,8 +168,7 @@ pub fn strongswan_conf(dir: &Path) -> String {
       path = {d}/charon.log
       time_format = %T
       default = 1
-      ike = 2
-      cfg = 2
+      {log_levels}
       flush_line = yes
       ike_name = yes
     }}
@@ -180,15 +183,24 @@ swanctl {{
 
 /// Prepares `dir` for a charon (`run/`, `swanctl/swanctl.conf` = `swanctl_conf`, strongswan.conf)
 /// and returns the command starting it in namespace `ns` with a private `/run` (its pid is
-/// charon's own).
+/// charon's own); it logs with [`CHARON_LOG_LEVELS`].
 ///
 /// # Errors
 /// Writing the files.
 pub fn charon_command(ns: &str, dir: &Path, swanctl_conf: &str) -> Result<Command, String> {
+    charon_command_logging(ns, dir, swanctl_conf, CHARON_LOG_LEVELS)
+}
+
+/// [`charon_command`] with other log levels (e.g. `"ike = 4\n chd = 4"` to make charon dump its
+/// keys).
+///
+/// # Errors
+/// Writing the files.
+pub fn charon_command_logging(ns: &str, dir: &Path, swanctl_conf: &str, log_levels: &str) -> Result<Command, String> {
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::create_dir_all(dir.join("run")).map_err(io)?;
     std::fs::create_dir_all(dir.join("swanctl")).map_err(io)?;
-    std::fs::write(dir.join("strongswan.conf"), strongswan_conf(dir)).map_err(io)?;
+    std::fs::write(dir.join("strongswan.conf"), strongswan_conf(dir, log_levels)).map_err(io)?;
     let conf = dir.join("swanctl/swanctl.conf");
     std::fs::write(&conf, swanctl_conf).map_err(io)?;
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).map_err(io)?;

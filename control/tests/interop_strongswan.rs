@@ -47,8 +47,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{ensure_strongswan, text, Charon};
+
 const PSK: &str = "interop-psk-8c1f4e2a77d0";
-const CHARON: &str = ipsec_control::lab::CHARON;
 const BIN: &str = env!("CARGO_BIN_EXE_ipsec-control");
 
 /// The two tests take turns (see the module documentation).
@@ -63,35 +65,8 @@ fn ok(cmd: &str, args: &[&str]) {
     assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn is_root() -> bool {
     run("id", &["-u"]).stdout.starts_with(b"0\n")
-}
-
-fn ensure_strongswan() {
-    if Path::new(CHARON).exists() && Path::new("/usr/sbin/swanctl").exists() && Path::new("/usr/sbin/nft").exists() {
-        return;
-    }
-    ok("apt-get", &["update"]);
-    let o = Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args([
-            "install",
-            "-y",
-            "strongswan-charon",
-            "libcharon-extra-plugins",
-            "strongswan-swanctl",
-            "iputils-ping",
-            "tcpdump",
-            "nftables",
-            "ethtool",
-        ])
-        .output()
-        .expect("apt-get");
-    assert!(o.status.success(), "apt-get install: {}", text(&o));
 }
 
 /// Which of our data planes carries the ESP traffic.
@@ -424,87 +399,11 @@ fn toml_list(v: &[&str]) -> String {
     v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
-/// A charon instance in netns b with its own /run, VICI socket, config and log
-/// (`ipsec_control::lab::charon_command`).
-struct Charon {
-    dir: PathBuf,
-    pid: u32,
-}
-
-impl Charon {
-    fn start(lab: &mut Lab, case: &Case, tag: &str) -> Charon {
-        let dir = lab.dir.join(format!("charon-{tag}"));
-        let (ours, theirs) = subnets(case.multi);
-        let conf = format!(
-            "connections {{
-  t {{
-    version = 2
-    local_addrs = 198.18.0.2
-    remote_addrs = 198.18.0.1
-    proposals = {ike}
-    rekey_time = 0
-    local {{
-      auth = psk
-      id = 198.18.0.2
-    }}
-    remote {{
-      auth = psk
-      id = 198.18.0.1
-    }}
-    children {{
-      t {{
-        local_ts = {theirs}
-        remote_ts = {ours}
-        esp_proposals = {esp}
-        rekey_time = 0
-        start_action = none
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-t {{
-    id-a = 198.18.0.1
-    id-b = 198.18.0.2
-    secret = \"{PSK}\"
-  }}
-}}
-",
-            ike = case.swan_ike,
-            esp = case.swan_esp,
-            ours = ours.join(","),
-            theirs = theirs.join(","),
-        );
-        let mut cmd = ipsec_control::lab::charon_command(&lab.b, &dir, &conf).expect("charon files");
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("charon");
-        let pid = child.id();
-        lab.children.push(child);
-        let c = Charon { dir, pid };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !c.dir.join("charon.vici").exists() {
-            assert!(Instant::now() < deadline, "charon did not open its VICI socket: {}", c.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let o = c.swanctl(&["--load-all", "--noprompt"]);
-        assert!(o.status.success(), "swanctl --load-all: {}", text(&o));
-        c
-    }
-
-    fn swanctl(&self, args: &[&str]) -> Output {
-        ipsec_control::lab::swanctl(&self.dir, args).expect("swanctl")
-    }
-
-    fn list_sas(&self) -> String {
-        text(&self.swanctl(&["--list-sas"]))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
-    }
-
-    fn kill(&self, signal: &str) {
-        let _ = run("kill", &[signal, &self.pid.to_string()]);
-    }
+/// charon in netns b for `case`, its files in `DIR/charon-<tag>`.
+fn start_charon(lab: &Lab, case: &Case, tag: &str) -> Charon {
+    let (ours, theirs) = subnets(case.multi);
+    let conf = support::psk_connection(case.swan_ike, case.swan_esp, theirs, ours, PSK);
+    Charon::start(&lab.b, lab.dir.join(format!("charon-{tag}")), &conf, ipsec_control::lab::CHARON_LOG_LEVELS)
 }
 
 /// Our daemon in netns a, on the lab's data plane.
@@ -722,7 +621,7 @@ fn swan_single(charon: &Charon) -> Result<(), String> {
 /// One cell: bring up, compare SPIs, ping. Returns Ok(detail) or Err(reason).
 fn cell(lab: &mut Lab, case: &Case, we_initiate: bool, idx: usize) -> Result<String, String> {
     let tag = format!("{idx}-{}", if we_initiate { "init" } else { "resp" });
-    let charon = Charon::start(lab, case, &tag);
+    let charon = start_charon(lab, case, &tag);
     let ours = Ours::start(lab, case, &tag, we_initiate);
     let r = (|| {
         if !we_initiate {
@@ -827,7 +726,7 @@ fn rekeys_and_dpd(lab: &mut Lab, we_initiate: bool) -> Vec<(String, Result<Strin
     };
     let mut results = Vec::new();
     let tag = format!("rekey-{we_initiate}");
-    let charon = Charon::start(lab, &case, &tag);
+    let charon = start_charon(lab, &case, &tag);
     let ours = Ours::start(lab, &case, &tag, we_initiate);
     if !we_initiate {
         let o = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);

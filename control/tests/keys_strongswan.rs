@@ -22,13 +22,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{text, Charon};
+
 use ipsec_control::config::DaemonConfig;
 use ipsec_control::log::Logger;
 use ipsec_control::sink::SinkRecord;
 use ipsec_control::{Daemon, RecordingSink};
 
 const PSK: &str = "keys-psk-4be1c09d3a";
-const CHARON: &str = "/usr/lib/ipsec/charon";
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
@@ -37,10 +39,6 @@ fn run(cmd: &str, args: &[&str]) -> Output {
 fn ok(cmd: &str, args: &[&str]) {
     let o = run(cmd, args);
     assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), text(&o));
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -136,112 +134,10 @@ const SUITES: &[Suite] = &[
     },
 ];
 
-fn start_charon(lab: &mut Lab, s: &Suite) -> PathBuf {
-    let dir = lab.dir.join("charon");
-    std::fs::create_dir_all(dir.join("run")).unwrap();
-    std::fs::create_dir_all(dir.join("swanctl")).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("strongswan.conf"),
-        format!(
-            "charon {{
-  load = random nonce openssl aes des sha1 sha2 md5 hmac gcm pem pkcs1 x509 pubkey gmp kdf kernel-libipsec kernel-netlink socket-default vici updown
-  port = 500
-  port_nat_t = 4500
-  retransmit_timeout = 1
-  plugins {{
-    vici {{
-      socket = unix://{d}/charon.vici
-    }}
-  }}
-  filelog {{
-    log {{
-      path = {d}/charon.log
-      time_format = %T
-      default = 1
-      ike = 4
-      chd = 4
-      cfg = 2
-      flush_line = yes
-      ike_name = yes
-    }}
-  }}
-}}
-swanctl {{
-  socket = unix://{d}/charon.vici
-}}
-"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("swanctl/swanctl.conf"),
-        format!(
-            "connections {{
-  t {{
-    version = 2
-    local_addrs = 198.18.0.2
-    remote_addrs = 198.18.0.1
-    proposals = {ike}
-    rekey_time = 0
-    local {{
-      auth = psk
-      id = 198.18.0.2
-    }}
-    remote {{
-      auth = psk
-      id = 198.18.0.1
-    }}
-    children {{
-      t {{
-        local_ts = 198.51.100.0/24
-        remote_ts = 192.0.2.0/24
-        esp_proposals = {esp}
-        rekey_time = 0
-        start_action = none
-      }}
-    }}
-  }}
-}}
-secrets {{
-  ike-t {{
-    id-a = 198.18.0.1
-    id-b = 198.18.0.2
-    secret = \"{PSK}\"
-  }}
-}}
-",
-            ike = s.swan_ike,
-            esp = s.swan_esp,
-        ),
-    )
-    .unwrap();
-    let script = format!("mount --bind {d}/run /run && export STRONGSWAN_CONF={d}/strongswan.conf && exec {CHARON}");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.b, "unshare", "-m", "--propagation", "private", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("charon");
-    lab.children.push(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.join("charon.vici").exists() {
-        assert!(Instant::now() < deadline, "charon did not open its VICI socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let o = swanctl(&dir, &["--load-all", "--noprompt"]);
-    assert!(o.status.success(), "swanctl --load-all: {}", text(&o));
-    dir
-}
-
-fn swanctl_cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("swanctl");
-    c.env("STRONGSWAN_CONF", dir.join("strongswan.conf")).env("SWANCTL_DIR", dir.join("swanctl")).args(args);
-    c
-}
-
-fn swanctl(dir: &Path, args: &[&str]) -> Output {
-    swanctl_cmd(dir, args).output().expect("swanctl")
+/// charon in netns b logging its keys (`ike = 4`, `chd = 4`).
+fn start_charon(lab: &Lab, s: &Suite) -> Charon {
+    let conf = support::psk_connection(s.swan_ike, s.swan_esp, &["198.51.100.0/24"], &["192.0.2.0/24"], PSK);
+    Charon::start(&lab.b, lab.dir.join("charon"), &conf, "ike = 4\n      chd = 4\n      cfg = 2")
 }
 
 /// The first hex dump of every `label %B` line in a strongSwan log (`label => N bytes @ 0x...`
@@ -346,7 +242,7 @@ fn inner_daemon() {
 
 fn one_run(s: &Suite, we_initiate: bool, tag: &str) {
     let mut lab = Lab::new(tag);
-    let charon_dir = start_charon(&mut lab, s);
+    let charon = start_charon(&lab, s);
     let cfg = lab.dir.join("ours.toml");
     std::fs::write(
         &cfg,
@@ -390,7 +286,8 @@ effect_immediately = {we_initiate}
         std::thread::sleep(Duration::from_millis(20));
     }
     if !we_initiate {
-        let c = swanctl_cmd(&charon_dir, &["--initiate", "--child", "t", "--timeout", "15"])
+        let c = charon
+            .swanctl_command(&["--initiate", "--child", "t", "--timeout", "15"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -398,7 +295,7 @@ effect_immediately = {we_initiate}
         lab.children.push(c);
     }
     let o = inner.wait_with_output().unwrap();
-    let charon_log = std::fs::read_to_string(charon_dir.join("charon.log")).unwrap_or_default();
+    let charon_log = charon.log();
     let ours_log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
     assert!(
         o.status.success(),
@@ -446,15 +343,7 @@ fn keys_equal_strongswans() {
         eprintln!("SKIPPED keys_equal_strongswans: needs root (network namespaces, charon)");
         return;
     }
-    if !Path::new(CHARON).exists() || !Path::new("/usr/sbin/swanctl").exists() {
-        ok("apt-get", &["update"]);
-        let o = Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "strongswan-charon", "libcharon-extra-plugins", "strongswan-swanctl"])
-            .output()
-            .expect("apt-get");
-        assert!(o.status.success(), "apt-get install: {}", text(&o));
-    }
+    support::ensure_strongswan();
     for (i, s) in SUITES.iter().enumerate() {
         for (j, we_initiate) in [true, false].into_iter().enumerate() {
             one_run(s, we_initiate, &format!("{}", i * 2 + j));
