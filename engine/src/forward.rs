@@ -16,7 +16,13 @@
 //!   (incremental checksum) and goes on to encapsulation.
 //! - **tunnel → inside** ([`Forwarder::decapsulated`]): the decapsulated packet's TTL is checked
 //!   and decremented the same way (an expired one is dropped and counted; no ICMP is sent back
-//!   through the tunnel).
+//!   through the tunnel). A decapsulated packet larger than the inside next hop's MTU
+//!   ([`Forwarder::decap_too_big`]) is fragmented to it if it is IPv4 without DF (the fragments
+//!   go straight out of the inside interface), otherwise answered with ICMP fragmentation needed
+//!   / packet too big carrying that MTU, addressed to its sender behind the peer: the error is
+//!   re-injected into the inside path and so encapsulated like any inside packet. It passes the
+//!   tunnel only if its source (the gateway's inside address, below) lies within the tunnel's
+//!   local selectors; otherwise it is dropped there and counted as having no SA.
 //!
 //! ICMP errors: never about an ICMP error, a non-first fragment or a multicast / broadcast /
 //! unspecified address (`ipsec_wire::icmp_error::may_answer`); source address: the first
@@ -48,7 +54,7 @@ use crate::stats::{EngineDrop, WorkerStats};
 pub const ICMP_RATE: u32 = 1000;
 /// Burst of ICMP errors a worker may send at once.
 pub const ICMP_BURST: u32 = 50;
-/// Packets waiting for fragmentation after a burst.
+/// Packets waiting for fragmentation after a burst (per direction).
 pub const BACKLOG_PACKETS: usize = 16;
 /// Bytes of backlog (every packet is at most one frame).
 const BACKLOG_BYTES: usize = BACKLOG_PACKETS * 4096;
@@ -115,11 +121,53 @@ pub struct MtuContext<'a, 'g> {
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
-    /// Destination and source MAC of the received frame (reused for the fragments' frames).
+    /// Destination and source MAC for the fragments' frames: the received frame's (tunnel-bound
+    /// packets) or the inside next hop's (decapsulated packets).
     macs: [u8; 12],
     off: usize,
     len: usize,
-    mtu: u16,
+    /// Fragment to this MTU; `None`: send the packet as it is (an ICMP error re-injected).
+    mtu: Option<u16>,
+}
+
+/// Where the packets of a backlog go once written into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Through the inside path (TTL, encapsulation): fragments of inside packets too big for the
+    /// tunnel, and ICMP errors for senders behind the peer.
+    ToTunnel,
+    /// Straight out of the inside interface: fragments of decapsulated packets too big for it.
+    ToInside,
+}
+
+/// Packets copied out of their frames, waiting for free frames after the burst.
+struct Backlog {
+    bytes: Vec<u8>,
+    pending: ArrayVec<Pending, BACKLOG_PACKETS>,
+}
+
+impl Backlog {
+    fn new() -> Self {
+        Backlog { bytes: vec![0; BACKLOG_BYTES], pending: ArrayVec::new() }
+    }
+
+    /// Copies `pkt`; false when the backlog is full.
+    fn push(&mut self, pkt: &[u8], macs: [u8; 12], mtu: Option<u16>) -> bool {
+        let off = self.pending.last().map_or(0, |p| p.off + p.len);
+        if self.pending.is_full() || off + pkt.len() > self.bytes.len() {
+            return false;
+        }
+        self.bytes[off..off + pkt.len()].copy_from_slice(pkt);
+        self.pending.push(Pending { macs, off, len: pkt.len(), mtu });
+        true
+    }
+
+    fn count(&self, p: &Pending) -> usize {
+        match p.mtu {
+            Some(mtu) => Fragmenter::new(&self.bytes[p.off..p.off + p.len], usize::from(mtu)).map_or(0, |f| f.count()),
+            None => 1,
+        }
+    }
 }
 
 /// One worker's router state.
@@ -129,8 +177,8 @@ pub struct Forwarder {
     inside_addrs: Vec<IpAddr>,
     /// The smallest configured tunnel `mtu`, if any.
     min_tunnel_mtu: Option<u16>,
-    backlog: Vec<u8>,
-    pending: ArrayVec<Pending, BACKLOG_PACKETS>,
+    to_tunnel: Backlog,
+    to_inside: Backlog,
     /// One-entry cache of the last MTU lookup in this burst: (src, dst) → inner MTU.
     cache: Option<((IpAddr, IpAddr), Option<usize>)>,
     /// This burst's outside link MTU, and the length up to which no lookup is needed.
@@ -144,8 +192,8 @@ impl Forwarder {
             icmp: TokenBucket::new(ICMP_RATE, ICMP_BURST),
             inside_addrs,
             min_tunnel_mtu,
-            backlog: vec![0; BACKLOG_BYTES],
-            pending: ArrayVec::new(),
+            to_tunnel: Backlog::new(),
+            to_inside: Backlog::new(),
             cache: None,
             link_mtu: 1500,
             floor: 0,
@@ -235,6 +283,74 @@ impl Forwarder {
         }
     }
 
+    /// Handles a decapsulated packet at `frame[l3..l3 + len]` that is larger than `mtu`, the
+    /// inside next hop's MTU (`macs`: that hop's destination and source MAC). IPv4 without DF
+    /// is queued for fragmentation out of the inside interface ([`Queue::ToInside`]); anything
+    /// else gets an ICMP error with `mtu` built in its frame (at least 48 bytes must precede the
+    /// packet, which they do after decapsulation) and queued for the tunnel
+    /// ([`Queue::ToTunnel`]), subject to the same rules and rate as every ICMP error. `Ok`: the
+    /// packet was handled (and counted); `Err`: drop it and count the reason.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decap_too_big(
+        &mut self,
+        frame: &mut [u8],
+        l3: usize,
+        len: usize,
+        mtu: usize,
+        macs: [u8; 12],
+        inside_dev: &str,
+        snapshot: &Snapshot,
+        stats: &WorkerStats,
+        now: Instant,
+    ) -> Result<(), EngineDrop> {
+        let Some(pkt) = frame.get(l3..l3 + len) else { return Err(EngineDrop::TooBig) };
+        let Ok(sum) = parse_ip(pkt) else { return Err(EngineDrop::TooBig) };
+        let df = sum.version == IpVersion::V4 && ipv4::Packet::new_unchecked(pkt).dont_frag();
+        match mtu_action(&sum, len, df, mtu) {
+            MtuAction::Fits => Err(EngineDrop::TooBig), // not called for these
+            MtuAction::Drop => Err(EngineDrop::TooBig),
+            MtuAction::Fragment { mtu } => {
+                if self.to_inside.push(pkt, macs, Some(mtu)) {
+                    Ok(())
+                } else {
+                    Err(EngineDrop::FragNoFrames)
+                }
+            }
+            MtuAction::TooBig { mtu } => {
+                let reason = EngineDrop::FragNeeded;
+                if !icmp_error::may_answer(pkt) {
+                    stats.fwd.icmp_suppressed.add(1);
+                    return Err(reason);
+                }
+                let src = self
+                    .inside_addrs
+                    .iter()
+                    .copied()
+                    .find(|a| a.is_ipv4() == sum.src.is_ipv4())
+                    .or_else(|| snapshot.source_for(inside_dev, sum.src));
+                let Some(src) = src else {
+                    stats.fwd.icmp_suppressed.add(1);
+                    return Err(reason);
+                };
+                if !self.icmp.take(now) {
+                    stats.fwd.icmp_suppressed.add(1);
+                    return Err(reason);
+                }
+                let kind = ErrorKind::TooBig { mtu };
+                let Ok(r) = icmp_error::emit_in_place(frame, l3, len, src, kind, ICMP_TTL) else {
+                    stats.fwd.icmp_suppressed.add(1);
+                    return Err(reason);
+                };
+                if !self.to_tunnel.push(&frame[r], [0; 12], None) {
+                    return Err(EngineDrop::FragNoFrames);
+                }
+                stats.count_drop(reason, 1);
+                stats.fwd.icmp_sent.add(1);
+                Ok(())
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn icmp_error(
         &mut self,
@@ -285,28 +401,40 @@ impl Forwarder {
     }
 
     fn queue(&mut self, frame: &[u8], l3: usize, len: usize, mtu: u16) -> Inside {
-        let off = self.pending.last().map_or(0, |p| p.off + p.len);
-        if self.pending.is_full() || off + len > self.backlog.len() {
-            return Inside::Drop(EngineDrop::FragNoFrames);
-        }
-        self.backlog[off..off + len].copy_from_slice(&frame[l3..l3 + len]);
         let mut macs = [0u8; 12];
         macs.copy_from_slice(&frame[..12]);
-        self.pending.push(Pending { macs, off, len, mtu });
-        Inside::Queued
+        if self.to_tunnel.push(&frame[l3..l3 + len], macs, Some(mtu)) {
+            Inside::Queued
+        } else {
+            Inside::Drop(EngineDrop::FragNoFrames)
+        }
     }
 
-    /// Whether packets wait for fragmentation.
+    fn backlog(&self, q: Queue) -> &Backlog {
+        match q {
+            Queue::ToTunnel => &self.to_tunnel,
+            Queue::ToInside => &self.to_inside,
+        }
+    }
+
+    /// Whether packets wait in either queue.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.to_tunnel.pending.is_empty() || !self.to_inside.pending.is_empty()
     }
 
-    /// Frames the waiting packets need in all, capped at `max`: whole packets only (at least the
-    /// first packet's count, which may exceed `max` and is then dropped by `write_fragments`).
-    pub fn frames_wanted(&self, max: usize) -> usize {
+    /// Whether packets wait in queue `q`.
+    pub fn has_pending_in(&self, q: Queue) -> bool {
+        !self.backlog(q).pending.is_empty()
+    }
+
+    /// Frames the packets waiting in `q` need in all, capped at `max`: whole packets only (at
+    /// least the first packet's count, which may exceed `max` and is then dropped by
+    /// `write_fragments`).
+    pub fn frames_wanted(&self, q: Queue, max: usize) -> usize {
+        let b = self.backlog(q);
         let mut n = 0;
-        for p in &self.pending {
-            let c = self.count(p);
+        for p in &b.pending {
+            let c = b.count(p);
             if n > 0 && n + c > max {
                 break;
             }
@@ -315,21 +443,41 @@ impl Forwarder {
         n.min(max)
     }
 
-    fn count(&self, p: &Pending) -> usize {
-        Fragmenter::new(&self.backlog[p.off..p.off + p.len], usize::from(p.mtu)).map_or(0, |f| f.count())
-    }
-
-    /// Writes the waiting packets' fragments into `frames` (free frames: each gets an Ethernet
-    /// header like the original's and one fragment, and its length set), whole packets only and
-    /// in order; returns how many frames were filled. Packets that cannot be fragmented, or
-    /// need more frames than a burst has, are dropped and counted; the rest wait for the next
-    /// call when `frames` ran out.
-    pub fn write_fragments(&mut self, frames: &mut [(&mut [u8], usize)], stats: &WorkerStats) -> usize {
+    /// Writes the packets waiting in `q` into `frames` (free frames: each gets an Ethernet
+    /// header with the packet's MACs and one fragment — or the whole packet when it is not to be
+    /// fragmented — and its length set), whole packets only and in order; returns how many
+    /// frames were filled. Packets that cannot be fragmented, or need more frames than a burst
+    /// has, are dropped and counted; the rest wait for the next call when `frames` ran out.
+    pub fn write_fragments(&mut self, q: Queue, frames: &mut [(&mut [u8], usize)], stats: &WorkerStats) -> usize {
+        let b = match q {
+            Queue::ToTunnel => &mut self.to_tunnel,
+            Queue::ToInside => &mut self.to_inside,
+        };
         let mut used = 0;
         let mut done = 0;
-        for p in self.pending.iter() {
-            let pkt = &self.backlog[p.off..p.off + p.len];
-            let Ok(mut f) = Fragmenter::new(pkt, usize::from(p.mtu)) else {
+        for p in b.pending.iter() {
+            let pkt = &b.bytes[p.off..p.off + p.len];
+            let Some(mtu) = p.mtu else {
+                // Sent as it is (an ICMP error): one frame.
+                if used == frames.len() {
+                    break;
+                }
+                let (buf, len) = &mut frames[used];
+                if ETH_LEN + pkt.len() <= buf.len() {
+                    buf[..12].copy_from_slice(&p.macs);
+                    let ethertype: u16 = if pkt[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+                    buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+                    buf[ETH_LEN..ETH_LEN + pkt.len()].copy_from_slice(pkt);
+                    *len = ETH_LEN + pkt.len();
+                } else {
+                    *len = 0;
+                    stats.count_drop(EngineDrop::FragNoFrames, 1);
+                }
+                used += 1;
+                done += 1;
+                continue;
+            };
+            let Ok(mut f) = Fragmenter::new(pkt, usize::from(mtu)) else {
                 stats.count_drop(EngineDrop::TooBig, 1);
                 done += 1;
                 continue;
@@ -368,22 +516,26 @@ impl Forwarder {
             used += count;
             done += 1;
         }
-        self.pending.drain(..done);
+        b.pending.drain(..done);
         // Compact the backlog: move the rest to the front.
-        if let Some(first) = self.pending.first().map(|p| p.off) {
-            let end = self.pending.last().map_or(first, |p| p.off + p.len);
-            self.backlog.copy_within(first..end, 0);
-            for p in self.pending.iter_mut() {
+        if let Some(first) = b.pending.first().map(|p| p.off) {
+            let end = b.pending.last().map_or(first, |p| p.off + p.len);
+            b.bytes.copy_within(first..end, 0);
+            for p in b.pending.iter_mut() {
                 p.off -= first;
             }
         }
         used
     }
 
-    /// Drops everything waiting (no frames available); returns how many packets.
-    pub fn drop_pending(&mut self) -> usize {
-        let n = self.pending.len();
-        self.pending.clear();
+    /// Drops everything waiting in `q` (no frames available); returns how many packets.
+    pub fn drop_pending(&mut self, q: Queue) -> usize {
+        let b = match q {
+            Queue::ToTunnel => &mut self.to_tunnel,
+            Queue::ToInside => &mut self.to_inside,
+        };
+        let n = b.pending.len();
+        b.pending.clear();
         n
     }
 }
@@ -455,11 +607,11 @@ mod tests {
         let b = frame(3000, 5);
         assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Queued);
         assert_eq!(f.queue(&b, ETH_LEN, 3000, 1446), Inside::Queued);
-        assert_eq!(f.frames_wanted(64), 2 + 3);
+        assert_eq!(f.frames_wanted(Queue::ToTunnel, 64), 2 + 3);
         // Only 4 frames: the first packet's 2 go, the second waits.
         let mut bufs: Vec<Vec<u8>> = (0..4).map(|_| vec![0xa5u8; 4096]).collect();
         let mut frames: Vec<(&mut [u8], usize)> = bufs.iter_mut().map(|b| (&mut b[..], 0)).collect();
-        assert_eq!(f.write_fragments(&mut frames, &st), 2);
+        assert_eq!(f.write_fragments(Queue::ToTunnel, &mut frames, &st), 2);
         let mut payload = Vec::new();
         for (buf, len) in &frames[..2] {
             assert_eq!(&buf[..14], &a[..14]);
@@ -469,10 +621,10 @@ mod tests {
         }
         assert_eq!(payload, &a[ETH_LEN + 20..ETH_LEN + 1500]);
         assert!(f.has_pending());
-        assert_eq!(f.frames_wanted(64), 3);
+        assert_eq!(f.frames_wanted(Queue::ToTunnel, 64), 3);
         let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0xa5u8; 4096]).collect();
         let mut frames: Vec<(&mut [u8], usize)> = bufs.iter_mut().map(|b| (&mut b[..], 0)).collect();
-        assert_eq!(f.write_fragments(&mut frames, &st), 3);
+        assert_eq!(f.write_fragments(Queue::ToTunnel, &mut frames, &st), 3);
         let mut payload = Vec::new();
         for (buf, len) in &frames[..3] {
             payload.extend_from_slice(ipv4::Packet::new_checked(&buf[ETH_LEN..*len]).unwrap().payload());
@@ -490,7 +642,7 @@ mod tests {
             assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Queued);
         }
         assert_eq!(f.queue(&a, ETH_LEN, 1500, 1446), Inside::Drop(EngineDrop::FragNoFrames));
-        assert_eq!(f.drop_pending(), BACKLOG_PACKETS);
+        assert_eq!(f.drop_pending(Queue::ToTunnel), BACKLOG_PACKETS);
     }
 
     #[test]
@@ -518,5 +670,119 @@ mod tests {
         assert_eq!(v6[7], 63);
         v6[7] = 1;
         assert_eq!(f.decapsulated(&mut v6), Err(EngineDrop::TtlExpired));
+    }
+
+    /// A decapsulated packet in its frame: outer headers' room (50 bytes) in front.
+    const DECAP_AT: usize = 50;
+    const HOP_MACS: [u8; 12] = [2, 0, 0, 0, 0, 0xb, 2, 0, 0, 0, 0, 0xa];
+
+    fn decapsulated_v4(len: usize, df: bool) -> Vec<u8> {
+        let f = frame(len, 7);
+        let mut buf = vec![0u8; 4096];
+        buf[DECAP_AT..DECAP_AT + len].copy_from_slice(&f[ETH_LEN..ETH_LEN + len]);
+        let mut ip = ipv4::Packet::new_unchecked(&mut buf[DECAP_AT..DECAP_AT + len]);
+        ip.set_dont_frag(df);
+        ip.fill_checksum();
+        buf
+    }
+
+    fn one_frame_of(f: &mut Forwarder, q: Queue, st: &WorkerStats) -> Vec<Vec<u8>> {
+        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0xa5u8; 4096]).collect();
+        let mut frames: Vec<(&mut [u8], usize)> = bufs.iter_mut().map(|b| (&mut b[..], 0)).collect();
+        let n = f.write_fragments(q, &mut frames, st);
+        frames[..n].iter().map(|(b, l)| b[..*l].to_vec()).collect()
+    }
+
+    #[test]
+    fn decapsulated_ipv4_without_df_is_fragmented_out_of_the_inside() {
+        let mut f = Forwarder::new(Vec::new(), None);
+        let st = stats();
+        let mut buf = decapsulated_v4(1400, false);
+        let orig = buf[DECAP_AT..DECAP_AT + 1400].to_vec();
+        let snap = Snapshot::default();
+        let r = f.decap_too_big(&mut buf, DECAP_AT, 1400, 1300, HOP_MACS, "in", &snap, &st, Instant::now());
+        assert_eq!(r, Ok(()));
+        assert!(f.has_pending_in(Queue::ToInside) && !f.has_pending_in(Queue::ToTunnel));
+        assert_eq!(f.frames_wanted(Queue::ToInside, 64), 2);
+        let out = one_frame_of(&mut f, Queue::ToInside, &st);
+        assert_eq!(out.len(), 2);
+        let mut payload = Vec::new();
+        for fr in &out {
+            assert_eq!(&fr[..12], &HOP_MACS, "to the inside next hop");
+            assert_eq!(&fr[12..14], &[8, 0]);
+            let ip = ipv4::Packet::new_checked(&fr[ETH_LEN..]).unwrap();
+            assert!(ip.verify_checksum() && ip.total_len() <= 1300);
+            payload.extend_from_slice(ip.payload());
+        }
+        assert_eq!(payload, &orig[20..]);
+        assert_eq!(st.fwd.fragmented.get(), 1);
+    }
+
+    #[test]
+    fn decapsulated_ipv4_with_df_gets_frag_needed_back_through_the_tunnel() {
+        let mut f = Forwarder::new(vec!["198.51.100.1".parse().unwrap()], None);
+        let st = stats();
+        let mut buf = decapsulated_v4(1400, true);
+        let snap = Snapshot::default();
+        let r = f.decap_too_big(&mut buf, DECAP_AT, 1400, 1300, HOP_MACS, "in", &snap, &st, Instant::now());
+        assert_eq!(r, Ok(()));
+        assert!(f.has_pending_in(Queue::ToTunnel) && !f.has_pending_in(Queue::ToInside));
+        assert_eq!(f.frames_wanted(Queue::ToTunnel, 64), 1);
+        let out = one_frame_of(&mut f, Queue::ToTunnel, &st);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][12..14], &[8, 0], "an IPv4 frame for the inside path");
+        let ip = ipv4::Packet::new_checked(&out[0][ETH_LEN..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.src_addr(), std::net::Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(ip.dst_addr(), std::net::Ipv4Addr::new(192, 0, 2, 2), "to the sender behind the peer");
+        assert_eq!(ip.next_header(), ipsec_wire::IpProtocol::ICMP);
+        let icmp = ip.payload();
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "destination unreachable, fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1300);
+        assert_eq!((st.fwd.icmp_sent.get(), st.drops(EngineDrop::FragNeeded)), (1, 1));
+        // Nothing is answered about an ICMP error: the error itself (with DF), decapsulated too big.
+        let mut again = vec![0u8; 4096];
+        let icmp_len = out[0].len() - ETH_LEN;
+        again[DECAP_AT..DECAP_AT + icmp_len].copy_from_slice(&out[0][ETH_LEN..]);
+        let mut ip = ipv4::Packet::new_unchecked(&mut again[DECAP_AT..DECAP_AT + icmp_len]);
+        ip.set_dont_frag(true);
+        ip.fill_checksum();
+        let r = f.decap_too_big(&mut again, DECAP_AT, icmp_len, 500, HOP_MACS, "in", &snap, &st, Instant::now());
+        assert_eq!(r, Err(EngineDrop::FragNeeded));
+        assert_eq!(st.fwd.icmp_suppressed.get(), 1);
+        assert!(!f.has_pending());
+    }
+
+    #[test]
+    fn decapsulated_ipv6_gets_packet_too_big_and_without_a_source_nothing() {
+        let st = stats();
+        let len = 1400;
+        let mk = || {
+            let mut buf = vec![0u8; 4096];
+            let p = &mut buf[DECAP_AT..DECAP_AT + len];
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+            p[6] = 17;
+            p[7] = 64;
+            p[8..24].copy_from_slice(&"2001:db8:a::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            p[24..40].copy_from_slice(&"2001:db8:b::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            buf
+        };
+        let snap = Snapshot::default();
+        // No inside address of the family and none on the (unknown) interface: not answered.
+        let mut f = Forwarder::new(vec!["198.51.100.1".parse().unwrap()], None);
+        let r = f.decap_too_big(&mut mk(), DECAP_AT, len, 1300, HOP_MACS, "in", &snap, &st, Instant::now());
+        assert_eq!(r, Err(EngineDrop::FragNeeded));
+        assert!(!f.has_pending());
+        let mut f = Forwarder::new(vec!["2001:db8:b::1".parse().unwrap()], None);
+        let r = f.decap_too_big(&mut mk(), DECAP_AT, len, 1300, HOP_MACS, "in", &snap, &st, Instant::now());
+        assert_eq!(r, Ok(()));
+        let out = one_frame_of(&mut f, Queue::ToTunnel, &st);
+        assert_eq!(&out[0][12..14], &[0x86, 0xdd]);
+        let ip6 = &out[0][ETH_LEN..];
+        assert_eq!(ip6[6], 58, "ICMPv6");
+        assert_eq!(&ip6[24..40], &"2001:db8:a::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!((ip6[40], ip6[41]), (2, 0), "packet too big");
+        assert_eq!(u32::from_be_bytes([ip6[44], ip6[45], ip6[46], ip6[47]]), 1300);
     }
 }

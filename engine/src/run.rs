@@ -56,7 +56,7 @@ use crate::afpacket::{AfPacketIo, AfPacketOptions, FanoutGroups, PortSpec};
 use crate::afxdp::{XskIo, XskOptions};
 use crate::channel::{ChannelParts, ControlState, Punt, PuntShared, XdpProtected};
 use crate::config::{EngineConfig, Tables};
-use crate::forward::{Forwarder, Inside, MtuContext};
+use crate::forward::{Forwarder, Inside, MtuContext, Queue};
 use crate::io::{Disposition, FrameIo};
 use crate::neigh::{Miss, Resolver, ResolverHandle};
 use crate::stats::{EngineDrop, StatsSources, WorkerStats};
@@ -197,23 +197,44 @@ impl<Io: FrameIo> Worker<Io> {
         }
     }
 
-    /// Fragments the packets the forwarder queued, in free frames, and sends them through the
-    /// inside path (TTL, encapsulation, L2) like received packets.
+    /// Writes the packets the forwarder queued into free frames: fragments of inside packets and
+    /// ICMP errors for senders behind the peer go through the inside path (TTL, encapsulation,
+    /// L2) like received packets; fragments of decapsulated packets go straight out of the
+    /// inside interface.
     fn send_fragments(&mut self, burst: &mut Io::Burst, disp: &mut [Disposition; MAX_BURST]) {
-        while self.fwd.has_pending() {
-            let want = self.fwd.frames_wanted(MAX_BURST);
-            let got = self.io.alloc(INSIDE, want, burst);
+        for q in [Queue::ToInside, Queue::ToTunnel] {
+            self.send_queue(q, burst, disp);
+        }
+    }
+
+    fn send_queue(&mut self, q: Queue, burst: &mut Io::Burst, disp: &mut [Disposition; MAX_BURST]) {
+        // As if received on the side the packets come from (the frames' pool is shared).
+        let from = if q == Queue::ToTunnel { INSIDE } else { OUTSIDE };
+        while self.fwd.has_pending_in(q) {
+            let want = self.fwd.frames_wanted(q, MAX_BURST);
+            let got = self.io.alloc(from, want, burst);
             if got == 0 {
-                let n = self.fwd.drop_pending();
+                let n = self.fwd.drop_pending(q);
                 self.stats.count_drop(EngineDrop::FragNoFrames, n as u64);
                 return;
             }
             let (fwd, stats) = (&mut self.fwd, &self.stats);
-            let used = self.io.with_frames(burst, |frames| fwd.write_fragments(&mut frames[..got], stats));
-            // Frames not filled go back to the pool with the burst (their disposition: drop).
-            for d in disp.iter_mut() {
-                *d = Disposition::Drop;
-            }
+            let used = self.io.with_frames(burst, |frames| {
+                let used = fwd.write_fragments(q, &mut frames[..got], stats);
+                // Frames not filled go back to the pool with the burst (their disposition:
+                // drop); decapsulated fragments are ready to go.
+                for (d, (_, len)) in disp.iter_mut().zip(frames.iter()).take(got) {
+                    *d = if q == Queue::ToInside && *len > 0 {
+                        Disposition::Send { port: INSIDE, len: *len }
+                    } else {
+                        Disposition::Drop
+                    };
+                }
+                for d in disp.iter_mut().skip(used) {
+                    *d = Disposition::Drop;
+                }
+                used
+            });
             if used == 0 {
                 self.io.dispatch(burst, &disp[..got]);
                 continue;
@@ -222,9 +243,22 @@ impl<Io: FrameIo> Worker<Io> {
             let (esp, tables, resolver, devs, fwd, punt) =
                 (&mut self.esp, &self.tables, &mut self.resolver, &self.devs, &mut self.fwd, &mut self.punt);
             let stats = &self.stats;
-            io.with_frames(burst, |frames| {
-                process(INSIDE, &mut frames[..used], &mut disp[..used], esp, tables, resolver, stats, devs, fwd, punt);
-            });
+            if q == Queue::ToTunnel {
+                io.with_frames(burst, |frames| {
+                    process(
+                        INSIDE,
+                        &mut frames[..used],
+                        &mut disp[..used],
+                        esp,
+                        tables,
+                        resolver,
+                        stats,
+                        devs,
+                        fwd,
+                        punt,
+                    );
+                });
+            }
             let before = io.counters().tx_ring_full;
             io.dispatch(burst, &disp[..got]);
             let full = io.counters().tx_ring_full - before;
@@ -410,10 +444,21 @@ fn process(
             }
         };
         if start < ETH_LEN || len > hop.mtu as usize {
-            // Inside → tunnel packets were fitted to the tunnel MTU before encapsulation (this
-            // is a configured tunnel `mtu` above the link's); decapsulated packets larger than
-            // the inside link are dropped (no fragmentation / ICMP on that side yet).
-            stats.count_drop(EngineDrop::TooBig, 1);
+            if port == OUTSIDE && start >= ETH_LEN {
+                // Decapsulated, larger than the inside link: fragmented, or ICMP back through
+                // the tunnel (see `Forwarder::decap_too_big`).
+                let mut macs = [0u8; 12];
+                macs[..6].copy_from_slice(&hop.dst_mac);
+                macs[6..].copy_from_slice(&hop.src_mac);
+                let (mtu, snapshot) = (hop.mtu as usize, resolver.snapshot());
+                if let Err(r) = fwd.decap_too_big(buf, start, len, mtu, macs, dev, snapshot, stats, now) {
+                    stats.count_drop(r, 1);
+                }
+            } else {
+                // Inside → tunnel packets were fitted to the tunnel MTU before encapsulation
+                // (this is a configured tunnel `mtu` above the link's).
+                stats.count_drop(EngineDrop::TooBig, 1);
+            }
             continue;
         }
         let ethertype = match sum.version {

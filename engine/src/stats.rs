@@ -49,7 +49,7 @@ engine_drops! {
     NoNeighbour => "no_neighbour", "The next hop is not resolved yet (the kernel was asked to).";
     TxRingFull => "tx_ring_full", "The tx ring was full.";
     TtlExpired => "ttl_expired", "Inner TTL / hop limit expired (an ICMP time exceeded goes back on the inside).";
-    FragNeeded => "frag_needed", "Too big for the tunnel with DF set, or IPv6: an ICMP error goes back to the sender (counted in icmp_sent / icmp_suppressed).";
+    FragNeeded => "frag_needed", "Too big for the tunnel (or, decapsulated, for the inside link) with DF set, or IPv6: an ICMP error goes back to the sender (counted in icmp_sent / icmp_suppressed).";
     FragNoFrames => "frag_no_frames", "Too big for the tunnel and no free frame (or backlog slot) for its fragments.";
 }
 

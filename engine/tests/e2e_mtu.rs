@@ -18,7 +18,12 @@
 //! - TTL: a ping with TTL 1 is answered by gw-1 with time exceeded (`ping -t 1`);
 //! - (d) neighbours, with the engines' periodic re-dump at 10 minutes (so only netlink events can
 //!   explain a change): a wrong MAC for host-A on gw-1 stops the replies at once, the right one
-//!   brings them back; a deleted entry is resolved again (counted as `no_neighbour`).
+//!   brings them back; a deleted entry is resolved again (counted as `no_neighbour`);
+//! - (e) the far side's inside link narrower than the tunnel (gw-2's `g2i` and host-B's `b0` set
+//!   to MTU 1300 at run time): 1400-byte pings without DF are fragmented by gw-2 after
+//!   decapsulation and answered; with DF, host-A gets "fragmentation needed, mtu 1300" from
+//!   198.51.100.1 (gw-2's inside address) back through the tunnel and caches `mtu 1300`; IPv6
+//!   likewise gets a packet too big from 2001:db8:b::1 through the tunnel, then passes.
 //!
 //! Addresses: underlay 198.18.0.0/15, inner 192.0.2.0/24, 198.51.100.0/24 and the documentation
 //! prefix 2001:db8::/32. Nothing leaves the namespaces.
@@ -329,4 +334,36 @@ fn e2e_mtu_fragmentation_icmp_and_neighbours() {
     assert!(after > before, "the miss is counted ({before} → {after})");
     let neigh = ip_out(&["-n", &g1, "neigh", "show", "192.0.2.2", "dev", &g1i]);
     assert!(neigh.contains(&real), "the kernel resolved host-A again: {neigh}");
+
+    // (e) gw-2's inside link narrower than the tunnel: fragmentation and ICMP after decapsulation.
+    let (g2, hb) = (t.ns("g2"), t.ns("hb"));
+    run(&["ip", "-n", &g2, "link", "set", &t.dev("g2i"), "mtu", "1300"]);
+    run(&["ip", "-n", &hb, "link", "set", &t.dev("b0"), "mtu", "1300"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = scrape(&g2);
+    let (got, out) = ping(&t, "ha", &["-c", "3", "-i", "0.2", "-M", "dont", "-s", "1372", "198.51.100.2"]);
+    assert_eq!(got, 3, "1400-byte pings without DF over a 1300-byte far link:\n{out}\n{}", logs());
+    let m2 = scrape(&g2);
+    let frag = |m: &HashMap<String, u64>| total(m, ev, "event=\"fragmented\"");
+    assert!(frag(&m2) >= frag(&before) + 3, "gw-2 fragments after decapsulation: {m2:?}");
+    let (got, out) = ping(&t, "ha", &["-c", "2", "-i", "0.3", "-M", "do", "-s", "1372", "198.51.100.2"]);
+    assert_eq!(got, 0, "{out}");
+    assert!(
+        out.contains("198.51.100.1") && (out.contains("mtu = 1300") || out.contains("mtu=1300")),
+        "frag needed from gw-2 through the tunnel:\n{out}\n{}",
+        logs()
+    );
+    let route = ip_out(&["-n", &t.ns("ha"), "route", "get", "198.51.100.2"]);
+    assert!(route.contains("mtu 1300"), "route cache after gw-2's frag needed: {route}");
+    let icmp = |m: &HashMap<String, u64>| total(m, ev, "event=\"icmp_sent\"");
+    let m2b = scrape(&g2);
+    assert!(icmp(&m2b) > icmp(&m2), "gw-2 sent the error: {m2b:?}");
+    let (got, out) = ping(&t, "ha", &["-c", "2", "-i", "0.2", "-M", "do", "-s", "1272", "198.51.100.2"]);
+    assert_eq!(got, 2, "pings of 1300 bytes pass:\n{out}");
+    // IPv6: packet too big from gw-2 through the tunnel, then host-A fragments to 1300.
+    let (_, out) = ping(&t, "ha", &["-6", "-c", "1", "-s", "1352", "2001:db8:b::2"]);
+    let route6 = ip_out(&["-n", &t.ns("ha"), "-6", "route", "get", "2001:db8:b::2"]);
+    assert!(route6.contains("mtu 1300"), "IPv6 route cache after gw-2's packet too big: {route6}\n{out}\n{}", logs());
+    let (got, out) = ping(&t, "ha", &["-6", "-c", "3", "-i", "0.2", "-s", "1352", "2001:db8:b::2"]);
+    assert_eq!(got, 3, "IPv6 pings after the packet too big:\n{out}");
 }
