@@ -33,13 +33,12 @@
 
 mod common;
 use common::engine::EngineProcess as Engine;
+use common::netns::enter_netns;
 use common::run;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -129,13 +128,6 @@ impl Engine {
             "--frames", "1024", "--ring-size", "256", "--neigh-interval-ms", "600000"];
         Engine::spawn(env!("CARGO_BIN_EXE_ipsec-engine"), &t.dir, &t.ns(ns), ns, &[], &args)
     }
-}
-
-fn enter_netns(path: &str) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: `file` is an open namespace file; setns changes only this thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// GETs the Prometheus text from the engine in namespace `ns`; returns `metric{labels}` → value.
