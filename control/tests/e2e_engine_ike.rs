@@ -22,7 +22,7 @@
 
 #[path = "../../engine/tests/common/mod.rs"]
 mod common;
-use common::run;
+use common::topology::Topology;
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -49,86 +49,6 @@ fn engine_binary() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_BIN_EXE_ipsec-control")).with_file_name("ipsec-engine");
     let out = Command::new(&p).args(["run", "--help"]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).contains("--control-socket").then_some(p)
-}
-
-/// The five namespaces and their links; deleted on drop.
-struct Topology {
-    p: String,
-    created: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Topology {
-    fn ns(&self, s: &str) -> String {
-        format!("{}{s}", self.p)
-    }
-
-    fn dev(&self, s: &str) -> String {
-        format!("{}{s}", self.p)
-    }
-
-    fn new() -> Topology {
-        let p = format!("ike{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("{p}-files"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut t = Topology { p, created: Vec::new(), dir };
-        for s in ["ha", "g1", "w", "g2", "hb"] {
-            let ns = t.ns(s);
-            run(&["ip", "netns", "add", &ns]);
-            t.created.push(ns.clone());
-            for knob in ["all", "default"] {
-                run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", &format!("net.ipv6.conf.{knob}.disable_ipv6=1")]);
-            }
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        }
-        let links =
-            [("ha", "a0", "g1", "g1i"), ("g1", "g1o", "w", "w1"), ("w", "w2", "g2", "g2o"), ("g2", "g2i", "hb", "b0")];
-        for (na, da, nb, db) in links {
-            #[rustfmt::skip]
-            run(&["ip", "-n", &t.ns(na), "link", "add", &t.dev(da), "numtxqueues", "1", "numrxqueues", "1",
-                  "type", "veth", "peer", "name", &t.dev(db), "numtxqueues", "1", "numrxqueues", "1",
-                  "netns", &t.ns(nb)]);
-        }
-        let w = t.ns("w");
-        run(&["ip", "-n", &w, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
-        for (ns, dev) in [("w", "w1"), ("w", "w2"), ("g1", "g1o"), ("g2", "g2o")] {
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "multicast", "off"]);
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "mtu", "1600"]);
-        }
-        for d in ["w1", "w2"] {
-            run(&["ip", "-n", &w, "link", "set", &t.dev(d), "master", "br0"]);
-            run(&["ip", "-n", &w, "link", "set", &t.dev(d), "up"]);
-        }
-        run(&["ip", "-n", &w, "link", "set", "br0", "up"]);
-        for (ns, dev, addr) in [
-            ("ha", "a0", "192.0.2.2/24"),
-            ("g1", "g1i", "192.0.2.1/24"),
-            ("g1", "g1o", "198.18.0.1/24"),
-            ("g2", "g2o", "198.18.0.2/24"),
-            ("g2", "g2i", "198.51.100.1/24"),
-            ("hb", "b0", "198.51.100.2/24"),
-        ] {
-            run(&["ip", "-n", &t.ns(ns), "addr", "add", addr, "dev", &t.dev(dev)]);
-            run(&["ip", "-n", &t.ns(ns), "link", "set", &t.dev(dev), "up"]);
-        }
-        run(&["ip", "-n", &t.ns("ha"), "route", "add", "default", "via", "192.0.2.1"]);
-        run(&["ip", "-n", &t.ns("hb"), "route", "add", "default", "via", "198.51.100.1"]);
-        // The engine forwards frames as they are: the hosts fill their checksums in software.
-        for (ns, dev) in [("ha", "a0"), ("hb", "b0")] {
-            run(&["ip", "netns", "exec", &t.ns(ns), "ethtool", "-K", &t.dev(dev), "tx", "off"]);
-        }
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A child process in a namespace, with its output in files; SIGTERM then SIGKILL on drop.
@@ -260,7 +180,7 @@ fn ike_through_two_engines_and_control_loss() {
         return;
     };
     common::remove_stale_namespaces("ike", &["ha", "g1", "w", "g2", "hb", "p"]);
-    let t = Topology::new();
+    let t = Topology::bridged("ike", 1);
     let engine = engine.to_str().unwrap().to_string();
     let control = env!("CARGO_BIN_EXE_ipsec-control");
     let mut procs: Vec<Proc> = Vec::new();
