@@ -743,8 +743,8 @@ impl Daemon {
         let now = Instant::now();
         let current = self.conns[i].handle == Some(h);
         self.conns[i].rt.dirty = true;
-        let esp = spec_proposals(&self.conns[i].spec.ike.esp_proposals);
-        let ike = spec_proposals(&self.conns[i].spec.ike.ike_proposals);
+        // Our proposals, written out only for the failures that show them (not per event: this
+        // runs for every SA set up).
         let reason = |f: &Failure, what: &str| -> String {
             match f {
                 Failure::PeerError(n) if *n == NotifyType::NO_PROPOSAL_CHOSEN => {
@@ -810,6 +810,7 @@ impl Daemon {
             }
             Event::ChildSaFailed(f) => {
                 let r = reason(f, "ESP");
+                let esp = spec_proposals(&self.conns[i].spec.ike.esp_proposals);
                 self.note(i, format!("Child SA negotiation failed: {r} (ours: {esp})"), false);
             }
             Event::IkeSaRekeyed { old, new } => self.note(
@@ -843,7 +844,7 @@ impl Daemon {
                 let r = reason(f, "IKE");
                 let ours = if matches!(f, Failure::PeerError(n) | Failure::LocalError(n) if *n == NotifyType::NO_PROPOSAL_CHOSEN)
                 {
-                    format!(" (ours: {ike})")
+                    format!(" (ours: {})", spec_proposals(&self.conns[i].spec.ike.ike_proposals))
                 } else {
                     String::new()
                 };
