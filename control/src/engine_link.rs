@@ -25,6 +25,12 @@
 //! installing the new one) or [`OUTBOUND_DEFER`] has passed. strongSwan defers the responder's
 //! outbound SA the same way; the userspace forwarder waits for inbound ESP instead.
 //!
+//! Both ends initiating at once leave two IKE SAs, each with a Child SA, until the redundant one is
+//! deleted (see [`crate::daemon`]); its Child SA is [`SaSink::retire`]d first: if it is the
+//! outbound SA, the newest SA that is not retired (the survivor's) becomes the outbound one at
+//! once, and a retired SA never becomes it again while another exists. Its inbound half stays
+//! until the delete, so nothing in flight is lost.
+//!
 //! Trap tunnels: every configured connection with a known peer gets its tunnel (configured
 //! subnets, no SA) from the start, so traffic on a connection with `effect_immediately = false`
 //! makes the engine raise `Acquire`, on which the daemon initiates. The tunnel stays while the
@@ -126,6 +132,9 @@ struct LiveSa {
     outbound: SaSpec,
     /// A responder-created SA waiting to become the outbound one at this time at the latest.
     switch_at: Option<Instant>,
+    /// Its IKE SA is a redundant duplicate about to be deleted ([`SaSink::retire`]): never made
+    /// the outbound SA again while another SA exists.
+    retired: bool,
 }
 
 struct Tunnel {
@@ -628,7 +637,8 @@ impl EngineLink {
         t.spec = spec.clone();
         // The peer has this SA already if it answered our request for it; if we answered, it
         // installs it when our answer arrives (see the module documentation).
-        let immediate = sa.initiator || t.out.is_none();
+        let out_retired = t.sas.iter().any(|s| Some(s.spi_out) == t.out && s.retired);
+        let immediate = sa.initiator || t.out.is_none() || out_retired;
         let (spi_in, spi_out) = (sa.inbound_spi(), sa.outbound_spi());
         t.sas.push(LiveSa {
             spi_in,
@@ -636,6 +646,7 @@ impl EngineLink {
             inbound: inbound.clone(),
             outbound,
             switch_at: (!immediate).then(|| now + OUTBOUND_DEFER),
+            retired: false,
         });
         if upsert {
             self.request(format!("tunnel {conn}: upsert"), Request::UpsertTunnel(spec));
@@ -671,7 +682,7 @@ impl EngineLink {
         };
         t.sas.remove(pos);
         let was_out = t.out == Some(spi_out);
-        let successor = t.sas.last().map(|s| s.spi_out);
+        let successor = t.sas.iter().rev().find(|s| !s.retired).or(t.sas.last()).map(|s| s.spi_out);
         let remove = t.sas.is_empty() && !t.configured;
         if was_out {
             t.out = None;
@@ -695,6 +706,30 @@ impl EngineLink {
             self.tunnels.remove(conn);
             self.request(format!("tunnel {conn}: remove"), Request::RemoveTunnel { name: conn.to_string() });
         }
+    }
+
+    /// Stops sending on the SA (see [`SaSink::retire`]): the newest other SA that is not retired
+    /// becomes the outbound one at once (the peer has it: it is the surviving IKE SA's).
+    fn retire(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        let Some(t) = self.tunnels.get_mut(conn) else {
+            return;
+        };
+        let Some(sa) = t.sas.iter_mut().find(|s| s.spi_in == spi_in && s.spi_out == spi_out) else {
+            return;
+        };
+        sa.retired = true;
+        sa.switch_at = None;
+        if t.out != Some(spi_out) {
+            return;
+        }
+        let Some(next) = t.sas.iter().rev().find(|s| !s.retired).map(|s| s.spi_out) else {
+            return;
+        };
+        logln!(
+            self.log,
+            "engine: conn {conn}: outbound {spi_out:08x} retired (redundant IKE SA); sending on {next:08x}"
+        );
+        self.activate(conn, next);
     }
 
     fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {
@@ -763,6 +798,10 @@ impl SaSink for EngineSink {
 
     fn delete(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
         self.0.borrow_mut().delete(conn, spi_in, spi_out);
+    }
+
+    fn retire(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        self.0.borrow_mut().retire(conn, spi_in, spi_out);
     }
 
     fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {
