@@ -45,7 +45,9 @@
 //! Child SA per connection. For each decision ([`Endpoint::poll_duplicate`], drained after the
 //! connection's events and before its transmits) the daemon logs one line, makes the survivor the
 //! connection's IKE SA (status, `terminate`, re-initiation) and [`SaSink::retire`]s the redundant
-//! SA's Child SAs, so the data plane sends on the survivor's Child SA before the DELETE leaves.
+//! SA's Child SAs (already before installing them when the redundancy is known by then); when the
+//! DELETE is decided it also tells the sink that the peer holds the survivor's Child SAs
+//! ([`SaSink::confirmed`]), so the data plane sends on them before the DELETE leaves.
 //! While a duplicate waits for its deletion, the status lists the Child SAs of both IKE SAs.
 
 use std::collections::HashMap;
@@ -583,6 +585,10 @@ impl Daemon {
             Event::ChildSaInstalled(sa) => {
                 logln!(self.log, "conn {name}: CHILD_SA installed {}", describe(&sa));
                 self.spi_owner.insert(sa.inbound_spi(), (i, h));
+                if self.conns[i].endpoint.survivor_of(h).is_some() {
+                    // Its IKE SA is already known to be redundant: never send on it.
+                    self.sink.retire(&name, sa.inbound_spi(), sa.outbound_spi());
+                }
                 self.sink.install(&name, sa);
             }
             Event::ChildSaDeleted { spi_in, spi_out } => {
@@ -688,6 +694,18 @@ impl Daemon {
         self.note(i, line, true);
         if self.conns[i].endpoint.ike_sa(d.survivor).is_some() {
             self.conns[i].handle = Some(d.survivor);
+        }
+        if !matches!(d.action, DuplicateAction::AwaitingPeer { .. }) {
+            // Deleting now: the peer holds the survivor (the endpoint made sure), so the data
+            // plane may send on its Child SAs before the DELETE leaves.
+            let survivors: Vec<(u32, u32)> = self.conns[i]
+                .endpoint
+                .ike_sa(d.survivor)
+                .map(|sa| sa.child_sas().map(|c| (c.inbound_spi(), c.outbound_spi())).collect())
+                .unwrap_or_default();
+            for (spi_in, spi_out) in survivors {
+                self.sink.confirmed(&name, spi_in, spi_out);
+            }
         }
         let children: Vec<(u32, u32)> = self.conns[i]
             .endpoint

@@ -75,6 +75,8 @@ pub struct EspForwarder {
     frame: Vec<u8>,
     /// Prefixes routed to the TUN.
     routed: Vec<IpNet>,
+    /// (inbound, outbound) SPIs retired before they were installed.
+    pre_retired: Vec<(u32, u32)>,
 }
 
 impl std::fmt::Debug for EspForwarder {
@@ -122,6 +124,7 @@ impl EspForwarder {
             log,
             frame: vec![0; HEADROOM + MAX_INNER + TAILROOM],
             routed: routes.to_vec(),
+            pre_retired: Vec::new(),
         })
     }
 
@@ -193,8 +196,9 @@ impl SaSink for EspForwarder {
                     peer: SocketAddr::new(sa.remote.ip(), encap.remote_port),
                     sa: o,
                     confirmed: sa.initiator,
-                    retired: false,
+                    retired: self.pre_retired.contains(&(sa.inbound_spi(), sa.outbound_spi())),
                 });
+                self.pre_retired.retain(|x| *x != (sa.inbound_spi(), sa.outbound_spi()));
                 self.inb.insert(sa.inbound_spi(), i);
                 logln!(
                     self.log,
@@ -231,9 +235,20 @@ impl SaSink for EspForwarder {
     }
 
     fn retire(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {
+        let mut found = false;
         for o in self.out.iter_mut().filter(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
             o.retired = true;
+            found = true;
             logln!(self.log, "forwarder: retired spi_in={spi_in:08x} spi_out={spi_out:08x} (no longer sent on)");
+        }
+        if !found && !self.pre_retired.contains(&(spi_in, spi_out)) {
+            self.pre_retired.push((spi_in, spi_out));
+        }
+    }
+
+    fn confirmed(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {
+        for o in self.out.iter_mut().filter(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
+            o.confirmed = true;
         }
     }
 

@@ -29,7 +29,18 @@ pub trait SaSink {
     /// until [`SaSink::delete`]. The daemon calls this before the DELETE leaves, so the peer never
     /// receives ESP on an SA it has removed. The default does nothing (the SA is used until it is
     /// deleted).
+    ///
+    /// It may come before [`SaSink::install`] of that SA (the IKE SA was known to be redundant
+    /// when its Child SA came up): the SA is then installed but never sent on while another one
+    /// exists. If the retired SA is the one being sent on and the only other candidate is one the
+    /// peer may not hold yet (created as responder, see [`SaSink::confirmed`]), sending stays on
+    /// the retired SA until that one is confirmed or the retired one deleted.
     fn retire(&mut self, _conn: &str, _spi_in: u32, _spi_out: u32) {}
+
+    /// The peer is known to hold the Child SA with these SPIs (it answered on its IKE SA after
+    /// IKE_AUTH): a data plane that defers sending on SAs created as responder may use it now; if
+    /// the SA being sent on is retired, it switches to this one at once. The default does nothing.
+    fn confirmed(&mut self, _conn: &str, _spi_in: u32, _spi_out: u32) {}
 
     /// ESP in UDP that arrived on our NAT-T socket at `to` from `from`. Returns the inbound SPI of
     /// the SA that accepted it, if any (the daemon then postpones that connection's DPD).

@@ -46,7 +46,11 @@
 //!   whose answer is lost still ends in [`Event::Closed`].
 //! * **Never both.** The redundant SA is deleted only while its survivor is established and not
 //!   being deleted, and (not to lose the last Child SA) only if the survivor has a Child SA or
-//!   the redundant one has none. While an IKE SA rekey of either is under way (it could still
+//!   the redundant one has none. The peer must be known to hold the survivor
+//!   ([`IkeSa::is_confirmed_by_peer`]): when we only answered its IKE_AUTH, a liveness check on
+//!   the survivor is sent first and the deletion follows its answer (if the survivor dies of it,
+//!   the other SA stays); this also keeps traffic from moving to a Child SA the peer has not
+//!   installed yet. While an IKE SA rekey of either is under way (it could still
 //!   fail and take its SA with it, or cross the DELETE), the deletion waits and is looked at again
 //!   every second; so it is if a DELETE did not end the SA. If the survivor goes away first, the
 //!   other SA is no longer redundant and stays.
@@ -150,6 +154,8 @@ struct DupState {
     act_at: Instant,
     /// We are its responder: the deletion is the peer's first (grace period).
     grace: bool,
+    /// Waiting for the peer to confirm the survivor (a liveness check is out).
+    confirming: bool,
 }
 
 /// A decision of the endpoint about an IKE SA that duplicates another one of the same connection
@@ -595,7 +601,7 @@ impl Endpoint {
                 }
                 let grace = !self.sas[&r].is_initiator();
                 let act_at = if grace { now + self.config.duplicate_grace } else { now };
-                self.dups.insert(r, DupState { survivor, act_at, grace });
+                self.dups.insert(r, DupState { survivor, act_at, grace, confirming: false });
                 if grace {
                     self.duplicates.push_back(Duplicate {
                         redundant: r,
@@ -605,6 +611,13 @@ impl Endpoint {
                         action: DuplicateAction::AwaitingPeer { grace: self.config.duplicate_grace },
                     });
                 }
+            }
+        }
+        for d in self.dups.values_mut() {
+            if d.confirming && self.sas.get(&d.survivor).is_some_and(IkeSa::is_confirmed_by_peer) {
+                // The answer to our liveness check on the survivor: act now.
+                d.confirming = false;
+                d.act_at = now;
             }
         }
         let mut due: Vec<SaHandle> = self.dups.iter().filter(|(_, d)| d.act_at <= now).map(|(r, _)| *r).collect();
@@ -636,10 +649,21 @@ impl Endpoint {
             || ss.is_rekeying_ike()
             // Never lose the last Child SA.
             || (ss.child_sas().next().is_none() && rs.child_sas().next().is_some());
+        // The peer may not hold the survivor yet (we answered its IKE_AUTH; the answer may still be
+        // on its way, or lost): ask, and delete once it answered (or keep the redundant SA if the
+        // survivor dies of it). Traffic moved to the survivor before would be lost.
+        let unconfirmed = !ss.is_confirmed_by_peer();
         if let Some(d) = self.dups.get_mut(&r) {
             d.act_at = now + DUPLICATE_RECHECK;
+            d.confirming = unconfirmed;
         }
-        if wait {
+        if unconfirmed && !wait {
+            if let Some(sa) = self.sas.get_mut(&survivor) {
+                sa.check_liveness(now, rng);
+            }
+            self.sync(survivor);
+        }
+        if wait || unconfirmed {
             return;
         }
         self.duplicates.push_back(Duplicate {
@@ -1138,17 +1162,18 @@ mod tests {
         assert_eq!(cases.len(), 2, "seeds cover both ends' SA being redundant");
     }
 
-    /// Both ends delete the redundant SA at the same moment (no grace period, 50 ms one way): the
+    /// Both ends delete the redundant SA at the same moment (50 ms one way; the grace period is
+    /// the round trip the initiator of the redundant SA spends confirming the survivor): the
     /// DELETEs cross; each answers the other's and both end without it and without errors.
     #[test]
     fn crossing_deletes_of_the_redundant_sa() {
         for seed in 0..4 {
-            let mut n = simultaneous(seed, true, Duration::ZERO);
+            let mut n = simultaneous(seed, true, Duration::from_millis(100));
             n.latency = Duration::from_millis(50);
             run_checked(&mut n, Duration::from_secs(10));
             assert_converged(&n, false);
             let del = |d: &[(Instant, Duplicate)]| {
-                d.iter().find(|(_, x)| x.action != DuplicateAction::AwaitingPeer { grace: Duration::ZERO }).cloned()
+                d.iter().find(|(_, x)| !matches!(x.action, DuplicateAction::AwaitingPeer { .. })).cloned()
             };
             let (ta, da) = del(&n.dup_a).unwrap();
             let (tb, db) = del(&n.dup_b).unwrap();
@@ -1158,6 +1183,37 @@ mod tests {
             let closed = |ev: &[(SaHandle, Event)]| ev.iter().filter(|(_, e)| *e == Event::Closed).count();
             assert_eq!((closed(&n.ev_a), closed(&n.ev_b)), (1, 1));
         }
+    }
+
+    /// The initiator of the redundant SA is the responder of the survivor; its IKE_AUTH answer for
+    /// the survivor is lost, so the peer does not hold the survivor until it retransmits its
+    /// request (0.5 s later). The redundant SA is deleted only after that (a liveness check on the
+    /// survivor is answered), never while the peer would be left without a Child SA.
+    #[test]
+    fn redundant_sa_deleted_only_once_the_peer_holds_the_survivor() {
+        let mut tested = 0;
+        for seed in 0..16 {
+            let mut n = simultaneous(seed, true, DUPLICATE_GRACE);
+            let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+            let d2 = dropped.clone();
+            n.filter = Some(Box::new(move |to_b, t| {
+                let h = Header::peek(&t.payload).unwrap().header;
+                let hit = to_b && h.exchange_type == ExchangeType::IKE_AUTH && h.flags.response && !d2.get();
+                d2.set(d2.get() || hit);
+                hit
+            }));
+            let t0 = n.now;
+            run_checked(&mut n, Duration::from_secs(10));
+            assert!(dropped.get());
+            assert_converged(&n, false);
+            let Some((at, d)) = n.dup_a.iter().find(|(_, d)| d.action == DuplicateAction::Deleting).cloned() else {
+                continue; // b initiated the redundant SA: not the case under test.
+            };
+            assert_ne!(d.survivor, SaHandle(1), "the survivor is the SA b initiated");
+            assert!(at >= t0 + Duration::from_millis(500), "deleted {:?} after the start", at - t0);
+            tested += 1;
+        }
+        assert!(tested >= 2, "{tested}");
     }
 
     /// The redundant SA is not deleted while a rekey of the survivor is in flight: here that

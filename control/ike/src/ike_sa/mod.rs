@@ -504,6 +504,9 @@ pub struct IkeSa {
     switched: Option<String>,
     /// The identity the peer authenticated with (IDi as responder, IDr as initiator).
     peer_id: Option<Identification>,
+    /// The peer is known to hold the established IKE SA and its first Child SA: we initiated it
+    /// (it answered IKE_AUTH), or an authenticated message or ESP came from it since.
+    peer_confirmed: bool,
 }
 
 /// Another configuration a responder may switch to at IKE_AUTH, chosen by the initiator's IDi and
@@ -687,6 +690,7 @@ impl IkeSa {
             alternatives: Vec::new(),
             switched: None,
             peer_id: None,
+            peer_confirmed: false,
         }
     }
 
@@ -786,6 +790,16 @@ impl IkeSa {
     /// The latest time this SA was given (for the dispatcher's timers).
     pub(crate) fn last_now(&self) -> Instant {
         self.now
+    }
+
+    /// Whether the peer is known to hold this established IKE SA and its first Child SA: we
+    /// initiated it (the peer answered our IKE_AUTH), or an authenticated message (e.g. the answer
+    /// to [`IkeSa::check_liveness`]) or ESP ([`IkeSa::note_inbound_traffic`]) came from the peer
+    /// after IKE_AUTH. A responder is not sure before: its IKE_AUTH answer may still be on the way
+    /// (or lost).
+    #[must_use]
+    pub fn is_confirmed_by_peer(&self) -> bool {
+        self.is_established() && self.peer_confirmed
     }
 
     /// Whether the IKE SA is being deleted (our DELETE is queued or in flight) or is gone.
@@ -1011,6 +1025,21 @@ impl IkeSa {
     /// the liveness check.
     pub fn note_inbound_traffic(&mut self, now: Instant) {
         self.last_inbound = self.last_inbound.max(now);
+        if self.is_established() {
+            self.peer_confirmed = true;
+        }
+    }
+
+    /// Sends a liveness check (an empty INFORMATIONAL) now unless one is queued or in flight. An
+    /// answer confirms the SA ([`IkeSa::is_confirmed_by_peer`]); none within `dpd_timeout`
+    /// declares the peer dead ([`Event::PeerDead`]), as a DPD does.
+    pub fn check_liveness<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        self.now = now;
+        let in_flight = self.cores.iter().filter_map(|c| c.pending.as_ref()).any(|p| matches!(p.task, Task::Dpd));
+        if self.is_established() && !in_flight && !self.queue.contains(&Request::Dpd) {
+            self.queue.push_back(Request::Dpd);
+        }
+        self.after(rng);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1298,6 +1327,10 @@ impl IkeSa {
     fn authenticated(&mut self, idx: usize, local: SocketAddr, remote: SocketAddr) {
         if self.cores[idx].role == Role::Current {
             self.last_inbound = self.now;
+        }
+        if self.is_established() {
+            // Past IKE_AUTH (a retransmitted IKE_AUTH request does not get here).
+            self.peer_confirmed = true;
         }
         if (local, remote) != (self.local, self.remote) && self.config.nat_traversal {
             self.local = local;
@@ -1930,6 +1963,9 @@ impl IkeSa {
 
     fn establish<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) {
         self.state = State::Established;
+        // As initiator we got the peer's IKE_AUTH answer; as responder the peer holds the SA
+        // only once our answer arrives.
+        self.peer_confirmed = self.cores[0].initiator;
         self.handshake_deadline = None;
         self.last_inbound = self.now;
         self.ike_rekey_at = Some(self.now + self.config.rekey_after(self.config.ike_lifetime, rng.next_u32()));
