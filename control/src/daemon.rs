@@ -34,6 +34,21 @@
 //! keeps the connection whose remote ID and PSK the initiator's IDi and AUTH match (exact IDs
 //! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
 //! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
+//!
+//! # Both ends initiating at once
+//!
+//! When both gateways initiate the same connection at the same time (EffectImmediately on both, or
+//! strongSwan's `start_action = start`), two IKE SAs come up, each with a Child SA. The endpoint
+//! applies the duplicate rule of [`ipsec_ike::endpoint`] (the SA whose smaller IKE_SA_INIT nonce
+//! is the lowest is redundant; its initiator deletes it at once, its responder after a grace
+//! period of a few seconds if the peer has not), so both ends converge on one IKE SA and one
+//! Child SA per connection. For each decision ([`Endpoint::poll_duplicate`], drained after the
+//! connection's events and before its transmits) the daemon logs one line, makes the survivor the
+//! connection's IKE SA (status, `terminate`, re-initiation) and [`SaSink::retire`]s the redundant
+//! SA's Child SAs (already before installing them when the redundancy is known by then); when the
+//! DELETE is decided it also tells the sink that the peer holds the survivor's Child SAs
+//! ([`SaSink::confirmed`]), so the data plane sends on them before the DELETE leaves.
+//! While a duplicate waits for its deletion, the status lists the Child SAs of both IKE SAs.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -43,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ipsec_ike::endpoint::{Endpoint, EndpointConfig, SaHandle};
+use ipsec_ike::endpoint::{Duplicate, DuplicateAction, Endpoint, EndpointConfig, SaHandle};
 use ipsec_ike::ike_sa::{Alternative, ChildSa, Event, Transmit};
 use ipsec_ike::message::{ExchangeType, Header};
 use ipsec_ike::nat::{self, Received};
@@ -530,14 +545,21 @@ impl Daemon {
         loop {
             let mut any = false;
             for i in 0..self.conns.len() {
+                // Events first (Child SAs reach the data plane before the answers that let the
+                // peer use them), then duplicate decisions (the data plane leaves a redundant SA
+                // before its DELETE is sent), then the datagrams.
+                while let Some((h, ev)) = self.conns[i].endpoint.poll_event() {
+                    any = true;
+                    self.on_event(i, h, ev);
+                }
+                while let Some(d) = self.conns[i].endpoint.poll_duplicate() {
+                    any = true;
+                    self.on_duplicate(i, &d);
+                }
                 while let Some(t) = self.conns[i].endpoint.poll_transmit(now) {
                     any = true;
                     self.observe_transmit(i, &t);
                     self.send(&t);
-                }
-                while let Some((h, ev)) = self.conns[i].endpoint.poll_event() {
-                    any = true;
-                    self.on_event(i, h, ev);
                 }
             }
             if !any {
@@ -552,7 +574,9 @@ impl Daemon {
         let mut changed = true;
         match ev {
             Event::IkeSaEstablished { spi_i, spi_r, local, remote } => {
-                self.conns[i].handle = Some(h);
+                if self.conns[i].endpoint.survivor_of(h).is_none() {
+                    self.conns[i].handle = Some(h);
+                }
                 logln!(
                     self.log,
                     "conn {name}: IKE_SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}"
@@ -561,6 +585,10 @@ impl Daemon {
             Event::ChildSaInstalled(sa) => {
                 logln!(self.log, "conn {name}: CHILD_SA installed {}", describe(&sa));
                 self.spi_owner.insert(sa.inbound_spi(), (i, h));
+                if self.conns[i].endpoint.survivor_of(h).is_some() {
+                    // Its IKE SA is already known to be redundant: never send on it.
+                    self.sink.retire(&name, sa.inbound_spi(), sa.outbound_spi());
+                }
                 self.sink.install(&name, sa);
             }
             Event::ChildSaDeleted { spi_in, spi_out } => {
@@ -648,9 +676,59 @@ impl Daemon {
         }
     }
 
+    /// One decision about a duplicate IKE SA of connection `i` (see the module documentation).
+    fn on_duplicate(&mut self, i: usize, d: &Duplicate) {
+        let name = self.conns[i].spec.name.clone();
+        let (r, s) = (d.redundant_spis, d.survivor_spis);
+        let what = match d.action {
+            DuplicateAction::Deleting => "deleting it (we initiated it)".to_string(),
+            DuplicateAction::AwaitingPeer { grace } => {
+                format!("the peer initiated it and should delete it; deleting it in {} s otherwise", grace.as_secs())
+            }
+            DuplicateAction::DeletingAfterGrace => "the peer did not delete it: deleting it".to_string(),
+        };
+        let line = format!(
+            "duplicate IKE_SA spi_i={:016x} spi_r={:016x} (both ends initiated): {what}, keeping spi_i={:016x} spi_r={:016x}",
+            r.0, r.1, s.0, s.1
+        );
+        self.note(i, line, true);
+        if self.conns[i].endpoint.ike_sa(d.survivor).is_some() {
+            self.conns[i].handle = Some(d.survivor);
+        }
+        if !matches!(d.action, DuplicateAction::AwaitingPeer { .. }) {
+            // Deleting now: the peer holds the survivor (the endpoint made sure), so the data
+            // plane may send on its Child SAs before the DELETE leaves.
+            let survivors: Vec<(u32, u32)> = self.conns[i]
+                .endpoint
+                .ike_sa(d.survivor)
+                .map(|sa| sa.child_sas().map(|c| (c.inbound_spi(), c.outbound_spi())).collect())
+                .unwrap_or_default();
+            for (spi_in, spi_out) in survivors {
+                self.sink.confirmed(&name, spi_in, spi_out);
+            }
+        }
+        let children: Vec<(u32, u32)> = self.conns[i]
+            .endpoint
+            .ike_sa(d.redundant)
+            .map(|sa| sa.child_sas().map(|c| (c.inbound_spi(), c.outbound_spi())).collect())
+            .unwrap_or_default();
+        for (spi_in, spi_out) in children {
+            self.sink.retire(&name, spi_in, spi_out);
+        }
+        self.write_state();
+    }
+
+    /// Another live IKE SA of connection `i` than `h`, not being deleted (established ones first).
+    pub(super) fn other_live(&self, i: usize, h: SaHandle) -> Option<SaHandle> {
+        let ep = &self.conns[i].endpoint;
+        let live = || ep.handles().filter(|x| *x != h && ep.ike_sa(*x).is_some_and(|sa| !sa.is_closing()));
+        live().find(|x| ep.ike_sa(*x).is_some_and(|sa| sa.is_established())).or_else(|| live().next())
+    }
+
     fn forget(&mut self, i: usize, h: SaHandle) {
         if self.conns[i].handle == Some(h) {
-            self.conns[i].handle = None;
+            // Another IKE SA of the connection (a duplicate) carries on, if there is one.
+            self.conns[i].handle = self.other_live(i, h);
         }
         self.spi_owner.retain(|_, v| *v != (i, h));
     }

@@ -25,6 +25,16 @@
 //! installing the new one) or [`OUTBOUND_DEFER`] has passed. strongSwan defers the responder's
 //! outbound SA the same way; the userspace forwarder waits for inbound ESP instead.
 //!
+//! Both ends initiating at once leave two IKE SAs, each with a Child SA, until the redundant one is
+//! deleted (see [`crate::daemon`]); its Child SA is [`SaSink::retire`]d (before it is installed,
+//! when the redundancy is known by then): a retired SA never becomes the outbound one while
+//! another exists, and if it is the outbound one the survivor's takes over as soon as the peer
+//! is known to hold it (at once if we created it as initiator, else on [`SaSink::confirmed`],
+//! which the daemon calls before the DELETE leaves). Switching to a redundant SA and back is
+//! avoided: the engine restarts an outbound SA's sequence numbers when it is added again, which
+//! the peer's anti-replay check would drop. The retired SA's inbound half stays until the delete,
+//! so nothing in flight is lost.
+//!
 //! Trap tunnels: every configured connection with a known peer gets its tunnel (configured
 //! subnets, no SA) from the start, so traffic on a connection with `effect_immediately = false`
 //! makes the engine raise `Acquire`, on which the daemon initiates. The tunnel stays while the
@@ -126,6 +136,9 @@ struct LiveSa {
     outbound: SaSpec,
     /// A responder-created SA waiting to become the outbound one at this time at the latest.
     switch_at: Option<Instant>,
+    /// Its IKE SA is a redundant duplicate about to be deleted ([`SaSink::retire`]): never made
+    /// the outbound SA again while another SA exists.
+    retired: bool,
 }
 
 struct Tunnel {
@@ -136,6 +149,8 @@ struct Tunnel {
     sas: Vec<LiveSa>,
     /// The SPI of the outbound SA the engine sends on.
     out: Option<u32>,
+    /// (inbound, outbound) SPIs retired before they were installed.
+    pre_retired: Vec<(u32, u32)>,
 }
 
 /// The shared state behind [`EngineSink`] and [`EngineIke`]; see the module documentation.
@@ -287,8 +302,10 @@ impl EngineLink {
                 return;
             }
         }
-        self.tunnels
-            .insert(c.name.clone(), Tunnel { spec: spec.clone(), configured: true, sas: Vec::new(), out: None });
+        self.tunnels.insert(
+            c.name.clone(),
+            Tunnel { spec: spec.clone(), configured: true, sas: Vec::new(), out: None, pre_retired: Vec::new() },
+        );
         self.request(format!("tunnel {}: upsert", c.name), Request::UpsertTunnel(spec));
     }
 
@@ -623,19 +640,27 @@ impl EngineLink {
             configured: false,
             sas: Vec::new(),
             out: None,
+            pre_retired: Vec::new(),
         });
         let upsert = t.sas.is_empty() || t.spec != spec;
         t.spec = spec.clone();
         // The peer has this SA already if it answered our request for it; if we answered, it
         // installs it when our answer arrives (see the module documentation).
-        let immediate = sa.initiator || t.out.is_none();
         let (spi_in, spi_out) = (sa.inbound_spi(), sa.outbound_spi());
+        let retired = t.pre_retired.contains(&(spi_in, spi_out));
+        t.pre_retired.retain(|x| *x != (spi_in, spi_out));
+        let out_retired = t.sas.iter().any(|s| Some(s.spi_out) == t.out && s.retired);
+        // A retired SA is only sent on when there is nothing else (it is installed all the same:
+        // switching to it and back would restart the other SA's sequence numbers in the engine,
+        // which the peer's anti-replay check drops).
+        let immediate = if retired { t.out.is_none() } else { sa.initiator || t.out.is_none() || out_retired };
         t.sas.push(LiveSa {
             spi_in,
             spi_out,
             inbound: inbound.clone(),
             outbound,
-            switch_at: (!immediate).then(|| now + OUTBOUND_DEFER),
+            switch_at: (!immediate && !retired).then(|| now + OUTBOUND_DEFER),
+            retired,
         });
         if upsert {
             self.request(format!("tunnel {conn}: upsert"), Request::UpsertTunnel(spec));
@@ -643,6 +668,8 @@ impl EngineLink {
         self.request(format!("tunnel {conn}: add in {spi_in:08x}"), Request::AddSa(inbound));
         if immediate {
             self.activate(conn, spi_out);
+        } else if retired {
+            logln!(self.log, "engine: conn {conn}: outbound {spi_out:08x} not used (redundant IKE SA)");
         } else {
             logln!(self.log, "engine: conn {conn}: outbound {spi_out:08x} deferred until the peer retires the old SA");
         }
@@ -671,7 +698,7 @@ impl EngineLink {
         };
         t.sas.remove(pos);
         let was_out = t.out == Some(spi_out);
-        let successor = t.sas.last().map(|s| s.spi_out);
+        let successor = t.sas.iter().rev().find(|s| !s.retired).or(t.sas.last()).map(|s| s.spi_out);
         let remove = t.sas.is_empty() && !t.configured;
         if was_out {
             t.out = None;
@@ -694,6 +721,51 @@ impl EngineLink {
         if remove {
             self.tunnels.remove(conn);
             self.request(format!("tunnel {conn}: remove"), Request::RemoveTunnel { name: conn.to_string() });
+        }
+    }
+
+    /// Stops sending on the SA (see [`SaSink::retire`]): if it is the outbound one, the newest
+    /// other SA that is neither retired nor deferred (the peer has it) becomes the outbound one at
+    /// once; a deferred one takes over when [`SaSink::confirmed`] or at the delete.
+    fn retire(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        let Some(t) = self.tunnels.get_mut(conn) else {
+            return;
+        };
+        let Some(sa) = t.sas.iter_mut().find(|s| s.spi_in == spi_in && s.spi_out == spi_out) else {
+            if !t.pre_retired.contains(&(spi_in, spi_out)) {
+                t.pre_retired.push((spi_in, spi_out));
+            }
+            return;
+        };
+        sa.retired = true;
+        sa.switch_at = None;
+        if t.out != Some(spi_out) {
+            return;
+        }
+        let Some(next) = t.sas.iter().rev().find(|s| !s.retired && s.switch_at.is_none()).map(|s| s.spi_out) else {
+            return;
+        };
+        logln!(
+            self.log,
+            "engine: conn {conn}: outbound {spi_out:08x} retired (redundant IKE SA); sending on {next:08x}"
+        );
+        self.activate(conn, next);
+    }
+
+    /// The peer holds this SA (see [`SaSink::confirmed`]): no longer deferred; the outbound one
+    /// at once if the current outbound SA is retired.
+    fn confirmed(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        let Some(t) = self.tunnels.get_mut(conn) else {
+            return;
+        };
+        let out_retired = t.sas.iter().any(|s| Some(s.spi_out) == t.out && s.retired);
+        let Some(sa) = t.sas.iter_mut().find(|s| s.spi_in == spi_in && s.spi_out == spi_out && !s.retired) else {
+            return;
+        };
+        sa.switch_at = None;
+        if t.out.is_none() || (out_retired && t.out != Some(spi_out)) {
+            logln!(self.log, "engine: conn {conn}: the peer holds {spi_out:08x}: sending on it");
+            self.activate(conn, spi_out);
         }
     }
 
@@ -763,6 +835,14 @@ impl SaSink for EngineSink {
 
     fn delete(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
         self.0.borrow_mut().delete(conn, spi_in, spi_out);
+    }
+
+    fn retire(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        self.0.borrow_mut().retire(conn, spi_in, spi_out);
+    }
+
+    fn confirmed(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        self.0.borrow_mut().confirmed(conn, spi_in, spi_out);
     }
 
     fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {

@@ -15,6 +15,9 @@
 //! so sending on it at once loses packets for a round trip (or much longer if the response is
 //! lost). strongSwan defers the responder's outbound SA in the same way.
 //!
+//! A Child SA of a redundant IKE SA (both ends initiated at once; [`SaSink::retire`]) is not sent
+//! on while another SA matches; it still accepts ESP until it is deleted.
+//!
 //! Only UDP-encapsulated SAs can be served (we have no raw ESP socket); the strongSwan
 //! kernel-libipsec peer of the tests always encapsulates. Routes for every connection's remote
 //! subnets point at the TUN (`ip route replace`), and the device goes when the daemon exits.
@@ -56,6 +59,9 @@ struct Outbound {
     /// Whether the peer is known to have this SA: we initiated its exchange (so the peer installed
     /// it before answering), or ESP arrived on its inbound half.
     confirmed: bool,
+    /// Its IKE SA is a redundant duplicate about to be deleted ([`SaSink::retire`]): not used for
+    /// sending while another SA matches.
+    retired: bool,
 }
 
 /// The forwarder; see the module documentation.
@@ -69,6 +75,8 @@ pub struct EspForwarder {
     frame: Vec<u8>,
     /// Prefixes routed to the TUN.
     routed: Vec<IpNet>,
+    /// (inbound, outbound) SPIs retired before they were installed.
+    pre_retired: Vec<(u32, u32)>,
 }
 
 impl std::fmt::Debug for EspForwarder {
@@ -116,6 +124,7 @@ impl EspForwarder {
             log,
             frame: vec![0; HEADROOM + MAX_INNER + TAILROOM],
             routed: routes.to_vec(),
+            pre_retired: Vec::new(),
         })
     }
 
@@ -125,9 +134,14 @@ impl EspForwarder {
         let mut v = [Ok(())];
         let mut peer = None;
         worker.encap_burst(now, &mut pkts, &mut v, |_src, dst: IpAddr| {
-            // The newest SA the peer is known to have, else the newest (see the module doc).
+            // The newest SA the peer is known to have, else the newest (see the module doc); a
+            // retired SA only when nothing else matches.
             let matching = || out.iter().rev().filter(|e| e.remote_nets.iter().any(|n| n.contains(&dst)));
-            let e = matching().find(|e| e.confirmed).or_else(|| matching().next()).ok_or(DropReason::NoRoute)?;
+            let e = matching()
+                .find(|e| e.confirmed && !e.retired)
+                .or_else(|| matching().find(|e| !e.retired))
+                .or_else(|| matching().next())
+                .ok_or(DropReason::NoRoute)?;
             peer = Some(e.peer);
             Ok(&e.sa)
         });
@@ -182,7 +196,9 @@ impl SaSink for EspForwarder {
                     peer: SocketAddr::new(sa.remote.ip(), encap.remote_port),
                     sa: o,
                     confirmed: sa.initiator,
+                    retired: self.pre_retired.contains(&(sa.inbound_spi(), sa.outbound_spi())),
                 });
+                self.pre_retired.retain(|x| *x != (sa.inbound_spi(), sa.outbound_spi()));
                 self.inb.insert(sa.inbound_spi(), i);
                 logln!(
                     self.log,
@@ -216,6 +232,24 @@ impl SaSink for EspForwarder {
         self.out.retain(|o| !(o.spi_out == spi_out && o.spi_in == spi_in));
         self.inb.remove(&spi_in);
         logln!(self.log, "forwarder: deleted spi_in={spi_in:08x} spi_out={spi_out:08x}");
+    }
+
+    fn retire(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {
+        let mut found = false;
+        for o in self.out.iter_mut().filter(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
+            o.retired = true;
+            found = true;
+            logln!(self.log, "forwarder: retired spi_in={spi_in:08x} spi_out={spi_out:08x} (no longer sent on)");
+        }
+        if !found && !self.pre_retired.contains(&(spi_in, spi_out)) {
+            self.pre_retired.push((spi_in, spi_out));
+        }
+    }
+
+    fn confirmed(&mut self, _conn: &str, spi_in: u32, spi_out: u32) {
+        for o in self.out.iter_mut().filter(|o| o.spi_in == spi_in && o.spi_out == spi_out) {
+            o.confirmed = true;
+        }
     }
 
     fn update_endpoints(&mut self, conn: &str, _local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {

@@ -574,6 +574,70 @@ fn last_stats_block(log: &str) -> Option<String> {
 }
 
 /// `(transmitted, received)` from ping's summary.
+/// Pings of [`BackgroundPing`], one every 100 ms: long enough to span the duplicate grace period.
+const BACKGROUND_PINGS: u32 = 60;
+
+/// A ping from host-a to host-b running while the lab does other things; killed if dropped.
+struct BackgroundPing(Option<Child>);
+
+impl BackgroundPing {
+    fn start(ns: &str, count: u32) -> Result<Self, String> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-n", "-q", "-c", &count.to_string(), "-i", "0.1", "-W", "2", HOST_B])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ping: {e}"))?;
+        Ok(BackgroundPing(Some(child)))
+    }
+
+    /// Waits for the ping to end: (sent, received).
+    fn finish(mut self, lab: &Lab) -> Result<(u64, u64), String> {
+        let mut child = self.0.take().ok_or("ping: already finished")?;
+        let end = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() > end || lab.interrupted().is_err() {
+                terminate(&mut child);
+                lab.interrupted()?;
+                return Err("the background ping did not finish".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().map_err(|e| format!("ping: {e}"))?;
+        ping_summary(&text(&out)).ok_or_else(|| format!("ping: {}", text(&out)))
+    }
+}
+
+impl Drop for BackgroundPing {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// strongSwan's SAs (`swanctl --list-sas`): (IKE SAs, of them ESTABLISHED, CHILD SAs INSTALLED).
+fn strongswan_sas(cdir: &Path) -> Result<(usize, usize, usize), String> {
+    let o = swanctl(cdir, &["--list-sas"])?;
+    if !o.status.success() {
+        return Err(format!("swanctl --list-sas: {}", text(&o)));
+    }
+    Ok(count_sas(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Counts `swanctl --list-sas` output: IKE SAs are the unindented `name: #n, STATE, ...` lines,
+/// CHILD SAs the indented ones.
+fn count_sas(out: &str) -> (usize, usize, usize) {
+    let sa = |l: &&str| l.split_once(": #").is_some_and(|(name, _)| !name.trim().contains(' '));
+    let ike: Vec<&str> = out.lines().filter(sa).filter(|l| !l.starts_with(char::is_whitespace)).collect();
+    let established = ike.iter().filter(|l| l.contains(", ESTABLISHED, ")).count();
+    let children =
+        out.lines().filter(sa).filter(|l| l.starts_with(char::is_whitespace) && l.contains(", INSTALLED, ")).count();
+    (ike.len(), established, children)
+}
+
 fn ping_summary(out: &str) -> Option<(u64, u64)> {
     let line = out.lines().find(|l| l.contains("packets transmitted"))?;
     let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
@@ -698,6 +762,12 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         ),
     );
 
+    // Both ends initiate (EffectImmediately here, `start_action = start` in charon), so two IKE
+    // SAs may have come up; they converge on one within the duplicate grace period. A ping runs
+    // across that, to show the data plane moves to the surviving Child SA without a gap.
+    let across = BackgroundPing::start(&lab.ns("a"), BACKGROUND_PINGS)?;
+    let up_at = Instant::now();
+
     let count = o.pings.max(1).to_string();
     let ping = Command::new("ip")
         .args(["netns", "exec", &lab.ns("a"), "ping", "-n", "-q", "-c", &count, "-i", "0.2", "-W", "2", HOST_B])
@@ -707,6 +777,31 @@ pub fn run(o: &LabOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let (sent, received) = ping_summary(&text(&ping)).ok_or_else(|| format!("ping: {}", text(&ping)))?;
     let loss = (sent.saturating_sub(received) * 100).checked_div(sent).unwrap_or(100);
     step(5, &format!("ping host-a {HOST_A} -> host-b {HOST_B}: {sent} sent, {received} received, {loss}% loss"));
+
+    let mut most = 0;
+    let r = lab.wait_for(20, "strongSwan to keep exactly one IKE SA", || {
+        let (ike, established, children) = strongswan_sas(&cdir)?;
+        most = most.max(ike);
+        if ike == 1 && established == 1 && children == 1 {
+            Ok(())
+        } else {
+            Err(format!("{ike} IKE SAs ({established} ESTABLISHED), {children} CHILD SAs INSTALLED"))
+        }
+    });
+    if let Err(e) = r {
+        return Err(format!("{e}\n--- our gateway's log (tail) ---\n{}", lab.tail_of(SERVE, 25)));
+    }
+    let serve_log = lab.procs.iter().find(|p| p.name == SERVE).map(|p| p.log.clone());
+    let serve_log = serve_log.and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default();
+    for l in serve_log.lines().filter(|l| l.contains("duplicate IKE_SA")) {
+        println!("lab: our gateway: {}", l.trim());
+    }
+    println!(
+        "lab: strongSwan: 1 IKE SA established, 1 CHILD SA installed ({} s after the tunnel came up; {most} IKE SA(s) seen at most)",
+        up_at.elapsed().as_secs()
+    );
+    let (sent, received) = across.finish(&lab)?;
+    println!("lab: ping across the duplicates' resolution: {sent} sent, {received} received");
 
     // The counters catch up with the data plane within a status period (2 s). They sum the Child
     // SAs of every IKE SA of the connection (both sides may have initiated at once).
@@ -780,6 +875,17 @@ mod tests {
         assert_eq!(mgmt_net(65), ("198.19.1.5".into(), "198.19.1.6".into()));
         assert_eq!(mgmt_net(16383), ("198.19.255.253".into(), "198.19.255.254".into()));
         assert_eq!(mgmt_net(16384), mgmt_net(0));
+    }
+
+    #[test]
+    fn swanctl_list_sas_is_counted() {
+        let out = "lab-connection: #1, ESTABLISHED, IKEv2, 1a2b3c4d5e6f7081_i 8172635445362718_r*\n  \
+                   local  '198.18.0.2' @ 198.18.0.2[4500]\n  \
+                   lab-child: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_CBC-256/HMAC_SHA2_256_128/MODP_2048\n    \
+                   installed 3s ago, rekeying in 1599s, expires in 1977s\n\
+                   lab-connection: #2, DELETING, IKEv2, 99aa_i* 77bb_r\n";
+        assert_eq!(count_sas(out), (2, 1, 1));
+        assert_eq!(count_sas(""), (0, 0, 0));
     }
 
     #[test]

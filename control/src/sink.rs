@@ -23,6 +23,25 @@ pub trait SaSink {
     /// Moves every Child SA of `conn` to these endpoints (NAT mapping change).
     fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>);
 
+    /// The Child SA with these SPIs (our inbound, our outbound) belongs to a redundant IKE SA that
+    /// is about to be deleted (both ends initiated at once): stop sending on it now and send on
+    /// another Child SA of `conn` (the surviving IKE SA's), but keep accepting on its inbound half
+    /// until [`SaSink::delete`]. The daemon calls this before the DELETE leaves, so the peer never
+    /// receives ESP on an SA it has removed. The default does nothing (the SA is used until it is
+    /// deleted).
+    ///
+    /// It may come before [`SaSink::install`] of that SA (the IKE SA was known to be redundant
+    /// when its Child SA came up): the SA is then installed but never sent on while another one
+    /// exists. If the retired SA is the one being sent on and the only other candidate is one the
+    /// peer may not hold yet (created as responder, see [`SaSink::confirmed`]), sending stays on
+    /// the retired SA until that one is confirmed or the retired one deleted.
+    fn retire(&mut self, _conn: &str, _spi_in: u32, _spi_out: u32) {}
+
+    /// The peer is known to hold the Child SA with these SPIs (it answered on its IKE SA after
+    /// IKE_AUTH): a data plane that defers sending on SAs created as responder may use it now; if
+    /// the SA being sent on is retired, it switches to this one at once. The default does nothing.
+    fn confirmed(&mut self, _conn: &str, _spi_in: u32, _spi_out: u32) {}
+
     /// ESP in UDP that arrived on our NAT-T socket at `to` from `from`. Returns the inbound SPI of
     /// the SA that accepted it, if any (the daemon then postpones that connection's DPD).
     fn esp_received(&mut self, _now: Instant, _from: SocketAddr, _to: SocketAddr, _datagram: &[u8]) -> Option<u32> {
@@ -130,6 +149,15 @@ pub enum SinkRecord {
         /// Our outbound SPI.
         spi_out: u32,
     },
+    /// [`SaSink::retire`].
+    Retire {
+        /// Connection.
+        conn: String,
+        /// Our inbound SPI.
+        spi_in: u32,
+        /// Our outbound SPI.
+        spi_out: u32,
+    },
     /// [`SaSink::update_endpoints`].
     Endpoints {
         /// Connection.
@@ -165,10 +193,27 @@ impl RecordingSink {
             match r {
                 SinkRecord::Install { sa, .. } => v.push((sa.inbound_spi(), sa.outbound_spi())),
                 SinkRecord::Delete { spi_in, spi_out, .. } => v.retain(|x| *x != (spi_in, spi_out)),
-                SinkRecord::Endpoints { .. } => {}
+                SinkRecord::Retire { .. } | SinkRecord::Endpoints { .. } => {}
             }
         }
         v
+    }
+
+    /// (inbound, outbound) SPIs of the SA a data plane sending on the newest installed SA that is
+    /// not retired (else the newest) would send on, as the engine does.
+    #[must_use]
+    pub fn sending_on(&self) -> Option<(u32, u32)> {
+        let mut live = Vec::new();
+        let mut retired = Vec::new();
+        for r in self.snapshot() {
+            match r {
+                SinkRecord::Install { sa, .. } => live.push((sa.inbound_spi(), sa.outbound_spi())),
+                SinkRecord::Delete { spi_in, spi_out, .. } => live.retain(|x| *x != (spi_in, spi_out)),
+                SinkRecord::Retire { spi_in, spi_out, .. } => retired.push((spi_in, spi_out)),
+                SinkRecord::Endpoints { .. } => {}
+            }
+        }
+        live.iter().rev().find(|x| !retired.contains(x)).or(live.last()).copied()
     }
 
     fn push(&self, r: SinkRecord) {
@@ -189,5 +234,9 @@ impl SaSink for RecordingSink {
 
     fn update_endpoints(&mut self, conn: &str, local: SocketAddr, remote: SocketAddr, encap: Option<UdpEncap>) {
         self.push(SinkRecord::Endpoints { conn: conn.into(), local, remote, encap });
+    }
+
+    fn retire(&mut self, conn: &str, spi_in: u32, spi_out: u32) {
+        self.push(SinkRecord::Retire { conn: conn.into(), spi_in, spi_out });
     }
 }

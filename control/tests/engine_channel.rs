@@ -9,6 +9,8 @@
 //! same SAs back; `Expired` deletes the Child SA on both sides; `Acquire` on an IKE SA without a
 //! Child SA creates one; connections added and removed at run time publish and remove their trap
 //! tunnels; the engine's SA counters show in the connection status; no error replies; neither PSK nor key bytes in the logs.
+//! Both daemons initiating at once end with one Child SA each way in both engines, without an
+//! engine ever being switched back to an outbound SA it had left.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write};
@@ -643,4 +645,70 @@ fn cfg_tunnel() -> TunnelSpec {
         udp_encap: None,
         mtu: None,
     }
+}
+
+/// Both daemons initiate at once (effect_immediately on both) over their engines: two IKE SAs,
+/// then exactly one Child SA each way in both engines, crosswise, and it stays so past the grace
+/// period. No engine is ever switched back to an outbound SA it had left (re-adding an outbound
+/// SA restarts its sequence numbers, which the peer's anti-replay check drops), and no request
+/// is refused.
+#[test]
+fn both_daemons_initiating_over_the_engine_channel() {
+    let dir = std::env::temp_dir().join(format!("ipsec-control-chan-dup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (pa, pb) = (dir.join("ea/control.sock"), dir.join("eb/control.sock"));
+    let ea = FakeEngine::start(pa.clone(), 300);
+    let eb = FakeEngine::start(pb.clone(), 400);
+    *ea.peer.lock().unwrap() = Some(eb.tx.clone());
+    *eb.peer.lock().unwrap() = Some(ea.tx.clone());
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (la, lb) = (Buf::default(), Buf::default());
+    let mut ca = config("198.18.0.1", "198.18.0.2", "192.0.2.0/24", "198.51.100.0/24");
+    let mut cb = config("198.18.0.2", "198.18.0.1", "198.51.100.0/24", "192.0.2.0/24");
+    ca.connections[0].effect_immediately = true;
+    cb.connections[0].effect_immediately = true;
+    let log_a = Logger::new(Box::new(la.clone()));
+    let log_b = Logger::new(Box::new(lb.clone()));
+    let (sink_a, ike_a) = attach(&pa, &ca, log_a.clone()).unwrap();
+    let (sink_b, ike_b) = attach(&pb, &cb, log_b.clone()).unwrap();
+    let a = Daemon::with_transport(ca, Box::new(sink_a.clone()), Box::new(ike_a), log_a).unwrap();
+    let b = Daemon::with_transport(cb, Box::new(sink_b), Box::new(ike_b), log_b).unwrap();
+    let mut w = World { a, b, ea, eb, sink_a };
+    // Both sessions up first, so that both IKE_SA_INIT requests leave at once.
+    w.step_until("the sessions", |w| w.ea.with(|s| s.last_sync.is_some()) && w.eb.with(|s| s.last_sync.is_some()));
+    w.a.start();
+    w.b.start();
+    let inbound_adds = |e: &FakeEngine| {
+        e.with(|s| s.requests.iter().filter(|r| matches!(r, Request::AddSa(x) if x.direction == Direction::In)).count())
+    };
+    w.step_until("two Child SAs on each end", |w| inbound_adds(&w.ea) >= 2 && inbound_adds(&w.eb) >= 2);
+    w.step_until("one Child SA each way, crosswise", World::settled);
+    let until = Instant::now() + ipsec_ike::endpoint::DUPLICATE_GRACE + Duration::from_secs(1);
+    w.step_until("the grace period", |_| Instant::now() >= until);
+    assert!(w.settled(), "still one Child SA each way");
+    assert_eq!((inbound_adds(&w.ea), inbound_adds(&w.eb)), (2, 2), "no re-initiation");
+    for (name, e, log) in [("a", &w.ea, &la), ("b", &w.eb, &lb)] {
+        let outs: Vec<u32> = e.with(|s| {
+            s.requests
+                .iter()
+                .filter_map(|r| match r {
+                    Request::AddSa(x) if x.direction == Direction::Out => Some(x.spi),
+                    _ => None,
+                })
+                .collect()
+        });
+        let mut switches = outs.clone();
+        switches.dedup();
+        let mut unique = switches.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(switches.len(), unique.len(), "{name}: switched back to an outbound SA: {outs:08x?}");
+        assert_eq!(e.with(|s| s.errors.clone()), Vec::<String>::new());
+        assert!(log.text().contains("duplicate IKE_SA spi_i="), "{name}: {}", log.text());
+    }
+    let deleting = |l: &Buf| l.text().contains("deleting it (we initiated it)");
+    assert!(deleting(&la) ^ deleting(&lb), "exactly one end deleted the redundant SA");
+    drop(w);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -112,6 +112,15 @@ fn check_demo(args: &[&str]) {
     let ping = out.lines().find(|l| l.starts_with("lab: [5/6] ping")).unwrap_or_else(|| panic!("no ping line:\n{out}"));
     assert!(ping.contains(" 0% loss") || ping.contains(" 20% loss"), "{ping}");
     assert!(out.contains("\"Status\": \"ipsec_sa_established\""), "no DescribeVpnConnection:\n{out}");
+    // Both ends initiated: strongSwan ends with exactly one IKE SA and one CHILD SA, and a ping
+    // running across that loses at most one packet.
+    assert!(out.contains("lab: strongSwan: 1 IKE SA established, 1 CHILD SA installed"), "{out}");
+    let across = out
+        .lines()
+        .find_map(|l| l.strip_prefix("lab: ping across the duplicates' resolution: "))
+        .unwrap_or_else(|| panic!("no ping across the duplicates' resolution:\n{out}"));
+    let nums: Vec<u64> = across.split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert!(nums.len() == 2 && nums[0] >= 50 && nums[0] - nums[1] <= 1, "{across}");
     assert!(out.contains("lab: traffic counters"), "{out}");
     let counters = out.lines().find(|l| l.starts_with("lab: traffic counters")).unwrap_or_default();
     assert!(!counters.contains("out 0 packets") && !counters.contains("in 0 packets"), "{counters}");

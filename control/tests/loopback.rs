@@ -135,3 +135,91 @@ fn two_daemons_over_loopback() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A port p such that p and p + 1 are free on 127.0.0.1 and 127.0.0.2 right now.
+fn free_ports() -> u16 {
+    for _ in 0..200 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p >= 65000 {
+            continue;
+        }
+        let others = [("127.0.0.1", p + 1), ("127.0.0.2", p), ("127.0.0.2", p + 1)];
+        let held: Vec<_> = others.iter().filter_map(|a| std::net::UdpSocket::bind(a).ok()).collect();
+        if held.len() == others.len() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+/// Both daemons initiate at once (effect_immediately on both): two IKE SAs come up, and the
+/// duplicate rule leaves exactly one IKE SA and one Child SA on each end, the same on both. The
+/// end that deletes the redundant SA stops sending on its Child SA before the DELETE; the
+/// connection stays up (no re-initiation) and works (a Child SA rekey on the survivor).
+#[test]
+fn both_daemons_initiating_at_once_converge_on_one_sa() {
+    use ipsec_control::daemon::IkeState;
+
+    let port = free_ports();
+    let dir = std::env::temp_dir().join(format!("ipsec-control-lo-dup-{}", std::process::id()));
+    let sock_a = dir.join("a.sock");
+    let sock_b = dir.join("b.sock");
+    let (la, lb) = (Buf::default(), Buf::default());
+    let (ra, rb) = (RecordingSink::default(), RecordingSink::default());
+    let ca = config("127.0.0.1", "127.0.0.2", port, "192.0.2.0/24", "198.51.100.0/24", true, sock_a.to_str().unwrap());
+    let cb = config("127.0.0.2", "127.0.0.1", port, "198.51.100.0/24", "192.0.2.0/24", true, sock_b.to_str().unwrap());
+    let mut a = Daemon::new(ca, Box::new(ra.clone()), Logger::new(Box::new(la.clone()))).unwrap();
+    let mut b = Daemon::new(cb, Box::new(rb.clone()), Logger::new(Box::new(lb.clone()))).unwrap();
+    let t0 = Instant::now();
+    a.start();
+    b.start();
+    let installs = |s: &RecordingSink| s.snapshot().iter().filter(|r| matches!(r, SinkRecord::Install { .. })).count();
+    step_both(&mut a, &mut b, || installs(&ra) >= 2 && installs(&rb) >= 2, "two Child SAs (both ends initiated)");
+    let one = |s: &RecordingSink| s.installed().len() == 1;
+    step_both(&mut a, &mut b, || one(&ra) && one(&rb), "one Child SA on each end");
+    let converged = t0.elapsed();
+    // Stays so past the grace period (nothing else deleted, nothing re-initiated).
+    let until = Instant::now() + ipsec_ike::endpoint::DUPLICATE_GRACE + Duration::from_secs(1);
+    step_both(&mut a, &mut b, || Instant::now() >= until, "the grace period");
+    let (a_in, a_out) = ra.installed()[0];
+    assert_eq!(ra.installed(), vec![(a_in, a_out)]);
+    assert_eq!(rb.installed(), vec![(a_out, a_in)], "both ends kept the same Child SA");
+    assert_eq!(installs(&ra), 2, "no re-initiation");
+    assert_eq!(ra.sending_on(), Some((a_in, a_out)));
+    assert_eq!(rb.sending_on(), Some((a_out, a_in)));
+    for (d, sink, log) in [(&a, &ra, &la), (&b, &rb, &lb)] {
+        let st = d.connection_status("lo").unwrap();
+        assert_eq!(st.ike, IkeState::Established);
+        assert_eq!(st.children.len(), 1, "{st:?}");
+        assert_eq!(st.children[0].spi_in, sink.installed()[0].0);
+        assert!(!st.retry_scheduled);
+        let text = log.text();
+        assert_eq!(text.matches("IKE_SA established").count(), 2, "{text}");
+        assert!(text.contains("duplicate IKE_SA spi_i="), "{text}");
+    }
+    // Exactly one end deleted the redundant SA (its initiator) and retired its Child SA first.
+    let (deleter, sink) = if la.text().contains("deleting it (we initiated it)") { (&la, &ra) } else { (&lb, &rb) };
+    assert!(deleter.text().contains("deleting it (we initiated it)"));
+    assert!(!la.text().contains("did not delete it") && !lb.text().contains("did not delete it"));
+    let recs = sink.snapshot();
+    let retired = recs.iter().position(|r| matches!(r, SinkRecord::Retire { .. })).expect("a Retire");
+    let SinkRecord::Retire { spi_in: r_in, .. } = recs[retired].clone() else { unreachable!() };
+    let deleted = recs.iter().position(|r| matches!(r, SinkRecord::Delete { spi_in, .. } if *spi_in == r_in)).unwrap();
+    assert!(retired < deleted, "retired before deleted: {recs:?}");
+    assert_ne!(sink.installed()[0].0, r_in);
+    // The surviving IKE SA is the connection's: a Child SA rekey on it works.
+    let s = sock_a.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-child lo"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("rekey-child started"));
+    step_both(&mut a, &mut b, || one(&ra) && ra.installed()[0] != (a_in, a_out), "the rekey");
+    step_both(&mut a, &mut b, || one(&rb) && rb.installed()[0].0 != a_out, "the peer's rekey");
+    assert_eq!(rb.installed(), vec![(ra.installed()[0].1, ra.installed()[0].0)]);
+    drop((a, b));
+    eprintln!("converged after {converged:?}");
+    for log in [la.text(), lb.text()] {
+        assert!(!log.contains(PSK));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -29,9 +29,36 @@
 //! # Both ends initiating at once
 //!
 //! If both gateways `connect` to each other at the same time, two IKE SAs come up, each with its
-//! Child SA; both are kept, consistently on both ends (each end has one as initiator, one as
-//! responder, with identical keys). The daemon may close one of them (RFC 7296 gives no rule;
-//! strongSwan's default `uniqueids` does not close them either).
+//! Child SA (consistently on both ends: each end has one as initiator, one as responder, with
+//! identical keys). RFC 7296 gives no rule for this case; the endpoint converges on one:
+//!
+//! * **Which one.** Two established IKE SAs are duplicates when they have the same peer (address
+//!   and authenticated identity) and the same configured identities and subnets. Of duplicates,
+//!   the one whose smaller IKE_SA_INIT nonce is the lowest is redundant (the idea of §2.8.1 for
+//!   rekey collisions; [`crate::ike_sa::duplicate_is_redundant`]). Nonces are public and the
+//!   same on both ends, and do not change across IKE SA rekeys, so both ends always agree on the
+//!   survivor.
+//! * **Who deletes it.** The initiator of the redundant IKE SA deletes it at once (INFORMATIONAL
+//!   DELETE of the IKE SA, which takes its Child SAs along). Its responder waits
+//!   [`EndpointConfig::duplicate_grace`] for that DELETE and then deletes it itself, which
+//!   converges against peers that keep duplicates (strongSwan's default). If both DELETEs cross,
+//!   each end answers the other's (§1.4.1) and both end without the SA, without errors; a DELETE
+//!   whose answer is lost still ends in [`Event::Closed`].
+//! * **Never both.** The redundant SA is deleted only while its survivor is established and not
+//!   being deleted, and (not to lose the last Child SA) only if the survivor has a Child SA or
+//!   the redundant one has none. The peer must be known to hold the survivor
+//!   ([`IkeSa::is_confirmed_by_peer`]): when we only answered its IKE_AUTH, a liveness check on
+//!   the survivor is sent first and the deletion follows its answer (if the survivor dies of it,
+//!   the other SA stays); this also keeps traffic from moving to a Child SA the peer has not
+//!   installed yet. While an IKE SA rekey of either is under way (it could still
+//!   fail and take its SA with it, or cross the DELETE), the deletion waits and is looked at again
+//!   every second; so it is if a DELETE did not end the SA. If the survivor goes away first, the
+//!   other SA is no longer redundant and stays.
+//! * **Reporting.** Each decision is reported by [`Endpoint::poll_duplicate`] (deleting now,
+//!   waiting for the peer, deleting after the grace period), before the DELETE is taken with
+//!   [`Endpoint::poll_transmit`], so the daemon can move the data plane to the survivor's Child
+//!   SA first; [`Endpoint::survivor_of`] tells the survivor of a redundant SA.
+//!   [`EndpointConfig::resolve_duplicates`] = `false` keeps duplicates (tests emulate strongSwan so).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -42,8 +69,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::ike_sa::{Alternative, Event, IkeSa, Transmit};
-use crate::message::{ExchangeType, Flags, Header, Message, NotifyPayload, NotifyType, Payload, PayloadType};
+use crate::ike_sa::{duplicate_is_redundant, Alternative, Event, IkeSa, Transmit};
+use crate::message::{
+    ExchangeType, Flags, Header, Identification, Message, NotifyPayload, NotifyType, Payload, PayloadType,
+    TrafficSelector,
+};
 
 /// Identifies one connection (one [`IkeSa`]) of an [`Endpoint`] for its whole life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +92,12 @@ pub struct EndpointConfig {
     pub max_sas: usize,
     /// How long a cookie secret is used before it is replaced.
     pub cookie_secret_lifetime: Duration,
+    /// Apply the duplicate rule (see "Both ends initiating at once" in the module documentation);
+    /// `false` keeps duplicates side by side, as strongSwan does by default.
+    pub resolve_duplicates: bool,
+    /// How long the *responder* of a redundant IKE SA leaves its deletion to the peer (the SA's
+    /// initiator) before deleting it itself.
+    pub duplicate_grace: Duration,
 }
 
 impl EndpointConfig {
@@ -75,8 +111,82 @@ impl EndpointConfig {
             max_half_open: 1024,
             max_sas: 65536,
             cookie_secret_lifetime: Duration::from_secs(300),
+            resolve_duplicates: true,
+            duplicate_grace: DUPLICATE_GRACE,
         }
     }
+}
+
+/// Default [`EndpointConfig::duplicate_grace`].
+pub const DUPLICATE_GRACE: Duration = Duration::from_secs(3);
+/// A redundant IKE SA that cannot be deleted yet (see [`Endpoint::poll_duplicate`]) is looked at
+/// again this often; so is one whose DELETE is in flight.
+const DUPLICATE_RECHECK: Duration = Duration::from_secs(1);
+
+/// What makes two established IKE SAs duplicates: the same peer (address and authenticated
+/// identity) and the same configured identities and subnets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PeerKey {
+    remote: IpAddr,
+    peer_id: Option<Identification>,
+    local_id: Option<Identification>,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+}
+
+impl PeerKey {
+    fn of(sa: &IkeSa) -> Self {
+        let c = sa.config();
+        PeerKey {
+            remote: sa.remote_addr().ip(),
+            peer_id: sa.peer_id().cloned(),
+            local_id: c.local_id.clone(),
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+        }
+    }
+}
+
+/// A redundant IKE SA, until it is gone.
+struct DupState {
+    survivor: SaHandle,
+    /// When to (try to) delete it, or to look at it again.
+    act_at: Instant,
+    /// We are its responder: the deletion is the peer's first (grace period).
+    grace: bool,
+    /// Waiting for the peer to confirm the survivor (a liveness check is out).
+    confirming: bool,
+}
+
+/// A decision of the endpoint about an IKE SA that duplicates another one of the same connection
+/// (both ends initiated at once), from [`Endpoint::poll_duplicate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The redundant IKE SA.
+    pub redundant: SaHandle,
+    /// Its (SPIi, SPIr).
+    pub redundant_spis: (u64, u64),
+    /// The IKE SA that is kept.
+    pub survivor: SaHandle,
+    /// Its (SPIi, SPIr).
+    pub survivor_spis: (u64, u64),
+    /// What happens to the redundant one.
+    pub action: DuplicateAction,
+}
+
+/// See [`Duplicate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DuplicateAction {
+    /// We initiated it: its DELETE is queued now.
+    Deleting,
+    /// The peer initiated it and should delete it; we do if it has not after the grace period.
+    AwaitingPeer {
+        /// The grace period.
+        grace: Duration,
+    },
+    /// The peer initiated it and did not delete it within the grace period: its DELETE is queued
+    /// now.
+    DeletingAfterGrace,
 }
 
 struct CookieSecret {
@@ -101,6 +211,15 @@ pub struct Endpoint {
     events: VecDeque<(SaHandle, Event)>,
     alternatives: Vec<Alternative>,
     switched: VecDeque<(SaHandle, String)>,
+    /// Established SAs and their duplicate key.
+    peers: HashMap<SaHandle, PeerKey>,
+    by_peer: HashMap<PeerKey, Vec<SaHandle>>,
+    /// SAs whose group must be looked at for duplicates, and from when.
+    to_check: Vec<SaHandle>,
+    check_at: Option<Instant>,
+    /// Redundant SAs, until they are gone.
+    dups: HashMap<SaHandle, DupState>,
+    duplicates: VecDeque<Duplicate>,
 }
 
 /// An IKE SA taken out of one [`Endpoint`] with the events it had not delivered yet, to be
@@ -143,6 +262,12 @@ impl Endpoint {
             events: VecDeque::new(),
             alternatives: Vec::new(),
             switched: VecDeque::new(),
+            peers: HashMap::new(),
+            by_peer: HashMap::new(),
+            to_check: Vec::new(),
+            check_at: None,
+            dups: HashMap::new(),
+            duplicates: VecDeque::new(),
         }
     }
 
@@ -172,6 +297,7 @@ impl Endpoint {
             self.by_init.remove(&k);
         }
         self.half_open.remove(&h);
+        self.forget_peer(h);
         self.switched.retain(|(x, _)| *x != h);
         let (mine, others): (VecDeque<_>, VecDeque<_>) = self.events.drain(..).partition(|(x, _)| *x == h);
         self.events = others;
@@ -274,7 +400,8 @@ impl Endpoint {
     /// The earliest timer of all connections (linear in their number).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sas.values().filter_map(IkeSa::poll_timeout).min()
+        let dups = self.dups.values().map(|d| d.act_at).chain(self.check_at);
+        self.sas.values().filter_map(IkeSa::poll_timeout).chain(dups).min()
     }
 
     /// Fires every timer due at `now`.
@@ -287,6 +414,7 @@ impl Endpoint {
             }
             self.sync(h);
         }
+        self.resolve_duplicates(now, rng);
     }
 
     /// Processes one IKE message (non-ESP marker stripped, see [`crate::nat::classify`]) that
@@ -325,6 +453,7 @@ impl Endpoint {
             sa.handle(now, local, remote, msg, rng);
         }
         self.sync(target);
+        self.resolve_duplicates(now, rng);
     }
 
     fn new_responder<R: CryptoRng + ?Sized>(
@@ -398,6 +527,158 @@ impl Endpoint {
         }
     }
 
+    /// The next decision about a duplicate IKE SA (both ends initiated at once; see the module
+    /// documentation). A daemon polls this before [`Endpoint::poll_transmit`]: when the action
+    /// deletes, the DELETE is among the transmits, and the data plane should send on the
+    /// survivor's Child SAs before it leaves.
+    pub fn poll_duplicate(&mut self) -> Option<Duplicate> {
+        self.duplicates.pop_front()
+    }
+
+    /// If `h` is a redundant IKE SA (being deleted, or waiting for the peer to delete it): the
+    /// IKE SA that is kept instead.
+    #[must_use]
+    pub fn survivor_of(&self, h: SaHandle) -> Option<SaHandle> {
+        self.dups.get(&h).map(|d| d.survivor)
+    }
+
+    /// `h` is gone (finished or detached): out of its duplicate group; decisions that kept an SA
+    /// because of it are reconsidered.
+    fn forget_peer(&mut self, h: SaHandle) {
+        self.dups.remove(&h);
+        self.to_check.retain(|x| *x != h);
+        let Some(key) = self.peers.remove(&h) else {
+            return;
+        };
+        if let Some(g) = self.by_peer.get_mut(&key) {
+            g.retain(|x| *x != h);
+            if g.is_empty() {
+                self.by_peer.remove(&key);
+            }
+        }
+        let orphans: Vec<SaHandle> = self.dups.iter().filter(|(_, d)| d.survivor == h).map(|(r, _)| *r).collect();
+        for r in orphans {
+            // Its survivor went away: it is no longer redundant (unless another one is).
+            self.dups.remove(&r);
+            self.to_check.push(r);
+        }
+    }
+
+    fn spis_of_sa(&self, h: SaHandle) -> (u64, u64) {
+        self.sas.get(&h).map_or((0, 0), IkeSa::spis)
+    }
+
+    /// Applies the duplicate rule to the groups that gained an established SA, then acts on the
+    /// redundant SAs that are due.
+    fn resolve_duplicates<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        self.check_at = None;
+        let checks = core::mem::take(&mut self.to_check);
+        if !self.config.resolve_duplicates {
+            return;
+        }
+        for h in checks {
+            let Some(key) = self.peers.get(&h) else {
+                continue;
+            };
+            let live = |g: &SaHandle| self.sas.get(g).is_some_and(|sa| sa.is_established() && !sa.is_closing());
+            let members: Vec<SaHandle> =
+                self.by_peer.get(key).map(|g| g.iter().copied().filter(live).collect()).unwrap_or_default();
+            if members.len() < 2 {
+                continue;
+            }
+            let nonces = |g: SaHandle| self.sas[&g].nonces();
+            let Some(survivor) =
+                members.iter().copied().reduce(|a, b| if duplicate_is_redundant(nonces(a), nonces(b)) { b } else { a })
+            else {
+                continue;
+            };
+            for r in members {
+                if r == survivor || !duplicate_is_redundant(nonces(r), nonces(survivor)) {
+                    continue;
+                }
+                if self.dups.get(&r).is_some_and(|d| d.survivor == survivor) {
+                    continue;
+                }
+                let grace = !self.sas[&r].is_initiator();
+                let act_at = if grace { now + self.config.duplicate_grace } else { now };
+                self.dups.insert(r, DupState { survivor, act_at, grace, confirming: false });
+                if grace {
+                    self.duplicates.push_back(Duplicate {
+                        redundant: r,
+                        redundant_spis: self.spis_of_sa(r),
+                        survivor,
+                        survivor_spis: self.spis_of_sa(survivor),
+                        action: DuplicateAction::AwaitingPeer { grace: self.config.duplicate_grace },
+                    });
+                }
+            }
+        }
+        for d in self.dups.values_mut() {
+            if d.confirming && self.sas.get(&d.survivor).is_some_and(IkeSa::is_confirmed_by_peer) {
+                // The answer to our liveness check on the survivor: act now.
+                d.confirming = false;
+                d.act_at = now;
+            }
+        }
+        let mut due: Vec<SaHandle> = self.dups.iter().filter(|(_, d)| d.act_at <= now).map(|(r, _)| *r).collect();
+        due.sort();
+        for r in due {
+            self.act_on_duplicate(r, now, rng);
+        }
+    }
+
+    /// Deletes redundant SA `r` if that is safe now, else looks at it again later.
+    fn act_on_duplicate<R: CryptoRng + ?Sized>(&mut self, r: SaHandle, now: Instant, rng: &mut R) {
+        let Some(d) = self.dups.get(&r) else {
+            return;
+        };
+        let (survivor, grace) = (d.survivor, d.grace);
+        let (Some(rs), Some(ss)) = (self.sas.get(&r), self.sas.get(&survivor)) else {
+            self.dups.remove(&r);
+            return;
+        };
+        if !ss.is_established() || ss.is_closing() {
+            // Never lose both: without a survivor the SA is no longer redundant.
+            self.dups.remove(&r);
+            return;
+        }
+        let wait = rs.is_closing()
+            // A rekey of either SA under way could still fail (and take that SA with it) or cross
+            // our DELETE: decide once it is over.
+            || rs.is_rekeying_ike()
+            || ss.is_rekeying_ike()
+            // Never lose the last Child SA.
+            || (ss.child_sas().next().is_none() && rs.child_sas().next().is_some());
+        // The peer may not hold the survivor yet (we answered its IKE_AUTH; the answer may still be
+        // on its way, or lost): ask, and delete once it answered (or keep the redundant SA if the
+        // survivor dies of it). Traffic moved to the survivor before would be lost.
+        let unconfirmed = !ss.is_confirmed_by_peer();
+        if let Some(d) = self.dups.get_mut(&r) {
+            d.act_at = now + DUPLICATE_RECHECK;
+            d.confirming = unconfirmed;
+        }
+        if unconfirmed && !wait {
+            if let Some(sa) = self.sas.get_mut(&survivor) {
+                sa.check_liveness(now, rng);
+            }
+            self.sync(survivor);
+        }
+        if wait || unconfirmed {
+            return;
+        }
+        self.duplicates.push_back(Duplicate {
+            redundant: r,
+            redundant_spis: self.spis_of_sa(r),
+            survivor,
+            survivor_spis: self.spis_of_sa(survivor),
+            action: if grace { DuplicateAction::DeletingAfterGrace } else { DuplicateAction::Deleting },
+        });
+        if let Some(sa) = self.sas.get_mut(&r) {
+            sa.close(now, rng);
+        }
+        self.sync(r);
+    }
+
     fn rotate_secret<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
         let stale = self.secret.as_ref().is_none_or(|s| now >= s.born + self.config.cookie_secret_lifetime);
         if stale {
@@ -460,7 +741,16 @@ impl Endpoint {
             self.switched.push_back((h, label));
         }
         let finished = sa.is_finished();
+        let established = sa.is_established();
         let half_open = sa.is_half_open();
+        if established && !self.peers.contains_key(&h) {
+            let key = PeerKey::of(sa);
+            let at = sa.last_now();
+            self.by_peer.entry(key.clone()).or_default().push(h);
+            self.peers.insert(h, key);
+            self.to_check.push(h);
+            self.check_at = Some(self.check_at.map_or(at, |t| t.min(at)));
+        }
         let spis = if finished { Vec::new() } else { sa.local_spis() };
         for old in self.spis_of.remove(&h).unwrap_or_default() {
             if self.by_spi.get(&old) == Some(&h) {
@@ -480,6 +770,7 @@ impl Endpoint {
             if let Some(k) = self.init_of.remove(&h) {
                 self.by_init.remove(&k);
             }
+            self.forget_peer(h);
         } else {
             self.spis_of.insert(h, spis);
         }
@@ -498,11 +789,16 @@ mod tests {
     use crate::ike_sa::ChildSa;
     use crate::ike_sa::IkeSa;
     use crate::message::{Identification, KePayload, SaPayload};
-    use crate::sim::{configs, I_ADDR, R_ADDR};
+    use crate::sim::{configs, Chaos, I_ADDR, R_ADDR};
     use crate::test_util::rng;
     use crate::transforms::build_offer;
+    use std::collections::HashSet;
 
-    /// Two endpoints on a lossless network, with virtual time.
+    /// A datagram on its way: (due, towards b, sequence, datagram).
+    type InFlight = (Instant, bool, u64, Transmit);
+
+    /// Two endpoints on a network with virtual time: lossless and immediate unless `chaos` or
+    /// `latency` say otherwise; `filter` drops the datagrams it returns `true` for.
     struct Net {
         now: Instant,
         rng: ChaCha20Rng,
@@ -510,8 +806,17 @@ mod tests {
         b: Endpoint,
         ev_a: Vec<(SaHandle, Event)>,
         ev_b: Vec<(SaHandle, Event)>,
+        /// Duplicate decisions, with when they were polled.
+        dup_a: Vec<(Instant, Duplicate)>,
+        dup_b: Vec<(Instant, Duplicate)>,
         /// Datagrams b sent (to check the COOKIE exchange).
         sent_by_b: Vec<Transmit>,
+        flight: Vec<InFlight>,
+        seq: u64,
+        latency: Duration,
+        chaos: Option<(Chaos, ChaCha20Rng)>,
+        #[allow(clippy::type_complexity)]
+        filter: Option<Box<dyn Fn(bool, &Transmit) -> bool>>,
     }
 
     impl Net {
@@ -523,29 +828,60 @@ mod tests {
                 b: Endpoint::new(b),
                 ev_a: Vec::new(),
                 ev_b: Vec::new(),
+                dup_a: Vec::new(),
+                dup_b: Vec::new(),
                 sent_by_b: Vec::new(),
+                flight: Vec::new(),
+                seq: 0,
+                latency: Duration::ZERO,
+                chaos: None,
+                filter: None,
             }
         }
 
-        fn drive(&mut self) {
-            loop {
-                let mut moved = false;
-                while let Some(t) = self.a.poll_transmit(self.now) {
-                    if t.remote.ip() == R_ADDR.ip() {
-                        self.b.handle(self.now, t.remote, t.local, &t.payload, &mut self.rng);
-                    }
-                    moved = true;
+        fn send(&mut self, to_b: bool, t: Transmit) {
+            if self.filter.as_ref().is_some_and(|f| f(to_b, &t)) {
+                return;
+            }
+            let mut at = self.now + self.latency;
+            let mut copies = 1;
+            if let Some((c, r)) = self.chaos.as_mut() {
+                let x = r.next_u32() % 1000;
+                if x < c.drop {
+                    return;
                 }
-                while let Some(t) = self.b.poll_transmit(self.now) {
-                    self.sent_by_b.push(t.clone());
-                    if t.remote.ip() == I_ADDR.ip() {
-                        self.a.handle(self.now, t.remote, t.local, &t.payload, &mut self.rng);
-                    }
-                    moved = true;
+                if x < c.drop + c.dup {
+                    copies = 2;
+                } else if x < c.drop + c.dup + c.delay {
+                    at += Duration::from_millis(u64::from(r.next_u32()) % (c.max_delay.as_millis() as u64 + 1));
                 }
-                if !moved {
-                    break;
+            }
+            for _ in 0..copies {
+                self.seq += 1;
+                self.flight.push((at, to_b, self.seq, t.clone()));
+            }
+        }
+
+        fn collect(&mut self) -> bool {
+            let mut moved = false;
+            while let Some(d) = self.a.poll_duplicate() {
+                self.dup_a.push((self.now, d));
+            }
+            while let Some(d) = self.b.poll_duplicate() {
+                self.dup_b.push((self.now, d));
+            }
+            while let Some(t) = self.a.poll_transmit(self.now) {
+                if t.remote.ip() == R_ADDR.ip() {
+                    self.send(true, t);
                 }
+                moved = true;
+            }
+            while let Some(t) = self.b.poll_transmit(self.now) {
+                self.sent_by_b.push(t.clone());
+                if t.remote.ip() == I_ADDR.ip() {
+                    self.send(false, t);
+                }
+                moved = true;
             }
             while let Some(e) = self.a.poll_event() {
                 self.ev_a.push(e);
@@ -553,20 +889,49 @@ mod tests {
             while let Some(e) = self.b.poll_event() {
                 self.ev_b.push(e);
             }
+            moved
+        }
+
+        /// Delivers everything due, in order, until the network is quiet at the current time.
+        fn drive(&mut self) {
+            loop {
+                self.collect();
+                let next = (0..self.flight.len())
+                    .filter(|k| self.flight[*k].0 <= self.now)
+                    .min_by_key(|k| (self.flight[*k].0, self.flight[*k].2));
+                let Some(k) = next else {
+                    break;
+                };
+                let (_, to_b, _, t) = self.flight.remove(k);
+                if to_b {
+                    self.b.handle(self.now, t.remote, t.local, &t.payload, &mut self.rng);
+                } else {
+                    self.a.handle(self.now, t.remote, t.local, &t.payload, &mut self.rng);
+                }
+            }
         }
 
         fn run(&mut self, d: Duration) {
             let end = self.now + d;
             loop {
                 self.drive();
-                match [self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min() {
+                let next = [self.a.poll_timeout(), self.b.poll_timeout(), self.flight.iter().map(|f| f.0).min()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
                     Some(t) if t <= end => {
                         self.now = self.now.max(t);
-                        self.a.handle_timeout(self.now, &mut self.rng);
-                        self.b.handle_timeout(self.now, &mut self.rng);
+                        if self.a.poll_timeout().is_some_and(|x| x <= self.now) {
+                            self.a.handle_timeout(self.now, &mut self.rng);
+                        }
+                        if self.b.poll_timeout().is_some_and(|x| x <= self.now) {
+                            self.b.handle_timeout(self.now, &mut self.rng);
+                        }
                     }
                     _ => {
                         self.now = end;
+                        self.drive();
                         return;
                     }
                 }
@@ -624,22 +989,268 @@ mod tests {
         assert!(n.ev_b.iter().any(|(_, e)| *e == Event::Closed));
     }
 
-    #[test]
-    fn both_ends_initiating_at_once_keep_two_consistent_ike_sas() {
-        let (ci, cr) = configs();
-        let mut n = Net::new(EndpointConfig::new(Some(ci.clone())), EndpointConfig::new(Some(cr.clone())));
-        let ha = n.a.connect(ci, I_ADDR, R_ADDR, n.now, &mut rng(1));
-        let hb = n.b.connect(cr, R_ADDR, I_ADDR, n.now, &mut rng(2));
-        n.run(Duration::from_secs(5));
-        assert_eq!(n.a.len(), 2);
-        assert_eq!(n.b.len(), 2);
-        assert!(n.a.ike_sa(ha).unwrap().is_established() && n.b.ike_sa(hb).unwrap().is_established());
-        let (ca, cb) = (children(&n.ev_a), children(&n.ev_b));
-        assert_eq!(ca.len(), 2);
-        for c in &ca {
-            let d = cb.iter().find(|d| (d.spi_i, d.spi_r) == (c.spi_i, c.spi_r)).unwrap();
-            assert_eq!(c.keys, d.keys);
+    /// The Child SAs installed and not deleted, according to the events.
+    fn live(ev: &[(SaHandle, Event)]) -> Vec<ChildSa> {
+        let mut v: Vec<ChildSa> = Vec::new();
+        for (_, e) in ev {
+            match e {
+                Event::ChildSaInstalled(c) => v.push(c.clone()),
+                Event::ChildSaDeleted { spi_in, .. } => v.retain(|c| c.inbound_spi() != *spi_in),
+                _ => {}
+            }
         }
+        v
+    }
+
+    fn failed(ev: &[(SaHandle, Event)]) -> bool {
+        ev.iter().any(|(_, e)| matches!(e, Event::Failed(_) | Event::PeerDead))
+    }
+
+    /// Both ends hold exactly one established IKE SA, the same one, with one Child SA with the
+    /// same keys on both ends; returns its SPIs.
+    fn assert_converged(n: &Net, allow_failures: bool) -> (u64, u64) {
+        assert_eq!((n.a.len(), n.b.len()), (1, 1), "one IKE SA on each end");
+        let sa_a = n.a.ike_sa(n.a.handles().next().unwrap()).unwrap();
+        let sa_b = n.b.ike_sa(n.b.handles().next().unwrap()).unwrap();
+        assert!(sa_a.is_established() && sa_b.is_established());
+        assert_eq!(sa_a.spis(), sa_b.spis(), "the same IKE SA");
+        let (la, lb) = (live(&n.ev_a), live(&n.ev_b));
+        assert_eq!((la.len(), lb.len()), (1, 1), "one Child SA on each end");
+        assert_eq!((la[0].spi_i, la[0].spi_r), (lb[0].spi_i, lb[0].spi_r));
+        assert_eq!(la[0].keys, lb[0].keys, "identical Child SA keys");
+        assert_eq!(la[0].inbound_keys(), lb[0].outbound_keys());
+        let held: Vec<(u32, u32)> = sa_a.child_sas().map(|c| (c.spi_i, c.spi_r)).collect();
+        assert_eq!(held, [(la[0].spi_i, la[0].spi_r)], "the Child SA is the surviving IKE SA's");
+        if !allow_failures {
+            assert!(!failed(&n.ev_a) && !failed(&n.ev_b), "{:?} {:?}", n.ev_a, n.ev_b);
+        }
+        assert!(n.a.dups.is_empty() && n.b.dups.is_empty() && n.a.peers.len() == 1 && n.b.peers.len() == 1);
+        sa_a.spis()
+    }
+
+    /// Checks every decision against the rule when it is polled (both SAs still exist then).
+    fn check_rule(ep: &Endpoint, d: &Duplicate) {
+        let r = ep.ike_sa(d.redundant).unwrap().nonces();
+        let s = ep.ike_sa(d.survivor).unwrap().nonces();
+        assert!(r.0.min(r.1) < s.0.min(s.1), "the redundant SA has the lowest nonce");
+        assert!(crate::ike_sa::duplicate_is_redundant(r, s) && !crate::ike_sa::duplicate_is_redundant(s, r));
+        assert_eq!(ep.survivor_of(d.redundant), Some(d.survivor));
+    }
+
+    /// Both ends `connect` at once with RNG seed `seed`; the rule on b as `b_rule` says.
+    fn simultaneous(seed: u64, b_rule: bool, grace: Duration) -> Net {
+        let (ci, cr) = configs();
+        let mut ca = EndpointConfig::new(Some(ci.clone()));
+        ca.duplicate_grace = grace;
+        let mut cb = EndpointConfig::new(Some(cr.clone()));
+        cb.duplicate_grace = grace;
+        cb.resolve_duplicates = b_rule;
+        let mut n = Net::new(ca, cb);
+        n.rng = rng(1000 + seed);
+        n.a.connect(ci, I_ADDR, R_ADDR, n.now, &mut rng(100 + seed));
+        n.b.connect(cr, R_ADDR, I_ADDR, n.now, &mut rng(200 + seed));
+        n
+    }
+
+    fn actions(d: &[(Instant, Duplicate)]) -> Vec<DuplicateAction> {
+        d.iter().map(|(_, x)| x.action).collect()
+    }
+
+    /// Runs and checks every decision against the rule as it is made.
+    fn run_checked(n: &mut Net, d: Duration) {
+        let end = n.now + d;
+        let (mut seen_a, mut seen_b) = (0, 0);
+        while n.now < end {
+            n.run(Duration::from_millis(10).min(end - n.now));
+            // Decisions are polled before the DELETE leaves, so both SAs exist here.
+            for (_, x) in &n.dup_a[seen_a..] {
+                if n.a.ike_sa(x.redundant).is_some() && n.a.ike_sa(x.survivor).is_some() {
+                    check_rule(&n.a, x);
+                }
+            }
+            for (_, x) in &n.dup_b[seen_b..] {
+                if n.b.ike_sa(x.redundant).is_some() && n.b.ike_sa(x.survivor).is_some() {
+                    check_rule(&n.b, x);
+                }
+            }
+            (seen_a, seen_b) = (n.dup_a.len(), n.dup_b.len());
+        }
+    }
+
+    #[test]
+    fn duplicate_rule_is_a_strict_order_on_nonces() {
+        use crate::ike_sa::duplicate_is_redundant as red;
+        let (lo, mid, hi) = (&[1u8, 9][..], &[2u8, 0][..], &[2u8, 0, 0][..]);
+        assert!(!red((mid, hi), (lo, hi)) && red((lo, hi), (mid, hi)));
+        // Byte strings: a proper prefix is lower.
+        assert!(red((mid, &[9u8; 4][..]), (hi, &[9u8; 4][..])));
+        // The smaller nonce decides, whichever of Ni/Nr it is; then the larger one.
+        assert!(red((hi, lo), (mid, mid)));
+        assert!(red((lo, mid), (hi, lo)));
+        // Identical nonces: neither is redundant.
+        assert!(!red((lo, hi), (hi, lo)) && !red((hi, lo), (lo, hi)));
+    }
+
+    /// Both ends initiate at once: the initiator of the SA with the lowest nonce deletes it
+    /// (taking its Child SA along); the other end waits (and has nothing to do). Both ends keep
+    /// the same SA, whichever end initiated it.
+    #[test]
+    fn both_ends_initiating_at_once_converge_on_one_ike_sa() {
+        let mut kept_initiated_by = HashSet::new();
+        for seed in 0..8 {
+            let mut n = simultaneous(seed, true, DUPLICATE_GRACE);
+            run_checked(&mut n, Duration::from_secs(10));
+            let spis = assert_converged(&n, false);
+            let (deleter, waiter) = if n.dup_a.iter().any(|(_, d)| d.action == DuplicateAction::Deleting) {
+                (&n.dup_a, &n.dup_b)
+            } else {
+                (&n.dup_b, &n.dup_a)
+            };
+            assert_eq!(actions(deleter), [DuplicateAction::Deleting], "seed {seed}");
+            assert_eq!(actions(waiter), [DuplicateAction::AwaitingPeer { grace: DUPLICATE_GRACE }], "seed {seed}");
+            // The same decision on both ends, and the kept SA is the survivor.
+            assert_eq!(deleter[0].1.redundant_spis, waiter[0].1.redundant_spis);
+            assert_eq!(deleter[0].1.survivor_spis, spis);
+            assert_eq!(waiter[0].1.survivor_spis, spis);
+            // Within a round trip (lossless, no latency: at once), no grace period needed.
+            assert_eq!(deleter[0].0, waiter[0].0);
+            let closed = |ev: &[(SaHandle, Event)]| ev.iter().filter(|(_, e)| *e == Event::Closed).count();
+            assert_eq!((closed(&n.ev_a), closed(&n.ev_b)), (1, 1));
+            kept_initiated_by.insert(n.a.ike_sa(n.a.handles().next().unwrap()).unwrap().is_initiator());
+        }
+        assert_eq!(kept_initiated_by.len(), 2, "seeds cover both ends' SA surviving");
+    }
+
+    #[test]
+    fn both_ends_initiating_at_once_converge_over_a_bad_network() {
+        let chaos = Chaos { drop: 100, dup: 100, delay: 200, max_delay: Duration::from_millis(400) };
+        for seed in 0..12 {
+            let mut n = simultaneous(seed, true, DUPLICATE_GRACE);
+            n.latency = Duration::from_millis(20);
+            n.chaos = Some((chaos, rng(500 + seed)));
+            run_checked(&mut n, Duration::from_secs(120));
+            assert_converged(&n, false);
+            let all: Vec<_> = n.dup_a.iter().chain(&n.dup_b).map(|(_, d)| d.redundant_spis).collect();
+            assert!(all.windows(2).all(|w| w[0] == w[1]), "one redundant SA, the same on both ends: {all:?}");
+        }
+    }
+
+    /// The peer keeps duplicates (strongSwan's default): when it initiated the redundant SA, our
+    /// end deletes it after the grace period.
+    #[test]
+    fn duplicate_deleted_by_its_responder_when_the_peer_keeps_it() {
+        let mut cases = HashSet::new();
+        for seed in 0..8 {
+            let mut n = simultaneous(seed, false, DUPLICATE_GRACE);
+            run_checked(&mut n, Duration::from_secs(20));
+            assert_converged(&n, false);
+            assert!(n.dup_b.is_empty());
+            let acts = actions(&n.dup_a);
+            if acts == [DuplicateAction::Deleting] {
+                cases.insert("ours");
+            } else {
+                assert_eq!(
+                    acts,
+                    [DuplicateAction::AwaitingPeer { grace: DUPLICATE_GRACE }, DuplicateAction::DeletingAfterGrace],
+                    "seed {seed}"
+                );
+                assert!(n.dup_a[1].0 >= n.dup_a[0].0 + DUPLICATE_GRACE);
+                assert_eq!(n.dup_a[0].1.redundant_spis, n.dup_a[1].1.redundant_spis);
+                cases.insert("peer's");
+            }
+        }
+        assert_eq!(cases.len(), 2, "seeds cover both ends' SA being redundant");
+    }
+
+    /// Both ends delete the redundant SA at the same moment (50 ms one way; the grace period is
+    /// the round trip the initiator of the redundant SA spends confirming the survivor): the
+    /// DELETEs cross; each answers the other's and both end without it and without errors.
+    #[test]
+    fn crossing_deletes_of_the_redundant_sa() {
+        for seed in 0..4 {
+            let mut n = simultaneous(seed, true, Duration::from_millis(100));
+            n.latency = Duration::from_millis(50);
+            run_checked(&mut n, Duration::from_secs(10));
+            assert_converged(&n, false);
+            let del = |d: &[(Instant, Duplicate)]| {
+                d.iter().find(|(_, x)| !matches!(x.action, DuplicateAction::AwaitingPeer { .. })).cloned()
+            };
+            let (ta, da) = del(&n.dup_a).unwrap();
+            let (tb, db) = del(&n.dup_b).unwrap();
+            assert_eq!(da.redundant_spis, db.redundant_spis);
+            let gap = if ta > tb { ta - tb } else { tb - ta };
+            assert!(gap < n.latency, "both DELETEs were in flight at once");
+            let closed = |ev: &[(SaHandle, Event)]| ev.iter().filter(|(_, e)| *e == Event::Closed).count();
+            assert_eq!((closed(&n.ev_a), closed(&n.ev_b)), (1, 1));
+        }
+    }
+
+    /// The initiator of the redundant SA is the responder of the survivor; its IKE_AUTH answer for
+    /// the survivor is lost, so the peer does not hold the survivor until it retransmits its
+    /// request (0.5 s later). The redundant SA is deleted only after that (a liveness check on the
+    /// survivor is answered), never while the peer would be left without a Child SA.
+    #[test]
+    fn redundant_sa_deleted_only_once_the_peer_holds_the_survivor() {
+        let mut tested = 0;
+        for seed in 0..16 {
+            let mut n = simultaneous(seed, true, DUPLICATE_GRACE);
+            let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+            let d2 = dropped.clone();
+            n.filter = Some(Box::new(move |to_b, t| {
+                let h = Header::peek(&t.payload).unwrap().header;
+                let hit = to_b && h.exchange_type == ExchangeType::IKE_AUTH && h.flags.response && !d2.get();
+                d2.set(d2.get() || hit);
+                hit
+            }));
+            let t0 = n.now;
+            run_checked(&mut n, Duration::from_secs(10));
+            assert!(dropped.get());
+            assert_converged(&n, false);
+            let Some((at, d)) = n.dup_a.iter().find(|(_, d)| d.action == DuplicateAction::Deleting).cloned() else {
+                continue; // b initiated the redundant SA: not the case under test.
+            };
+            assert_ne!(d.survivor, SaHandle(1), "the survivor is the SA b initiated");
+            assert!(at >= t0 + Duration::from_millis(500), "deleted {:?} after the start", at - t0);
+            tested += 1;
+        }
+        assert!(tested >= 2, "{tested}");
+    }
+
+    /// The redundant SA is not deleted while a rekey of the survivor is in flight: here that
+    /// rekey never completes (its answers are lost) and the survivor dies with it, so deleting
+    /// the redundant SA at the end of the grace period would have left nothing. It is kept, and
+    /// both ends end up with it.
+    #[test]
+    fn no_deletion_while_the_survivor_is_rekeying() {
+        let mut tested = false;
+        for seed in 0..16 {
+            let mut n = simultaneous(seed, false, DUPLICATE_GRACE);
+            n.run(Duration::from_millis(100));
+            let Some((_, d)) = n.dup_a.first().cloned() else {
+                continue;
+            };
+            if d.action == DuplicateAction::Deleting {
+                continue; // We initiated the redundant SA: no grace period to test.
+            }
+            let (s, r) = (d.survivor, d.redundant);
+            let s_spis = d.survivor_spis;
+            n.filter = Some(Box::new(move |to_b, t| {
+                let h = Header::peek(&t.payload).unwrap().header;
+                !to_b && (h.spi_i, h.spi_r) == s_spis
+            }));
+            let now = n.now;
+            n.a.with_sa(s, |sa| sa.rekey_ike(now, &mut rng(77)));
+            n.run(Duration::from_secs(5));
+            assert!(n.a.ike_sa(r).is_some(), "the redundant SA waits for the survivor's rekey");
+            assert_eq!(actions(&n.dup_a), [DuplicateAction::AwaitingPeer { grace: DUPLICATE_GRACE }]);
+            n.run(Duration::from_secs(200));
+            assert!(n.ev_a.iter().any(|(h, e)| *h == s && *e == Event::Failed(crate::ike_sa::Failure::Timeout)));
+            assert_eq!(actions(&n.dup_a), [DuplicateAction::AwaitingPeer { grace: DUPLICATE_GRACE }]);
+            assert_eq!(assert_converged(&n, true), d.redundant_spis, "the formerly redundant SA is kept");
+            tested = true;
+            break;
+        }
+        assert!(tested);
     }
 
     #[test]

@@ -32,7 +32,8 @@
 //!   configurations ([`ike_sa::Alternative`]) and keeps, at IKE_AUTH, the one whose remote ID and
 //!   PSK the initiator's IDi and AUTH match (several `%any` connections).
 //! * [`endpoint`]: the dispatcher a daemon drives with every IKE datagram: routes by IKE SPI,
-//!   creates responders, bounds half-open state with COOKIEs, aggregates outputs.
+//!   creates responders, bounds half-open state with COOKIEs, aggregates outputs, and deletes
+//!   the redundant IKE SA when both ends initiated the same connection at once.
 //! * [`config`]: the connection configuration (the seed's IkeConfig/IpsecConfig).
 //! * [`nat`]: NAT detection hashes and NAT-T datagram framing (non-ESP marker, keepalives).
 //! * [`ts`]: traffic selector intersection and narrowing.

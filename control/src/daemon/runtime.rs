@@ -123,7 +123,9 @@ pub struct ConnStatus {
     pub ike_state: &'static str,
     /// When the IKE SA (of the connection, across rekeys) was established.
     pub ike_established_at: Option<SystemTime>,
-    /// The Child SAs of every live IKE SA of the connection (two when both sides initiated).
+    /// The Child SAs of every live IKE SA of the connection: one per Child SA of the connection's
+    /// IKE SA, plus, for a few seconds after both sides initiated at once, those of the redundant
+    /// IKE SA being deleted.
     pub children: Vec<ChildStatus>,
     /// Sum of the Child SAs' counters, when the sink can tell.
     pub counters: Option<SaCounters>,
@@ -482,7 +484,8 @@ impl Daemon {
         };
         let mut total: Option<SaCounters> = None;
         // Every IKE SA of the connection, not only the current one: when both sides initiate at
-        // once two IKE SAs (each with a Child SA) may carry traffic side by side.
+        // once two IKE SAs (each with a Child SA) exist side by side until the redundant one is
+        // deleted (see the daemon's documentation), and both may carry traffic meanwhile.
         let children: Vec<ChildStatus> = c
             .endpoint
             .handles()
@@ -532,7 +535,7 @@ impl Daemon {
     }
 
     /// One line to the observer (and, with `also_log`, to the daemon log).
-    fn note(&mut self, i: usize, line: String, also_log: bool) {
+    pub(super) fn note(&mut self, i: usize, line: String, also_log: bool) {
         let name = &self.conns[i].spec.name;
         if also_log {
             logln!(self.log, "conn {name}: {line}");
@@ -741,7 +744,8 @@ impl Daemon {
     /// An event of connection `i` (before the daemon acts on it).
     pub(super) fn observe_event(&mut self, i: usize, h: SaHandle, ev: &Event) {
         let now = Instant::now();
-        let current = self.conns[i].handle == Some(h);
+        // The connection's IKE SA, and no other one (a duplicate) carries on without it.
+        let current = self.conns[i].handle == Some(h) && self.other_live(i, h).is_none();
         self.conns[i].rt.dirty = true;
         // Our proposals, written out only for the failures that show them (not per event: this
         // runs for every SA set up).

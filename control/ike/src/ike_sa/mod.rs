@@ -502,6 +502,11 @@ pub struct IkeSa {
     alternatives: Vec<Alternative>,
     /// The label of the alternative chosen at IKE_AUTH, until taken by [`IkeSa::take_switch`].
     switched: Option<String>,
+    /// The identity the peer authenticated with (IDi as responder, IDr as initiator).
+    peer_id: Option<Identification>,
+    /// The peer is known to hold the established IKE SA and its first Child SA: we initiated it
+    /// (it answered IKE_AUTH), or an authenticated message or ESP came from it since.
+    peer_confirmed: bool,
 }
 
 /// Another configuration a responder may switch to at IKE_AUTH, chosen by the initiator's IDi and
@@ -559,6 +564,29 @@ fn nonzero_u32<R: CryptoRng + ?Sized>(rng: &mut R) -> u32 {
             return v;
         }
     }
+}
+
+/// Both ends initiated the same connection at once and two IKE SAs came up: whether the one whose
+/// IKE_SA_INIT nonces are `this` = (Ni, Nr) is the redundant one next to the one with `other`.
+///
+/// RFC 7296 gives no rule for this case; this applies the idea of its rule for rekey collisions
+/// (§2.8.1, "the SA created with the lowest of the four nonces" is the redundant one) to the two
+/// IKE_SA_INIT exchanges: each SA is ranked by its smaller nonce, nonces compared as byte strings
+/// (lexicographically, a shorter prefix first); the SA with the lower rank is redundant. If the
+/// smaller nonces are equal the larger ones decide; if both are equal (never with random nonces)
+/// neither is redundant. Nonces are public and both ends know the same ones, so both ends
+/// compute the same answer: exactly one of `is_redundant(a, b)` and `is_redundant(b, a)` is true
+/// unless the nonces are identical.
+#[must_use]
+pub fn duplicate_is_redundant(this: (&[u8], &[u8]), other: (&[u8], &[u8])) -> bool {
+    fn rank<'a>((a, b): (&'a [u8], &'a [u8])) -> (&'a [u8], &'a [u8]) {
+        if a <= b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+    rank(this) < rank(other)
 }
 
 fn nonce<R: CryptoRng + ?Sized>(rng: &mut R) -> Vec<u8> {
@@ -661,6 +689,8 @@ impl IkeSa {
             events: VecDeque::new(),
             alternatives: Vec::new(),
             switched: None,
+            peer_id: None,
+            peer_confirmed: false,
         }
     }
 
@@ -733,6 +763,62 @@ impl IkeSa {
     #[must_use]
     pub fn local_spis(&self) -> Vec<u64> {
         self.cores.iter().filter(|c| c.role != Role::Gone).map(Core::our_spi).filter(|s| *s != 0).collect()
+    }
+
+    /// The nonces of the IKE_SA_INIT exchange that created this connection, (Ni, Nr). They are
+    /// public (sent in clear) and the same on both ends; they do not change when the IKE SA is
+    /// rekeyed, so they identify the connection for [`duplicate_is_redundant`].
+    #[must_use]
+    pub fn nonces(&self) -> (&[u8], &[u8]) {
+        (&self.ni, &self.nr)
+    }
+
+    /// Whether we are the initiator of the current IKE SA (the original initiator, or the end
+    /// that initiated its last rekey). Both ends agree on it (the I flag).
+    #[must_use]
+    pub fn is_initiator(&self) -> bool {
+        self.current().map_or(self.cores[0].initiator, |i| self.cores[i].initiator)
+    }
+
+    /// The identity the peer authenticated with in IKE_AUTH (its IDi, or IDr when we initiated);
+    /// `None` before.
+    #[must_use]
+    pub fn peer_id(&self) -> Option<&Identification> {
+        self.peer_id.as_ref()
+    }
+
+    /// The latest time this SA was given (for the dispatcher's timers).
+    pub(crate) fn last_now(&self) -> Instant {
+        self.now
+    }
+
+    /// Whether the peer is known to hold this established IKE SA and its first Child SA: we
+    /// initiated it (the peer answered our IKE_AUTH), or an authenticated message (e.g. the answer
+    /// to [`IkeSa::check_liveness`]) or ESP ([`IkeSa::note_inbound_traffic`]) came from the peer
+    /// after IKE_AUTH. A responder is not sure before: its IKE_AUTH answer may still be on the way
+    /// (or lost).
+    #[must_use]
+    pub fn is_confirmed_by_peer(&self) -> bool {
+        self.is_established() && self.peer_confirmed
+    }
+
+    /// Whether the IKE SA is being deleted (our DELETE is queued or in flight) or is gone.
+    #[must_use]
+    pub fn is_closing(&self) -> bool {
+        let delete_pending = self
+            .current()
+            .and_then(|i| self.cores[i].pending.as_ref())
+            .is_some_and(|p| matches!(p.task, Task::DeleteIke));
+        self.is_finished() || delete_pending || self.queue.contains(&Request::DeleteIke)
+    }
+
+    /// Whether an IKE SA rekey is under way: ours queued or in flight, the peer's new SA waiting
+    /// as a collision candidate, or the replaced SA not deleted yet.
+    #[must_use]
+    pub fn is_rekeying_ike(&self) -> bool {
+        let ours =
+            self.cores.iter().filter_map(|c| c.pending.as_ref()).any(|p| matches!(p.task, Task::RekeyIke { .. }));
+        ours || self.queue.contains(&Request::RekeyIke) || self.cores.iter().any(|c| c.role != Role::Current)
     }
 
     /// The IKE SA keys of the current IKE SA, once derived.
@@ -939,6 +1025,21 @@ impl IkeSa {
     /// the liveness check.
     pub fn note_inbound_traffic(&mut self, now: Instant) {
         self.last_inbound = self.last_inbound.max(now);
+        if self.is_established() {
+            self.peer_confirmed = true;
+        }
+    }
+
+    /// Sends a liveness check (an empty INFORMATIONAL) now unless one is queued or in flight. An
+    /// answer confirms the SA ([`IkeSa::is_confirmed_by_peer`]); none within `dpd_timeout`
+    /// declares the peer dead ([`Event::PeerDead`]), as a DPD does.
+    pub fn check_liveness<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        self.now = now;
+        let in_flight = self.cores.iter().filter_map(|c| c.pending.as_ref()).any(|p| matches!(p.task, Task::Dpd));
+        if self.is_established() && !in_flight && !self.queue.contains(&Request::Dpd) {
+            self.queue.push_back(Request::Dpd);
+        }
+        self.after(rng);
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1036,7 +1137,13 @@ impl IkeSa {
             self.abandon(p.task);
             return;
         }
-        self.die(if matches!(p.task, Task::Dpd) { Event::PeerDead } else { Event::Failed(Failure::Timeout) });
+        self.die(match p.task {
+            Task::Dpd => Event::PeerDead,
+            // Our DELETE was not answered (perhaps only the answer was lost, and the peer has
+            // forgotten the SA already): deleted all the same (RFC 7296 §1.4.1).
+            Task::DeleteIke => Event::Closed,
+            _ => Event::Failed(Failure::Timeout),
+        });
     }
 
     /// An exchange on an IKE SA that went away (deleted after a rekey) will never complete: put
@@ -1220,6 +1327,10 @@ impl IkeSa {
     fn authenticated(&mut self, idx: usize, local: SocketAddr, remote: SocketAddr) {
         if self.cores[idx].role == Role::Current {
             self.last_inbound = self.now;
+        }
+        if self.is_established() {
+            // Past IKE_AUTH (a retransmitted IKE_AUTH request does not get here).
+            self.peer_confirmed = true;
         }
         if (local, remote) != (self.local, self.remote) && self.config.nat_traversal {
             self.local = local;
@@ -1736,6 +1847,7 @@ impl IkeSa {
             self.config = config;
             self.switched = Some(label);
         }
+        self.peer_id = Some(idi.clone());
         let idr = self.local_identity();
         let octets_r = signed_octets(prf, &self.sa_init_response, &self.ni, &sk_pr, &idr.body_bytes());
         let auth_r = psk_auth(prf, &self.config.psk, &octets_r);
@@ -1811,6 +1923,7 @@ impl IkeSa {
             self.fail(Failure::LocalError(NotifyType::AUTHENTICATION_FAILED));
             return State::Failed;
         }
+        self.peer_id = Some(idr.clone());
         if let Some(n) = first_error(p) {
             // The IKE SA is up; the responder refused the first Child SA.
             self.establish(rng);
@@ -1850,6 +1963,9 @@ impl IkeSa {
 
     fn establish<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) {
         self.state = State::Established;
+        // As initiator we got the peer's IKE_AUTH answer; as responder the peer holds the SA
+        // only once our answer arrives.
+        self.peer_confirmed = self.cores[0].initiator;
         self.handshake_deadline = None;
         self.last_inbound = self.now;
         self.ike_rekey_at = Some(self.now + self.config.rekey_after(self.config.ike_lifetime, rng.next_u32()));

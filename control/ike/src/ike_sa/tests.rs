@@ -1055,3 +1055,22 @@ fn ike_rekey_while_a_child_rekey_is_in_flight() {
         assert_eq!(p.r.child_sas().count(), 1);
     }
 }
+
+/// Our DELETE of the IKE SA is never answered (e.g. the peer deleted the SA when our request
+/// arrived and only its answer was lost): after the retransmissions the SA is closed all the
+/// same, not failed.
+#[test]
+fn unanswered_ike_delete_still_closes() {
+    let (ci, cr) = configs();
+    let mut p = Pair::new(ci, cr);
+    p.establish();
+    let now = p.now;
+    p.i.close(now, &mut rng(1));
+    p.collect();
+    p.deliver_next(true);
+    assert!(p.r.is_finished());
+    p.flight.clear();
+    p.run(Duration::from_secs(60));
+    assert_eq!(p.ev_i.last(), Some(&Event::Closed));
+    assert!(p.i.is_finished() && live_children(&p.ev_i).is_empty());
+}
