@@ -19,7 +19,10 @@
 //!   remembered; `EndSync` removes the control tunnels and SAs that were not, and reports
 //!   added / replaced / kept / removed SA counts. A new `BeginSync` abandons an unfinished one.
 //! - **One outbound SA per tunnel**: an outbound `AddSa` with a new SPI switches the tunnel to it
-//!   (one atomic pointer swap) and drops the previous one.
+//!   (one atomic pointer swap) and drops the previous one, remembering its last sequence number
+//!   (the last [`RETIRED_SEQS`] per tunnel): an outbound SA switched back to — or deleted and
+//!   added again — resumes after it instead of restarting at 1, so the peer's replay window does
+//!   not drop the packets and AES-GCM never repeats an IV under a key.
 //! - **Errors** name the field (`tunnel.local_addr: …`, `sa.enc_key: …`) and never contain key
 //!   bytes. A refused request changes nothing.
 //! - **Steering.** The inside XDP program must steer the remote subnets of every tunnel to the
@@ -84,11 +87,31 @@ struct CtlTunnel {
     spec: TunnelSpec,
     out: Option<Installed<OutboundSa>>,
     ins: BTreeMap<u32, Installed<InboundSa>>,
+    /// `(SPI, last sequence number)` of the outbound SAs this tunnel sent on before, newest
+    /// last (at most [`RETIRED_SEQS`]).
+    retired: Vec<(u32, u64)>,
 }
+
+/// Outbound SAs per tunnel whose last sequence number is remembered after they are replaced.
+pub const RETIRED_SEQS: usize = 8;
 
 impl CtlTunnel {
     fn sa_count(&self) -> u32 {
         self.ins.len() as u32 + self.out.is_some() as u32
+    }
+
+    /// Remembers where outbound SA `spi` stopped.
+    fn retire(&mut self, spi: u32, last_seq: u64) {
+        self.retired.retain(|(s, _)| *s != spi);
+        if self.retired.len() == RETIRED_SEQS {
+            self.retired.remove(0);
+        }
+        self.retired.push((spi, last_seq));
+    }
+
+    /// Where outbound SA `spi` stopped, if it was used before.
+    fn retired_seq(&self, spi: u32) -> Option<u64> {
+        self.retired.iter().find(|(s, _)| *s == spi).map(|(_, q)| *q)
     }
 }
 
@@ -446,7 +469,10 @@ impl ControlState {
             let id = TunnelId(id);
             self.add_policy(&spec, id);
             self.by_id.insert(id.0, spec.name.clone());
-            self.tunnels.insert(spec.name.clone(), CtlTunnel { id, spec, out: None, ins: BTreeMap::new() });
+            self.tunnels.insert(
+                spec.name.clone(),
+                CtlTunnel { id, spec, out: None, ins: BTreeMap::new(), retired: Vec::new() },
+            );
             return Ok(());
         };
         let old = self.tunnels[&spec.name].spec.clone();
@@ -669,9 +695,10 @@ impl ControlState {
                 Some(p) if p.spec == spec => Outcome::Kept,
                 prev => {
                     let same_spi = prev.filter(|p| p.spec.spi == spec.spi);
-                    // Same SPI (so the same keys, or the peer would not know it): continue the
-                    // sequence numbers, never restart them under a key.
-                    let last_seq = same_spi.map_or(0, |p| p.sa.last_seq());
+                    // Same SPI as now or before (so the same keys, or the peer would not know
+                    // it): continue the sequence numbers, never restart them under a key.
+                    let last_seq = same_spi.map(|p| p.sa.last_seq()).or_else(|| t.retired_seq(spec.spi)).unwrap_or(0);
+                    let replaced = prev.filter(|p| p.spec.spi != spec.spi).map(|p| (p.spec.spi, p.sa.last_seq()));
                     let outcome = match (prev.is_some(), same_spi.is_some()) {
                         (_, true) => Outcome::Replaced,
                         (true, false) => {
@@ -685,6 +712,9 @@ impl ControlState {
                         Arc::new(OutboundSa::resume(&cfg, self.provider, now, last_seq).map_err(|e| err("sa", e))?);
                     self.tables.outbound.tunnels.set_sa(id, sa.clone());
                     let t = self.tunnels.get_mut(&spec.tunnel).expect("checked");
+                    if let Some((spi, seq)) = replaced {
+                        t.retire(spi, seq);
+                    }
                     t.out = Some(Installed { sa, spec, installed: now });
                     outcome
                 }
@@ -719,7 +749,10 @@ impl ControlState {
                     return Err(err("spi", format!("tunnel {tunnel:?} has no outbound SA {spi:#010x}")));
                 }
                 self.tables.outbound.tunnels.clear(id);
-                self.tunnels.get_mut(tunnel).expect("checked").out = None;
+                let t = self.tunnels.get_mut(tunnel).expect("checked");
+                if let Some(o) = t.out.take() {
+                    t.retire(o.spec.spi, o.sa.last_seq());
+                }
             }
         }
         if self.sa_index.get(&(direction, spi)).is_some_and(|n| n == tunnel) {

@@ -211,6 +211,40 @@ fn outbound_replace_under_the_same_spi_continues_sequence_numbers() {
 }
 
 #[test]
+fn an_outbound_sa_switched_back_to_or_re_added_resumes_its_sequence_numbers() {
+    let (mut st, tables, _) = setup();
+    ok(&mut st, Request::UpsertTunnel(tunnel("a", "198.18.0.2", "198.51.100.0/24")));
+    let mut w = EspWorker::new(default_provider(), Arc::new(EventQueue::new(16))).unwrap();
+    let mut send = |n: usize| {
+        for _ in 0..n {
+            encap_one(&mut w, &tables, Ipv4Addr::new(198, 51, 100, 5)).unwrap();
+        }
+    };
+    // A, then B (A retired at 5), then A again (the control side switched back): A resumes.
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000a, 1)));
+    send(5);
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000b, 2)));
+    send(2);
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 2, "a new SPI starts at 1");
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000a, 1)));
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 5, "A continues after 5, B is retired at 2");
+    send(1);
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 6);
+    // Deleted and added again: still resumes.
+    ok(&mut st, Request::DeleteSa { tunnel: "a".into(), direction: Direction::Out, spi: 0x1000a });
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000a, 1)));
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 6);
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000b, 2)));
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 2);
+    // Only the last RETIRED_SEQS are remembered.
+    for spi in 0x100..0x100 + RETIRED_SEQS as u32 {
+        ok(&mut st, Request::AddSa(sa("a", Direction::Out, spi, 3)));
+    }
+    ok(&mut st, Request::AddSa(sa("a", Direction::Out, 0x1000a, 1)));
+    assert_eq!(st.outbound_sa("a").unwrap().last_seq(), 0, "forgotten after {RETIRED_SEQS} others");
+}
+
+#[test]
 fn sync_keeps_replaces_adds_and_removes() {
     let (mut st, tables, _) = setup();
     let local: IpAddr = "198.18.0.1".parse().unwrap();
