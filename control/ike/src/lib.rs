@@ -84,6 +84,7 @@ pub mod message;
 pub mod nat;
 pub mod transforms;
 pub mod ts;
+pub mod v1;
 
 #[cfg(test)]
 mod sim;
