@@ -6,3 +6,7 @@
 
 pub mod keys;
 pub mod message;
+pub mod sa;
+
+#[cfg(test)]
+mod tests;
