@@ -132,6 +132,15 @@ fn cases() -> Vec<Case> {
             esp: EspProposal { encr: EncrAlg::AES256_CBC, integ: Some(IntegAlg::HmacSha1_96) },
             pfs: Some(DhGroup::Modp1024),
         },
+        Case {
+            name: "main aes256-sha384-ecp384 / esp aes128gcm16",
+            mode: Mode::Main,
+            swan_ike: "aes256-sha384-ecp384",
+            swan_esp: "aes128gcm16",
+            ike: Phase1Proposal { encr: EncrAlg::AES256_CBC, hash: HashAlg::Sha384, group: DhGroup::Ecp384 },
+            esp: EspProposal { encr: EncrAlg::AES128_GCM16, integ: None },
+            pfs: None,
+        },
     ]
 }
 
@@ -191,69 +200,57 @@ fn our_config(c: &Case) -> Config {
     cfg
 }
 
-/// Our side, run inside namespace a by [`inner_v1`]: drives one [`Sa`] over UDP 500/4500 until a
-/// Child SA is installed and writes the keys.
-fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
-    let c = &cases()[case];
-    let local500: SocketAddr = format!("{US}:500").parse().unwrap();
-    let local4500: SocketAddr = format!("{US}:4500").parse().unwrap();
-    let peer: SocketAddr = format!("{CHARON_IP}:500").parse().unwrap();
-    let s500 = UdpSocket::bind(local500).expect("bind 500");
-    let s4500 = UdpSocket::bind(local4500).expect("bind 4500");
-    for s in [&s500, &s4500] {
-        s.set_nonblocking(true).unwrap();
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).unwrap();
-    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
-    let start = Instant::now();
-    let mut sa = we_initiate.then(|| Sa::initiate(our_config(c), local500, peer, start, &mut rng));
-    std::fs::write(ready, b"").unwrap();
-    let deadline = start + Duration::from_secs(25);
-    let mut child = None;
-    let mut esp_seen = 0usize;
-    let mut log = String::new();
-    let mut linger_until: Option<Instant> = None;
-    let mut buf = vec![0u8; 65536];
-    loop {
+/// Our sockets and SA inside namespace a.
+struct Ours {
+    case: usize,
+    s500: UdpSocket,
+    s4500: UdpSocket,
+    sa: Option<Sa>,
+    rng: rand_chacha::ChaCha20Rng,
+    log: String,
+    child: Option<ipsec_ike::ike_sa::ChildSa>,
+    closed: bool,
+    esp_seen: usize,
+}
+
+impl Ours {
+    /// One round: send what is queued, take events, run due timers, read both sockets.
+    fn step(&mut self) {
         let now = Instant::now();
-        assert!(now < deadline, "no Child SA within 25 s; events/log:\n{log}");
-        if linger_until.is_some_and(|t| now >= t) {
-            break;
-        }
-        if let Some(sa) = sa.as_mut() {
+        let c = &cases()[self.case];
+        if let Some(sa) = self.sa.as_mut() {
             while let Some(t) = sa.poll_transmit(now) {
-                let s = if t.local.port() == 4500 { &s4500 } else { &s500 };
-                log.push_str(&format!("send {} -> {} ({} octets)\n", t.local, t.remote, t.payload.len()));
+                let s = if t.local.port() == 4500 { &self.s4500 } else { &self.s500 };
+                self.log.push_str(&format!("send {} -> {} ({} octets)\n", t.local, t.remote, t.payload.len()));
                 s.send_to(&t.to_datagram(), t.remote).expect("send");
             }
             while let Some(e) = sa.poll_event() {
-                log.push_str(&format!("event {e:?}\n"));
+                self.log.push_str(&format!("event {e:?}\n"));
                 match e {
-                    Event::ChildSaInstalled(cs) => {
-                        child = Some(cs);
-                        linger_until = Some(now + Duration::from_millis(800));
-                    }
-                    Event::Failed(f) => panic!("our SA failed: {f:?}\n{log}"),
+                    Event::ChildSaInstalled(cs) => self.child = Some(cs),
+                    Event::Failed(f) => panic!("our SA failed: {f:?}\n{}", self.log),
+                    Event::Closed => self.closed = true,
                     _ => {}
                 }
             }
             if sa.poll_timeout().is_some_and(|t| t <= now) {
-                sa.handle_timeout(now, &mut rng);
-                continue;
+                sa.handle_timeout(now, &mut self.rng);
+                return;
             }
         }
+        let mut buf = [0u8; 65536];
         let mut got = false;
-        for (s, local, natt) in [(&s500, local500, false), (&s4500, local4500, true)] {
+        for (s, natt) in [(&self.s500, false), (&self.s4500, true)] {
+            let local = s.local_addr().unwrap();
             if let Ok((n, from)) = s.recv_from(&mut buf) {
                 got = true;
                 match classify(natt, &buf[..n]) {
                     Received::Ike(m) => {
-                        log.push_str(&format!("recv {from} -> {local} ({} octets)\n", m.len()));
-                        let sa = sa.get_or_insert_with(|| Sa::respond(our_config(c), local, from, now));
-                        sa.handle(now, local, from, m, &mut rng);
+                        self.log.push_str(&format!("recv {from} -> {local} ({} octets)\n", m.len()));
+                        let sa = self.sa.get_or_insert_with(|| Sa::respond(our_config(c), local, from, now));
+                        sa.handle(now, local, from, m, &mut self.rng);
                     }
-                    Received::Esp(_) => esp_seen += 1,
+                    Received::Esp(_) => self.esp_seen += 1,
                     _ => {}
                 }
             }
@@ -262,8 +259,53 @@ fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let sa = sa.unwrap();
-    let child = child.unwrap();
+
+    /// Steps until `done` or `limit` (panics then, naming `what`).
+    fn until(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&Ours) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}; log:\n{}", self.log);
+            self.step();
+        }
+    }
+
+    fn pump(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.step();
+        }
+    }
+}
+
+/// Our side, run inside namespace a by [`inner_v1`]: drives one [`Sa`] over UDP 500/4500 until a
+/// Child SA is installed, checks DPD, writes the keys, and deletes everything when `close`
+/// appears.
+fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
+    let c = &cases()[case];
+    let local500: SocketAddr = format!("{US}:500").parse().unwrap();
+    let peer: SocketAddr = format!("{CHARON_IP}:500").parse().unwrap();
+    let s500 = UdpSocket::bind(local500).expect("bind 500");
+    let s4500 = UdpSocket::bind(format!("{US}:4500")).expect("bind 4500");
+    for s in [&s500, &s4500] {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+    let sa = we_initiate.then(|| Sa::initiate(our_config(c), local500, peer, Instant::now(), &mut rng));
+    let mut o = Ours { case, s500, s4500, sa, rng, log: String::new(), child: None, closed: false, esp_seen: 0 };
+    std::fs::write(ready, b"").unwrap();
+    let finish_log = |o: &Ours| std::fs::write(out.with_extension("log"), &o.log).unwrap();
+
+    o.until("Child SA installed", Duration::from_secs(25), |o| o.child.is_some());
+    // Let the last message reach charon (and any INITIAL-CONTACT arrive).
+    o.pump(Duration::from_millis(500));
+    // DPD: charon answers our R-U-THERE.
+    let seq = o.sa.as_mut().unwrap().send_dpd(Instant::now(), &mut o.rng);
+    o.until("R-U-THERE-ACK", Duration::from_secs(5), |o| o.sa.as_ref().unwrap().last_dpd_ack() == Some(seq));
+
+    let sa = o.sa.as_ref().unwrap();
+    let child = o.child.clone().unwrap();
     let k = sa.keys().unwrap();
     let mut lines = String::new();
     for (name, v) in [
@@ -282,11 +324,21 @@ fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
     ] {
         lines.push_str(&format!("{name}={}\n", hex(v)));
     }
-    lines.push_str(&format!("encap={:?}\nesp_seen={esp_seen}\n", child.encap));
-    std::fs::write(out.with_extension("log"), &log).unwrap();
+    lines.push_str(&format!("encap={:?}\ndpd=ack {seq}\n", child.encap));
+    finish_log(&o);
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, lines).unwrap();
     std::fs::rename(&tmp, out).unwrap();
+
+    // Keep answering until the test has looked at charon, then delete everything.
+    let close = out.with_extension("close");
+    o.until("close request", Duration::from_secs(30), |_| close.exists());
+    let now = Instant::now();
+    o.sa.as_mut().unwrap().close(now, &mut o.rng);
+    o.pump(Duration::from_millis(200));
+    assert!(o.closed, "no Closed event");
+    o.log.push_str(&format!("esp datagrams seen: {}\n", o.esp_seen));
+    finish_log(&o);
 }
 
 /// Re-executed inside namespace a by [`ikev1_against_strongswan`]; does nothing in a normal run.
@@ -345,15 +397,22 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
             .expect("swanctl --initiate");
         lab.children.push(child);
     }
-    let o = inner.wait_with_output().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut inner = Some(inner);
+    while !out.exists() {
+        if Instant::now() > deadline || inner.as_mut().unwrap().try_wait().unwrap().is_some() {
+            let o = inner.take().unwrap().wait_with_output().unwrap();
+            let ours_log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
+            panic!(
+                "{} ({role}): our side failed: {}\nour log:\n{ours_log}\ncharon:\n{}",
+                c.name,
+                text(&o),
+                charon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let charon_log = charon.log();
-    let ours_log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
-    assert!(
-        o.status.success(),
-        "{} ({role}): our side failed: {}\nour log:\n{ours_log}\ncharon:\n{charon_log}",
-        c.name,
-        text(&o)
-    );
     let ours: HashMap<String, String> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -389,14 +448,47 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
     let labels: Vec<&str> = child.iter().map(|(_, l)| *l).collect();
     let theirs = support::charon_dumps(&charon_log, &labels);
     for (ours_name, label) in child {
+        if ours[ours_name].is_empty() {
+            // AES-GCM: no integrity key, and charon dumps none.
+            assert!(!theirs.contains_key(label), "{} ({role}): charon has a {label}", c.name);
+            continue;
+        }
         let t = theirs.get(label).unwrap_or_else(|| panic!("charon logged no {label:?}\n{charon_log}"));
         assert_eq!(&hex(t), &ours[ours_name], "{} ({role}): {label} differs from strongSwan's", c.name);
         compared += 1;
     }
+    // Our DELETEs remove both SAs from charon.
+    std::fs::write(out.with_extension("close"), b"").unwrap();
+    let o = inner.take().unwrap().wait_with_output().unwrap();
+    let ours_log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{} ({role}): our side failed: {}\nour log:\n{ours_log}\n{}",
+        c.name,
+        text(&o),
+        charon.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sas = charon.list_sas();
+        if !sas.contains("ESTABLISHED") && !sas.contains("INSTALLED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} ({role}): charon kept the SAs after our DELETE: {sas}\n{}",
+            c.name,
+            charon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = charon.log();
+    assert!(log.contains("received DELETE for IKE_SA") || log.contains("deleting IKE_SA"), "{}", log);
     eprintln!(
-        "{} ({role}): ESTABLISHED + INSTALLED, {compared} keys equal strongSwan's, {} ({:.1} s)",
+        "{} ({role}): ESTABLISHED + INSTALLED, {compared} keys equal strongSwan's, {}, {}, DELETE honoured ({:.1} s)",
         c.name,
         ours.get("encap").map_or("", String::as_str),
+        ours.get("dpd").map_or("", String::as_str),
         started.elapsed().as_secs_f64()
     );
 }

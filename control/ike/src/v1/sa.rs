@@ -155,6 +155,8 @@ pub struct Config {
     pub retransmit_max: u32,
     /// Cap of the retransmission interval.
     pub retransmit_max_interval: Duration,
+    /// A responder gives up on a phase 1 not completed this long after its message 1.
+    pub half_open_timeout: Duration,
 }
 
 impl Config {
@@ -182,6 +184,7 @@ impl Config {
             retransmit_initial: Duration::from_millis(500),
             retransmit_max: 5,
             retransmit_max_interval: Duration::from_secs(30),
+            half_open_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -239,11 +242,14 @@ pub struct Sa {
     initiator: bool,
     state: P1,
     now: Instant,
+    created: Instant,
     local: SocketAddr,
     remote: SocketAddr,
     cookie_i: u64,
     cookie_r: u64,
     sai_b: Vec<u8>,
+    /// Initiator: the SA payload we offered.
+    offer: Option<SaPayload>,
     chosen: Option<Phase1Proposal>,
     dh: Option<DhPrivate>,
     g_xi: Vec<u8>,
@@ -423,8 +429,24 @@ fn narrow(a: Subnet, b: Subnet) -> Option<Subnet> {
     }
 }
 
-fn find<T>(payloads: &[Payload], f: impl Fn(&Payload) -> Option<&T>) -> Option<&T> {
-    payloads.iter().find_map(f)
+fn payload_ke(p: &[Payload]) -> Option<&Vec<u8>> {
+    p.iter().find_map(|x| if let Payload::Ke(v) = x { Some(v) } else { None })
+}
+
+fn payload_nonce(p: &[Payload]) -> Option<&Vec<u8>> {
+    p.iter().find_map(|x| if let Payload::Nonce(v) = x { Some(v) } else { None })
+}
+
+fn payload_hash(p: &[Payload]) -> Option<&Vec<u8>> {
+    p.iter().find_map(|x| if let Payload::Hash(v) = x { Some(v) } else { None })
+}
+
+fn payload_id(p: &[Payload]) -> Option<&IdPayload> {
+    p.iter().find_map(|x| if let Payload::Id(v) = x { Some(v) } else { None })
+}
+
+fn payload_sa(p: &[Payload]) -> Option<&SaPayload> {
+    p.iter().find_map(|x| if let Payload::Sa(v) = x { Some(v) } else { None })
 }
 
 fn valid_nonce(n: &[u8]) -> bool {
@@ -459,10 +481,12 @@ impl Sa {
             .zip(1u8..)
             .map(|(p, n)| encode_p1(p, n, sa.config.ike_lifetime))
             .collect();
-        let sa_payload = Payload::Sa(SaPayload {
+        let offer = SaPayload {
             situation: SIT_IDENTITY_ONLY,
             proposals: vec![Proposal { number: 1, protocol: protocol::ISAKMP, spi: vec![], transforms }],
-        });
+        };
+        sa.offer = Some(offer.clone());
+        let sa_payload = Payload::Sa(offer);
         sa.sai_b = sa_payload.body().unwrap_or_default();
         let mut payloads = vec![sa_payload];
         let exchange = match sa.config.mode {
@@ -509,11 +533,13 @@ impl Sa {
             initiator,
             state: P1::Dead,
             now,
+            created: now,
             local,
             remote,
             cookie_i: 0,
             cookie_r: 0,
             sai_b: Vec::new(),
+            offer: None,
             chosen: None,
             dh: None,
             g_xi: Vec::new(),
@@ -609,7 +635,14 @@ impl Sa {
         if self.is_finished() {
             return None;
         }
-        self.pending.iter().chain(self.quick.iter().filter_map(|q| q.pending.as_ref())).map(|p| p.next).min()
+        let half_open =
+            (!self.initiator && self.state != P1::Established).then(|| self.created + self.config.half_open_timeout);
+        self.pending
+            .iter()
+            .chain(self.quick.iter().filter_map(|q| q.pending.as_ref()))
+            .map(|p| p.next)
+            .chain(half_open)
+            .min()
     }
 
     // ------------------------------------------------------------------------------------------
@@ -918,11 +951,7 @@ impl Sa {
 
     fn main_r3<R: CryptoRng + ?Sized>(&mut self, raw: &[u8], m: &Message, rng: &mut R) {
         let Some(p) = Self::plain(m) else { return };
-        let (Some(ke), Some(ni), Some(d)) = (
-            find(p, |x| if let Payload::Ke(k) = x { Some(k) } else { None }),
-            find(p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-            self.chosen,
-        ) else {
+        let (Some(ke), Some(ni), Some(d)) = (payload_ke(p), payload_nonce(p), self.chosen) else {
             return;
         };
         if !valid_nonce(ni) {
@@ -954,10 +983,7 @@ impl Sa {
         }
         let Some(k) = self.keys.as_ref() else { return };
         let Ok((p, last)) = k.decrypt(h, raw, &self.iv) else { return };
-        let (Some(id), Some(hash)) = (
-            find(&p, |x| if let Payload::Id(i) = x { Some(i) } else { None }),
-            find(&p, |x| if let Payload::Hash(h) = x { Some(h) } else { None }),
-        ) else {
+        let (Some(id), Some(hash)) = (payload_id(&p), payload_hash(&p)) else {
             return;
         };
         let idii_b = Payload::Id(id.clone()).body().unwrap_or_default();
@@ -995,31 +1021,13 @@ impl Sa {
 
     // Main mode, initiator
 
-    fn our_sa(&self) -> Option<SaPayload> {
-        match super::message::parse_chain(super::message::PayloadType::SA, &self.sa_payload_bytes(), false) {
-            Ok(mut v) => match v.pop() {
-                Some(Payload::Sa(s)) => Some(s),
-                _ => None,
-            },
-            Err(_) => None,
-        }
-    }
-
-    fn sa_payload_bytes(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(4 + self.sai_b.len());
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(&u16::try_from(4 + self.sai_b.len()).unwrap_or(0).to_be_bytes());
-        v.extend_from_slice(&self.sai_b);
-        v
-    }
-
     fn main_i2<R: CryptoRng + ?Sized>(&mut self, m: &Message, rng: &mut R) {
         let Some(p) = Self::plain(m) else { return };
         if let Some(f) = self.peer_error(p) {
             return self.fail(f);
         }
         let Some(Payload::Sa(theirs)) = p.first() else { return };
-        let Some(ours) = self.our_sa() else { return };
+        let Some(ours) = self.offer.clone() else { return };
         let Some(d) = self.accept_p1(&ours, theirs) else {
             return self.fail(Failure::LocalError(crate::message::NotifyType::NO_PROPOSAL_CHOSEN));
         };
@@ -1041,11 +1049,7 @@ impl Sa {
 
     fn main_i4(&mut self, m: &Message) {
         let Some(p) = Self::plain(m) else { return };
-        let (Some(ke), Some(nr), Some(d)) = (
-            find(p, |x| if let Payload::Ke(k) = x { Some(k) } else { None }),
-            find(p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-            self.chosen,
-        ) else {
+        let (Some(ke), Some(nr), Some(d)) = (payload_ke(p), payload_nonce(p), self.chosen) else {
             return;
         };
         if !valid_nonce(nr) {
@@ -1077,10 +1081,7 @@ impl Sa {
         }
         let Some(k) = self.keys.as_ref() else { return };
         let Ok((p, last)) = k.decrypt(h, raw, &self.iv) else { return };
-        let (Some(id), Some(hash)) = (
-            find(&p, |x| if let Payload::Id(i) = x { Some(i) } else { None }),
-            find(&p, |x| if let Payload::Hash(h) = x { Some(h) } else { None }),
-        ) else {
+        let (Some(id), Some(hash)) = (payload_id(&p), payload_hash(&p)) else {
             return;
         };
         let idir_b = Payload::Id(id.clone()).body().unwrap_or_default();
@@ -1103,12 +1104,9 @@ impl Sa {
         rng: &mut R,
     ) {
         let Some(p) = Self::plain(m) else { return };
-        let (Some(Payload::Sa(sa)), Some(ke), Some(ni), Some(idii)) = (
-            p.first(),
-            find(p, |x| if let Payload::Ke(k) = x { Some(k) } else { None }),
-            find(p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-            find(p, |x| if let Payload::Id(i) = x { Some(i) } else { None }),
-        ) else {
+        let (Some(Payload::Sa(sa)), Some(ke), Some(ni), Some(idii)) =
+            (p.first(), payload_ke(p), payload_nonce(p), payload_id(p))
+        else {
             return;
         };
         if !valid_nonce(ni) {
@@ -1163,16 +1161,12 @@ impl Sa {
         if let Some(f) = self.peer_error(p) {
             return self.fail(f);
         }
-        let (Some(Payload::Sa(theirs)), Some(ke), Some(nr), Some(idir), Some(hash)) = (
-            p.first(),
-            find(p, |x| if let Payload::Ke(k) = x { Some(k) } else { None }),
-            find(p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-            find(p, |x| if let Payload::Id(i) = x { Some(i) } else { None }),
-            find(p, |x| if let Payload::Hash(h) = x { Some(h) } else { None }),
-        ) else {
+        let (Some(Payload::Sa(theirs)), Some(ke), Some(nr), Some(idir), Some(hash)) =
+            (p.first(), payload_ke(p), payload_nonce(p), payload_id(p), payload_hash(p))
+        else {
             return;
         };
-        let Some(ours) = self.our_sa() else { return };
+        let Some(ours) = self.offer.clone() else { return };
         let Some(d) = self.accept_p1(&ours, theirs) else {
             return self.fail(Failure::LocalError(crate::message::NotifyType::NO_PROPOSAL_CHOSEN));
         };
@@ -1223,7 +1217,7 @@ impl Sa {
                 p
             }
         };
-        let Some(hash) = find(&payloads, |x| if let Payload::Hash(h) = x { Some(h) } else { None }) else {
+        let Some(hash) = payload_hash(&payloads) else {
             return;
         };
         let Some(d) = self.chosen else { return };
@@ -1397,7 +1391,7 @@ impl Sa {
             keys: ChildKeys { encr_i, integ_i, encr_r, integ_r },
             ts_i: vec![subnet_ts(ts_i)],
             ts_r: vec![subnet_ts(ts_r)],
-            local: SocketAddr::new(self.local.ip(), self.local.port()),
+            local: self.local,
             remote: self.remote,
             encap: self.encap(),
             lifetime: self.config.child_lifetime,
@@ -1431,16 +1425,13 @@ impl Sa {
         if k.qm_hash1(h.message_id, &rest).expose() != hash.as_slice() {
             return;
         }
-        let (Some(sa), Some(ni)) = (
-            find(&p, |x| if let Payload::Sa(s) = x { Some(s) } else { None }),
-            find(&p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-        ) else {
+        let (Some(sa), Some(ni)) = (payload_sa(&p), payload_nonce(&p)) else {
             return;
         };
         if !valid_nonce(ni) {
             return;
         }
-        let ke = find(&p, |x| if let Payload::Ke(k) = x { Some(k) } else { None });
+        let ke = payload_ke(&p);
         let ids: Vec<&IdPayload> =
             p.iter().filter_map(|x| if let Payload::Id(i) = x { Some(i) } else { None }).collect();
         let (ts_i, ts_r) = match ids.as_slice() {
@@ -1559,10 +1550,7 @@ impl Sa {
         if k.qm_hash2(h.message_id, &q.ni, &rest).expose() != hash.as_slice() {
             return;
         }
-        let (Some(sa), Some(nr)) = (
-            find(&p, |x| if let Payload::Sa(s) = x { Some(s) } else { None }),
-            find(&p, |x| if let Payload::Nonce(n) = x { Some(n) } else { None }),
-        ) else {
+        let (Some(sa), Some(nr)) = (payload_sa(&p), payload_nonce(&p)) else {
             return;
         };
         let Some(prop) = sa.proposals.first().filter(|p| p.protocol == protocol::ESP && p.spi.len() == 4) else {
@@ -1582,7 +1570,7 @@ impl Sa {
         };
         let g_qm = match (&q.dh, group) {
             (Some(d), Some(g)) => {
-                let Some(ke) = find(&p, |x| if let Payload::Ke(k) = x { Some(k) } else { None }) else { return };
+                let Some(ke) = payload_ke(&p) else { return };
                 match g.compute_shared(d, ke) {
                     Ok(s) => Some(s),
                     Err(_) => return,
@@ -1768,6 +1756,9 @@ impl Sa {
         self.now = now;
         if self.is_finished() {
             return;
+        }
+        if !self.initiator && self.state != P1::Established && now >= self.created + self.config.half_open_timeout {
+            return self.fail(Failure::Timeout);
         }
         let (max, cap) = (self.config.retransmit_max, self.config.retransmit_max_interval);
         let step = |p: &mut Pending, out: &mut VecDeque<Transmit>| -> bool {

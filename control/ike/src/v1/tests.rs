@@ -379,3 +379,15 @@ fn answers_dpd() {
     p.run(Duration::from_secs(10));
     assert_eq!(p.i.last_dpd_ack(), Some(seq2));
 }
+
+#[test]
+fn half_open_responder_gives_up() {
+    let mut p = Pair::new(Mode::Main, 12);
+    // Message 3 never arrives: the initiator gives up by retransmission, the responder by its
+    // half-open timeout.
+    p.drop = Box::new(|to_r, i| to_r && i >= 1);
+    p.run(Duration::from_secs(600));
+    assert_eq!(p.i_events, vec![Event::Failed(Failure::Timeout)]);
+    assert_eq!(p.r_events, vec![Event::Failed(Failure::Timeout)]);
+    assert!(p.r.as_ref().unwrap().poll_timeout().is_none());
+}
