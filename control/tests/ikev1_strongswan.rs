@@ -209,6 +209,8 @@ struct Ours {
     rng: rand_chacha::ChaCha20Rng,
     log: String,
     child: Option<ipsec_ike::ike_sa::ChildSa>,
+    installed: Vec<ipsec_ike::ike_sa::ChildSa>,
+    deleted: Vec<(u32, u32)>,
     closed: bool,
     esp_seen: usize,
 }
@@ -227,7 +229,11 @@ impl Ours {
             while let Some(e) = sa.poll_event() {
                 self.log.push_str(&format!("event {e:?}\n"));
                 match e {
-                    Event::ChildSaInstalled(cs) => self.child = Some(cs),
+                    Event::ChildSaInstalled(cs) => {
+                        self.installed.push(cs.clone());
+                        self.child.get_or_insert(cs);
+                    }
+                    Event::ChildSaDeleted { spi_in, spi_out } => self.deleted.push((spi_in, spi_out)),
                     Event::Failed(f) => panic!("our SA failed: {f:?}\n{}", self.log),
                     Event::Closed => self.closed = true,
                     _ => {}
@@ -293,7 +299,19 @@ fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
     getrandom::fill(&mut seed).unwrap();
     let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
     let sa = we_initiate.then(|| Sa::initiate(our_config(c), local500, peer, Instant::now(), &mut rng));
-    let mut o = Ours { case, s500, s4500, sa, rng, log: String::new(), child: None, closed: false, esp_seen: 0 };
+    let mut o = Ours {
+        case,
+        s500,
+        s4500,
+        sa,
+        rng,
+        log: String::new(),
+        child: None,
+        installed: Vec::new(),
+        deleted: Vec::new(),
+        closed: false,
+        esp_seen: 0,
+    };
     std::fs::write(ready, b"").unwrap();
     let finish_log = |o: &Ours| std::fs::write(out.with_extension("log"), &o.log).unwrap();
 
@@ -329,6 +347,24 @@ fn our_side(case: usize, we_initiate: bool, out: &Path, ready: &Path) {
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, lines).unwrap();
     std::fs::rename(&tmp, out).unwrap();
+
+    // charon rekeys (`swanctl --rekey`): a quick mode from charon, we answer.
+    o.until("charon's rekey", Duration::from_secs(20), |o| o.installed.len() >= 2);
+    let second = o.installed[1].clone();
+    finish_log(&o);
+    std::fs::write(out.with_extension("rekey1"), format!("{:08x} {:08x}\n", second.spi_i, second.spi_r)).unwrap();
+    // Our rekey of the newest SA: new quick mode from us, then our DELETE of the old one.
+    let go = out.with_extension("rekey2-go");
+    o.until("go for our rekey", Duration::from_secs(20), |_| go.exists());
+    let old_in = second.inbound_spi();
+    o.sa.as_mut().unwrap().rekey_child(Instant::now(), old_in, &mut o.rng);
+    o.until("our rekey", Duration::from_secs(10), |o| {
+        o.installed.len() >= 3 && o.deleted.iter().any(|(i, _)| *i == old_in)
+    });
+    let third = o.installed[2].clone();
+    o.pump(Duration::from_millis(200));
+    finish_log(&o);
+    std::fs::write(out.with_extension("rekey2"), format!("{:08x} {:08x}\n", third.spi_i, third.spi_r)).unwrap();
 
     // Keep answering until the test has looked at charon, then delete everything.
     let close = out.with_extension("close");
@@ -457,6 +493,41 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
         assert_eq!(&hex(t), &ours[ours_name], "{} ({role}): {label} differs from strongSwan's", c.name);
         compared += 1;
     }
+    // Rekeys: charon's, then ours; charon must end up with our third SA and without the second.
+    let wait_file = |f: PathBuf, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(25);
+        while !f.exists() {
+            let ours_log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "{} ({role}): {what} not seen\nour log:\n{ours_log}\n{}",
+                c.name,
+                charon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::read_to_string(&f).unwrap()
+    };
+    let o = charon.swanctl(&["--rekey", "--child", "t"]);
+    assert!(o.status.success(), "swanctl --rekey: {}", text(&o));
+    let second = wait_file(out.with_extension("rekey1"), "charon's rekey");
+    std::fs::write(out.with_extension("rekey2-go"), b"").unwrap();
+    let third = wait_file(out.with_extension("rekey2"), "our rekey");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sas = charon.list_sas();
+        let has = |spis: &str| spis.split_whitespace().all(|x| sas.contains(x));
+        if has(&third) && !second.split_whitespace().any(|x| sas.contains(x)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} ({role}): after our rekey charon should have {third} and not {second}: {sas}",
+            c.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Our DELETEs remove both SAs from charon.
     std::fs::write(out.with_extension("close"), b"").unwrap();
     let o = inner.take().unwrap().wait_with_output().unwrap();
@@ -485,7 +556,7 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
     let log = charon.log();
     assert!(log.contains("received DELETE for IKE_SA") || log.contains("deleting IKE_SA"), "{}", log);
     eprintln!(
-        "{} ({role}): ESTABLISHED + INSTALLED, {compared} keys equal strongSwan's, {}, {}, DELETE honoured ({:.1} s)",
+        "{} ({role}): ESTABLISHED + INSTALLED, {compared} keys equal strongSwan's, {}, {}, rekeyed by charon and by us, DELETE honoured ({:.1} s)",
         c.name,
         ours.get("encap").map_or("", String::as_str),
         ours.get("dpd").map_or("", String::as_str),

@@ -157,6 +157,8 @@ pub struct Config {
     pub retransmit_max_interval: Duration,
     /// A responder gives up on a phase 1 not completed this long after its message 1.
     pub half_open_timeout: Duration,
+    /// IPsec SAs we initiated are rekeyed this many percent before the end of their lifetime.
+    pub rekey_margin_percent: u8,
 }
 
 impl Config {
@@ -185,6 +187,7 @@ impl Config {
             retransmit_max: 5,
             retransmit_max_interval: Duration::from_secs(30),
             half_open_timeout: Duration::from_secs(30),
+            rekey_margin_percent: 10,
         }
     }
 }
@@ -217,8 +220,30 @@ enum QmState {
     ExpectFinal,
 }
 
+/// A quick mode to start.
+#[derive(Clone, Copy, Debug)]
+struct Planned {
+    local: Subnet,
+    remote: Subnet,
+    /// Our inbound SPI of the IPsec SA this one replaces (rekey).
+    replaces: Option<u32>,
+}
+
+/// An installed IPsec SA and its timers.
+struct Installed {
+    sa: ChildSa,
+    local: Subnet,
+    remote: Subnet,
+    /// When we rekey it (only SAs whose quick mode we initiated).
+    rekey_at: Option<Instant>,
+    /// When it is deleted if not replaced before.
+    expire_at: Instant,
+    rekeying: bool,
+}
+
 struct Quick {
     mid: u32,
+    replaces: Option<u32>,
     initiator: bool,
     state: QmState,
     iv: Vec<u8>,
@@ -262,8 +287,8 @@ pub struct Sa {
     nat_local: bool,
     nat_remote: bool,
     quick: Vec<Quick>,
-    queued: VecDeque<(Subnet, Subnet)>,
-    children: Vec<ChildSa>,
+    queued: VecDeque<Planned>,
+    children: Vec<Installed>,
     pending: Option<Pending>,
     replies: VecDeque<(Vec<u8>, Transmit)>,
     dpd_seq: u32,
@@ -466,7 +491,7 @@ impl Sa {
         sa.cookie_i = nonzero_u64(rng);
         for l in &sa.config.local_subnets {
             for r in &sa.config.remote_subnets {
-                sa.queued.push_back((*l, *r));
+                sa.queued.push_back(Planned { local: *l, remote: *r, replaces: None });
             }
         }
         let Some(first) = sa.config.ike_proposals.first().copied() else {
@@ -616,7 +641,7 @@ impl Sa {
 
     /// The installed IPsec SAs.
     pub fn child_sas(&self) -> impl Iterator<Item = &ChildSa> {
-        self.children.iter()
+        self.children.iter().map(|c| &c.sa)
     }
 
     /// The next datagram to send.
@@ -637,11 +662,14 @@ impl Sa {
         }
         let half_open =
             (!self.initiator && self.state != P1::Established).then(|| self.created + self.config.half_open_timeout);
+        let child_timers =
+            self.children.iter().flat_map(|c| [Some(c.expire_at), c.rekey_at.filter(|_| !c.rekeying)]).flatten();
         self.pending
             .iter()
             .chain(self.quick.iter().filter_map(|q| q.pending.as_ref()))
             .map(|p| p.next)
             .chain(half_open)
+            .chain(child_timers)
             .min()
     }
 
@@ -693,7 +721,7 @@ impl Sa {
             return;
         }
         for c in self.children.drain(..) {
-            self.events.push_back(Event::ChildSaDeleted { spi_in: c.inbound_spi(), spi_out: c.outbound_spi() });
+            self.events.push_back(Event::ChildSaDeleted { spi_in: c.sa.inbound_spi(), spi_out: c.sa.outbound_spi() });
         }
         self.state = P1::Dead;
         self.pending = None;
@@ -1249,8 +1277,8 @@ impl Sa {
         if self.quick.iter().any(|q| q.initiator) {
             return;
         }
-        if let Some((l, r)) = self.queued.pop_front() {
-            self.start_quick(l, r, rng);
+        if let Some(p) = self.queued.pop_front() {
+            self.start_quick(p, rng);
         }
     }
 
@@ -1267,7 +1295,7 @@ impl Sa {
         loop {
             let s = rng.next_u32();
             if s >= 256
-                && !self.children.iter().any(|c| c.inbound_spi() == s)
+                && !self.children.iter().any(|c| c.sa.inbound_spi() == s)
                 && !self.quick.iter().any(|q| q.spi_in == s)
             {
                 return s;
@@ -1288,7 +1316,8 @@ impl Sa {
     }
 
     /// Starts a quick mode for `local` ↔ `remote` (phase 1 must be established).
-    fn start_quick<R: CryptoRng + ?Sized>(&mut self, local: Subnet, remote: Subnet, rng: &mut R) {
+    fn start_quick<R: CryptoRng + ?Sized>(&mut self, plan: Planned, rng: &mut R) {
+        let Planned { local, remote, replaces } = plan;
         let Some(k) = self.keys.as_ref() else { return };
         let mid = self.new_mid(rng);
         let iv = k.phase2_iv(&self.iv, mid);
@@ -1335,6 +1364,7 @@ impl Sa {
         self.transmits.push_back(t);
         self.quick.push(Quick {
             mid,
+            replaces,
             initiator: true,
             state: QmState::ExpectReply,
             iv: last,
@@ -1398,9 +1428,29 @@ impl Sa {
         })
     }
 
-    fn install(&mut self, c: ChildSa) {
-        self.children.push(c.clone());
+    fn install(&mut self, c: ChildSa, local: Subnet, remote: Subnet) {
+        let life = self.config.child_lifetime;
+        let keep = u32::from(100u8.saturating_sub(self.config.rekey_margin_percent.min(100)));
+        let rekey_at = c.initiator.then(|| self.now + life * keep / 100);
+        self.children.push(Installed {
+            sa: c.clone(),
+            local,
+            remote,
+            rekey_at,
+            expire_at: self.now + life,
+            rekeying: false,
+        });
         self.events.push_back(Event::ChildSaInstalled(c));
+    }
+
+    /// Removes our IPsec SA with inbound SPI `spi_in`, tells the peer (DELETE) and reports it.
+    fn delete_installed<R: CryptoRng + ?Sized>(&mut self, spi_in: u32, rng: &mut R) {
+        let Some(i) = self.children.iter().position(|c| c.sa.inbound_spi() == spi_in) else { return };
+        let c = self.children.remove(i);
+        let d =
+            Delete { doi: DOI_IPSEC, protocol: protocol::ESP, spi_size: 4, spis: vec![spi_in.to_be_bytes().to_vec()] };
+        self.send_informational(vec![Payload::Delete(d)], rng);
+        self.events.push_back(Event::ChildSaDeleted { spi_in: c.sa.inbound_spi(), spi_out: c.sa.outbound_spi() });
     }
 
     fn quick_in<R: CryptoRng + ?Sized>(&mut self, raw: &[u8], h: &Header, rng: &mut R) {
@@ -1513,6 +1563,7 @@ impl Sa {
         let pending = Some(self.new_pending(t));
         self.quick.push(Quick {
             mid: h.message_id,
+            replaces: None,
             initiator: false,
             state: QmState::ExpectFinal,
             iv: last2,
@@ -1538,7 +1589,7 @@ impl Sa {
         }
         let q = self.quick.remove(i);
         if let Some(c) = q.ready {
-            self.install(c);
+            self.install(c, q.local, q.remote);
         }
     }
 
@@ -1586,8 +1637,12 @@ impl Sa {
         let (spi_i, ni) = (q.spi_in, q.ni.clone());
         let Some(child) = self.child(true, spi_i, spi_r, esp, g_qm.as_ref(), &ni, nr, ts_i, ts_r) else { return };
         self.send_reply(raw, b);
-        self.quick.remove(i);
-        self.install(child);
+        let q = self.quick.remove(i);
+        self.install(child, q.local, q.remote);
+        // Make before break: the new SA is installed, now the old one goes.
+        if let Some(old) = q.replaces {
+            self.delete_installed(old, rng);
+        }
         self.start_next_quick(rng);
     }
 
@@ -1683,11 +1738,11 @@ impl Sa {
                 Payload::Delete(d) if d.protocol == protocol::ESP && d.spi_size == 4 => {
                     for s in &d.spis {
                         let spi = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
-                        if let Some(i) = self.children.iter().position(|c| c.outbound_spi() == spi) {
+                        if let Some(i) = self.children.iter().position(|c| c.sa.outbound_spi() == spi) {
                             let c = self.children.remove(i);
                             self.events.push_back(Event::ChildSaDeleted {
-                                spi_in: c.inbound_spi(),
-                                spi_out: c.outbound_spi(),
+                                spi_in: c.sa.inbound_spi(),
+                                spi_out: c.sa.outbound_spi(),
                             });
                         }
                     }
@@ -1699,7 +1754,7 @@ impl Sa {
 
     fn closed(&mut self) {
         for c in self.children.drain(..) {
-            self.events.push_back(Event::ChildSaDeleted { spi_in: c.inbound_spi(), spi_out: c.outbound_spi() });
+            self.events.push_back(Event::ChildSaDeleted { spi_in: c.sa.inbound_spi(), spi_out: c.sa.outbound_spi() });
         }
         self.state = P1::Dead;
         self.pending = None;
@@ -1712,7 +1767,7 @@ impl Sa {
     pub fn close<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
         self.now = now;
         if self.state == P1::Established {
-            let spis: Vec<Vec<u8>> = self.children.iter().map(|c| c.inbound_spi().to_be_bytes().to_vec()).collect();
+            let spis: Vec<Vec<u8>> = self.children.iter().map(|c| c.sa.inbound_spi().to_be_bytes().to_vec()).collect();
             if !spis.is_empty() {
                 let d = Delete { doi: DOI_IPSEC, protocol: protocol::ESP, spi_size: 4, spis };
                 self.send_informational(vec![Payload::Delete(d)], rng);
@@ -1793,9 +1848,28 @@ impl Sa {
                 if q.initiator {
                     self.events.push_back(Event::ChildSaFailed(Failure::Timeout));
                 }
+                if let Some(c) = self.children.iter_mut().find(|c| Some(c.sa.inbound_spi()) == q.replaces) {
+                    // Try again later, unless the SA expires first.
+                    c.rekeying = false;
+                    c.rekey_at = Some(now + self.config.retransmit_max_interval);
+                }
             }
         }
         if self.state == P1::Established {
+            let expired: Vec<u32> =
+                self.children.iter().filter(|c| c.expire_at <= now).map(|c| c.sa.inbound_spi()).collect();
+            for spi in expired {
+                self.delete_installed(spi, rng);
+            }
+            let due: Vec<u32> = self
+                .children
+                .iter()
+                .filter(|c| !c.rekeying && c.rekey_at.is_some_and(|t| t <= now))
+                .map(|c| c.sa.inbound_spi())
+                .collect();
+            for spi in due {
+                self.rekey_child(now, spi, rng);
+            }
             self.start_next_quick(rng);
         }
     }
@@ -1804,9 +1878,36 @@ impl Sa {
     /// it is).
     pub fn create_child<R: CryptoRng + ?Sized>(&mut self, now: Instant, local: Subnet, remote: Subnet, rng: &mut R) {
         self.now = now;
-        self.queued.push_back((local, remote));
+        self.queued.push_back(Planned { local, remote, replaces: None });
         if self.state == P1::Established {
             self.start_next_quick(rng);
+        }
+    }
+
+    /// Rekeys the IPsec SA whose inbound SPI is `spi_in`: a new quick mode for the same subnets;
+    /// once it is installed the old SA is deleted (DELETE to the peer, then
+    /// [`Event::ChildSaDeleted`]). Done automatically `rekey_margin_percent` before the end of
+    /// the lifetime of SAs we initiated; the peer's rekeys are simply new quick modes followed
+    /// by its DELETE of the old SA.
+    pub fn rekey_child<R: CryptoRng + ?Sized>(&mut self, now: Instant, spi_in: u32, rng: &mut R) {
+        self.now = now;
+        let Some(c) = self.children.iter_mut().find(|c| c.sa.inbound_spi() == spi_in && !c.rekeying) else {
+            return;
+        };
+        c.rekeying = true;
+        let plan = Planned { local: c.local, remote: c.remote, replaces: Some(spi_in) };
+        self.queued.push_back(plan);
+        if self.state == P1::Established {
+            self.start_next_quick(rng);
+        }
+    }
+
+    /// Deletes the IPsec SA whose inbound SPI is `spi_in` (DELETE to the peer, then
+    /// [`Event::ChildSaDeleted`]).
+    pub fn delete_child<R: CryptoRng + ?Sized>(&mut self, now: Instant, spi_in: u32, rng: &mut R) {
+        self.now = now;
+        if self.state == P1::Established {
+            self.delete_installed(spi_in, rng);
         }
     }
 }

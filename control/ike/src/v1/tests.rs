@@ -391,3 +391,47 @@ fn half_open_responder_gives_up() {
     assert_eq!(p.r_events, vec![Event::Failed(Failure::Timeout)]);
     assert!(p.r.as_ref().unwrap().poll_timeout().is_none());
 }
+
+#[test]
+fn ipsec_sa_rekeyed_before_lifetime_make_before_break() {
+    let (mut ic, mut rc) = configs(Mode::Main);
+    ic.child_lifetime = Duration::from_secs(100);
+    rc.child_lifetime = Duration::from_secs(100);
+    let mut p = Pair::with(ic, rc, 13);
+    p.run(Duration::from_secs(1));
+    p.assert_up(1);
+    let old = Pair::children(&p.i_events)[0].clone();
+    // Rekey at 90 s; nothing expires before 100 s.
+    p.run(Duration::from_secs(95));
+    let installed = Pair::children(&p.i_events);
+    assert_eq!(installed.len(), 2, "{:?}", p.i_events);
+    let new = installed[1].clone();
+    assert_ne!(new.spi_i, old.spi_i);
+    let i_deleted = Event::ChildSaDeleted { spi_in: old.spi_i, spi_out: old.spi_r };
+    let r_deleted = Event::ChildSaDeleted { spi_in: old.spi_r, spi_out: old.spi_i };
+    let pos = |ev: &[Event], e: &Event| ev.iter().position(|x| x == e);
+    let installed_at = p.i_events.iter().position(|e| matches!(e, Event::ChildSaInstalled(c) if c.spi_i == new.spi_i));
+    assert!(pos(&p.i_events, &i_deleted) > installed_at, "new before old is deleted: {:?}", p.i_events);
+    assert!(pos(&p.r_events, &r_deleted).is_some(), "{:?}", p.r_events);
+    assert_eq!(p.i.child_sas().count(), 1);
+    assert_eq!(p.r.as_ref().unwrap().child_sas().count(), 1);
+    assert_eq!(p.i.child_sas().next().unwrap().spi_i, new.spi_i);
+}
+
+#[test]
+fn ipsec_sa_expires_when_rekey_fails() {
+    let (mut ic, rc) = configs(Mode::Main);
+    ic.child_lifetime = Duration::from_secs(100);
+    let mut p = Pair::with(ic, rc, 14);
+    p.run(Duration::from_secs(1));
+    p.assert_up(1);
+    let old = Pair::children(&p.i_events)[0].clone();
+    // From now on the responder hears nothing.
+    p.drop = Box::new(|to_r, i| to_r && i >= 5);
+    // Rekey starts at 90 s, the SA expires at 100 s, the rekey gives up at 90 + 31.5 s.
+    p.run(Duration::from_secs(130));
+    assert!(p.i_events.contains(&Event::ChildSaFailed(Failure::Timeout)), "{:?}", p.i_events);
+    assert!(p.i_events.contains(&Event::ChildSaDeleted { spi_in: old.spi_i, spi_out: old.spi_r }), "{:?}", p.i_events);
+    assert_eq!(p.i.child_sas().count(), 0);
+    assert!(p.i.is_established());
+}
