@@ -159,6 +159,10 @@ pub struct Config {
     pub half_open_timeout: Duration,
     /// IPsec SAs we initiated are rekeyed this many percent before the end of their lifetime.
     pub rekey_margin_percent: u8,
+    /// Send a DPD R-U-THERE after this much inbound silence (`None`: DPD off; we still answer).
+    pub dpd_interval: Option<Duration>,
+    /// Declare the peer dead when no R-U-THERE-ACK arrives within this time.
+    pub dpd_timeout: Duration,
 }
 
 impl Config {
@@ -188,6 +192,8 @@ impl Config {
             retransmit_max_interval: Duration::from_secs(30),
             half_open_timeout: Duration::from_secs(30),
             rekey_margin_percent: 10,
+            dpd_interval: Some(Duration::from_secs(30)),
+            dpd_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -293,6 +299,10 @@ pub struct Sa {
     replies: VecDeque<(Vec<u8>, Transmit)>,
     dpd_seq: u32,
     dpd_acked: Option<u32>,
+    /// Last authenticated inbound message (or traffic reported by the daemon).
+    last_inbound: Instant,
+    /// An unanswered R-U-THERE: (first sent, when to send another).
+    dpd_probe: Option<(Instant, Instant)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -583,6 +593,8 @@ impl Sa {
             replies: VecDeque::new(),
             dpd_seq: 0,
             dpd_acked: None,
+            last_inbound: now,
+            dpd_probe: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -670,6 +682,7 @@ impl Sa {
             .map(|p| p.next)
             .chain(half_open)
             .chain(child_timers)
+            .chain(self.dpd_timer())
             .min()
     }
 
@@ -827,6 +840,7 @@ impl Sa {
     }
 
     fn established(&mut self, rng: &mut (impl CryptoRng + ?Sized)) {
+        self.last_inbound = self.now;
         self.state = P1::Established;
         self.pending = None;
         self.events.push_back(Event::IkeSaEstablished {
@@ -1431,6 +1445,7 @@ impl Sa {
     fn install(&mut self, c: ChildSa, local: Subnet, remote: Subnet) {
         let life = self.config.child_lifetime;
         let keep = u32::from(100u8.saturating_sub(self.config.rekey_margin_percent.min(100)));
+        let life = life.min(Duration::from_secs(10 * 365 * 24 * 3600));
         let rekey_at = c.initiator.then(|| self.now + life * keep / 100);
         self.children.push(Installed {
             sa: c.clone(),
@@ -1475,6 +1490,7 @@ impl Sa {
         if k.qm_hash1(h.message_id, &rest).expose() != hash.as_slice() {
             return;
         }
+        self.last_inbound = self.now;
         let (Some(sa), Some(ni)) = (payload_sa(&p), payload_nonce(&p)) else {
             return;
         };
@@ -1587,6 +1603,7 @@ impl Sa {
         if k.qm_hash3(h.message_id, &q.ni, &q.nr).expose() != hash.as_slice() {
             return;
         }
+        self.last_inbound = self.now;
         let q = self.quick.remove(i);
         if let Some(c) = q.ready {
             self.install(c, q.local, q.remote);
@@ -1601,6 +1618,7 @@ impl Sa {
         if k.qm_hash2(h.message_id, &q.ni, &rest).expose() != hash.as_slice() {
             return;
         }
+        self.last_inbound = self.now;
         let (Some(sa), Some(nr)) = (payload_sa(&p), payload_nonce(&p)) else {
             return;
         };
@@ -1705,6 +1723,7 @@ impl Sa {
                 if k.info_hash(m.header.message_id, &rest).expose() != hash.as_slice() {
                     return;
                 }
+                self.last_inbound = self.now;
                 p
             }
         };
@@ -1716,7 +1735,11 @@ impl Sa {
                 }
                 Payload::Notification(n) if n.kind == NotifyType::R_U_THERE_ACK => {
                     if let Ok(seq) = <[u8; 4]>::try_from(&n.data[..]) {
-                        self.dpd_acked = Some(u32::from_be_bytes(seq));
+                        let seq = u32::from_be_bytes(seq);
+                        self.dpd_acked = Some(seq);
+                        if seq == self.dpd_seq {
+                            self.dpd_probe = None;
+                        }
                     }
                 }
                 Payload::Notification(n) if n.kind.0 < 8192 => {
@@ -1781,8 +1804,9 @@ impl Sa {
         }
     }
 
-    /// Sends a DPD R-U-THERE (RFC 3706) and returns its sequence number; the answer shows in
-    /// [`Sa::last_dpd_ack`]. Not retransmitted: the daemon decides when the peer is dead.
+    /// Sends a DPD R-U-THERE (RFC 3706) now and returns its sequence number; the answer shows in
+    /// [`Sa::last_dpd_ack`]. With [`Config::dpd_interval`] set the SA also does this by itself
+    /// after inbound silence and reports [`Event::PeerDead`] when no answer comes.
     pub fn send_dpd<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> u32 {
         self.now = now;
         if self.dpd_seq == 0 {
@@ -1798,6 +1822,50 @@ impl Sa {
         };
         self.send_informational(vec![Payload::Notification(n)], rng);
         self.dpd_seq
+    }
+
+    /// Tells the SA that ESP traffic arrived from the peer (postpones DPD).
+    pub fn note_inbound_traffic(&mut self, now: Instant) {
+        self.last_inbound = self.last_inbound.max(now);
+    }
+
+    fn dpd_timer(&self) -> Option<Instant> {
+        if self.state != P1::Established {
+            return None;
+        }
+        match self.dpd_probe {
+            Some((sent, resend)) => Some(resend.min(sent + self.config.dpd_timeout)),
+            None => self.config.dpd_interval.map(|i| self.last_inbound + i),
+        }
+    }
+
+    fn handle_dpd<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        if self.dpd_timer().is_none_or(|t| t > now) {
+            return;
+        }
+        match self.dpd_probe {
+            Some((sent, _)) if now >= sent + self.config.dpd_timeout => {
+                for c in self.children.drain(..) {
+                    self.events
+                        .push_back(Event::ChildSaDeleted { spi_in: c.sa.inbound_spi(), spi_out: c.sa.outbound_spi() });
+                }
+                self.state = P1::Dead;
+                self.pending = None;
+                self.quick.clear();
+                self.events.push_back(Event::PeerDead);
+            }
+            Some((sent, _)) => {
+                // One more R-U-THERE half way (a new sequence number, RFC 3706 §5.5).
+                self.send_dpd(now, rng);
+                self.dpd_probe = Some((sent, sent + self.config.dpd_timeout));
+            }
+            None => {
+                if self.last_inbound + self.config.dpd_interval.unwrap_or(Duration::MAX) <= now {
+                    self.send_dpd(now, rng);
+                    self.dpd_probe = Some((now, now + self.config.dpd_timeout / 2));
+                }
+            }
+        }
     }
 
     /// The sequence number of the last R-U-THERE-ACK received.
@@ -1871,6 +1939,7 @@ impl Sa {
                 self.rekey_child(now, spi, rng);
             }
             self.start_next_quick(rng);
+            self.handle_dpd(now, rng);
         }
     }
 

@@ -26,6 +26,8 @@ fn configs(mode: Mode) -> (Config, Config) {
     i.mode = mode;
     i.local_subnets = vec![net("192.0.2.0/24")];
     i.remote_subnets = vec![net("198.51.100.0/24")];
+    // Off so that runs end when the exchanges do; the DPD tests turn it on.
+    i.dpd_interval = None;
     let mut r = i.clone();
     r.local_subnets = vec![net("198.51.100.0/24")];
     r.remote_subnets = vec![net("192.0.2.0/24")];
@@ -434,4 +436,41 @@ fn ipsec_sa_expires_when_rekey_fails() {
     assert!(p.i_events.contains(&Event::ChildSaDeleted { spi_in: old.spi_i, spi_out: old.spi_r }), "{:?}", p.i_events);
     assert_eq!(p.i.child_sas().count(), 0);
     assert!(p.i.is_established());
+}
+
+#[test]
+fn dpd_keeps_a_live_peer_and_declares_a_dead_one() {
+    let (mut ic, mut rc) = configs(Mode::Main);
+    ic.dpd_interval = Some(Duration::from_secs(30));
+    rc.dpd_interval = Some(Duration::from_secs(30));
+    let mut p = Pair::with(ic, rc, 15);
+    // Idle but alive: probes are answered, nothing else happens.
+    p.run(Duration::from_secs(200));
+    p.assert_up(1);
+    assert!(p.i.last_dpd_ack().is_some() && p.r.as_ref().unwrap().last_dpd_ack().is_some());
+    assert!(!p.i_events.iter().any(|e| matches!(e, Event::PeerDead)));
+    // The responder vanishes: the initiator probes, then gives up within interval + timeout.
+    p.drop = Box::new(|to_r, _| to_r);
+    let c = Pair::children(&p.i_events)[0].clone();
+    p.run(Duration::from_secs(61));
+    assert_eq!(
+        p.i_events[p.i_events.len() - 2..],
+        [Event::ChildSaDeleted { spi_in: c.spi_i, spi_out: c.spi_r }, Event::PeerDead]
+    );
+    assert!(p.i.is_finished() && p.i.poll_timeout().is_none());
+}
+
+#[test]
+fn inbound_traffic_postpones_dpd() {
+    let (mut ic, rc) = configs(Mode::Main);
+    ic.dpd_interval = Some(Duration::from_secs(30));
+    let mut p = Pair::with(ic, rc, 16);
+    p.run(Duration::from_secs(1));
+    p.assert_up(1);
+    // The only timer left: the first R-U-THERE, 30 s after phase 1 completed (child expiry is
+    // an hour away).
+    let due = p.i.poll_timeout().unwrap();
+    assert!(due > p.now + Duration::from_secs(28) && due <= p.now + Duration::from_secs(30), "{due:?}");
+    p.i.note_inbound_traffic(due - Duration::from_secs(1));
+    assert_eq!(p.i.poll_timeout(), Some(due + Duration::from_secs(29)));
 }
