@@ -16,19 +16,28 @@
 //!   initiated phase 1) and as responder, with optional PFS ([`Config::pfs`]); the responder
 //!   narrows the proposed subnets to what it has configured. The result is published as
 //!   [`Event::ChildSaInstalled`] with the same [`ChildSa`] type as IKEv2.
+//! * IPsec SA lifetimes: SAs whose quick mode we initiated are rekeyed `rekey_margin_percent`
+//!   before their lifetime (a new quick mode for the same subnets, then DELETE of the old SA:
+//!   make before break; also on demand, [`Sa::rekey_child`]); every SA is deleted at the end of
+//!   its lifetime. A peer's rekey is a new quick mode we answer, followed by its DELETE.
 //! * INFORMATIONAL exchanges protected by HASH(1): DELETE for phase 2 and phase 1 (sent by
-//!   [`Sa::close`], acted upon when received), DPD R-U-THERE answered with R-U-THERE-ACK
-//!   (RFC 3706; we advertise the DPD vendor ID but send no R-U-THERE of our own).
+//!   [`Sa::close`] / [`Sa::delete_child`], acted upon when received); DPD (RFC 3706): the DPD
+//!   vendor ID, R-U-THERE answered with R-U-THERE-ACK, our own R-U-THERE after
+//!   [`Config::dpd_interval`] of inbound silence (authenticated messages, or ESP reported with
+//!   [`Sa::note_inbound_traffic`]), [`Event::PeerDead`] after [`Config::dpd_timeout`].
 //! * Retransmission with exponential back-off and give-up ([`Event::Failed`] /
 //!   [`Event::ChildSaFailed`] with [`Failure::Timeout`]); a retransmitted message from the peer
-//!   is answered by resending our last reply to it, byte for byte.
+//!   is answered by resending our last reply to it, byte for byte. A responder gives up on an
+//!   unfinished phase 1 after [`Config::half_open_timeout`].
 //!
 //! # Not yet
 //!
-//! Rekeying (of either phase; the lifetimes are proposed but not enforced), sending DPD,
-//! NAT keepalives, commit bit, XAUTH/mode config, certificates, IPComp, transport mode, several
-//! subnets in one quick mode (ID ranges), and a dispatcher routing datagrams by cookie (the
-//! daemon does that: [`Sa::cookies`]).
+//! ISAKMP SA rekeying/reauthentication (its lifetime is proposed but not enforced; the peer's
+//! lifetime proposals are accepted as they are), INITIAL-CONTACT handling (ignored), NAT
+//! keepalives, pre-RFC NAT-T drafts, commit bit, XAUTH/mode config, certificates, AH, IPComp,
+//! transport mode, several subnets or ranges in one quick mode, choosing the configuration by
+//! the peer's ID, and a dispatcher routing datagrams by cookie (the daemon's job, see
+//! [`crate::v1`]).
 //!
 //! Failures carry the ISAKMP notify number in [`crate::message::NotifyType`] (the values that
 //! matter, 14 NO-PROPOSAL-CHOSEN and 24 AUTHENTICATION-FAILED, coincide with IKEv2's).
@@ -1503,7 +1512,7 @@ impl Sa {
         let (ts_i, ts_r) = match ids.as_slice() {
             [i, r] => match (i.as_subnet(), r.as_subnet()) {
                 (Some(i), Some(r)) => (i, r),
-                _ => return self.quick_reject(h.message_id, NotifyType::INVALID_ID_INFORMATION, rng),
+                _ => return self.quick_reject(NotifyType::INVALID_ID_INFORMATION, rng),
             },
             [] => (Subnet::new(self.remote.ip(), 128), Subnet::new(self.local.ip(), 128)),
             _ => return,
@@ -1514,7 +1523,7 @@ impl Sa {
             self.config.local_subnets.iter().find_map(|l| narrow(*l, ts_r).map(|nr_| (ni_, nr_)))
         });
         let Some((ts_i, ts_r)) = pair else {
-            return self.quick_reject(h.message_id, NotifyType::INVALID_ID_INFORMATION, rng);
+            return self.quick_reject(NotifyType::INVALID_ID_INFORMATION, rng);
         };
         // Choose the first acceptable transform of the first ESP proposal.
         let mut choice = None;
@@ -1536,7 +1545,7 @@ impl Sa {
             }
         }
         let Some((prop, t, esp, group)) = choice else {
-            return self.quick_reject(h.message_id, NotifyType::NO_PROPOSAL_CHOSEN, rng);
+            return self.quick_reject(NotifyType::NO_PROPOSAL_CHOSEN, rng);
         };
         let spi_i = u32::from_be_bytes([prop.spi[0], prop.spi[1], prop.spi[2], prop.spi[3]]);
         let spi_r = self.new_spi(rng);
@@ -1558,7 +1567,7 @@ impl Sa {
             let Some(ke) = ke else { return };
             let (d, public) = g.generate(rng);
             let Ok(s) = g.compute_shared(&d, ke) else {
-                return self.quick_reject(h.message_id, NotifyType::INVALID_KEY_INFORMATION, rng);
+                return self.quick_reject(NotifyType::INVALID_KEY_INFORMATION, rng);
             };
             g_qm = Some(s);
             rest.push(Payload::Ke(public));
@@ -1664,7 +1673,7 @@ impl Sa {
         self.start_next_quick(rng);
     }
 
-    fn quick_reject<R: CryptoRng + ?Sized>(&mut self, _mid: u32, kind: NotifyType, rng: &mut R) {
+    fn quick_reject<R: CryptoRng + ?Sized>(&mut self, kind: NotifyType, rng: &mut R) {
         self.send_informational(
             vec![Payload::Notification(Notification {
                 doi: DOI_IPSEC,

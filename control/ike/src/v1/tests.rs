@@ -57,9 +57,13 @@ impl Pair {
     }
 
     fn with(ic: Config, rc: Config, seed: u64) -> Pair {
+        Pair::with_addrs(ic, rc, seed, I, R)
+    }
+
+    fn with_addrs(ic: Config, rc: Config, seed: u64, i_addr: SocketAddr, r_addr: SocketAddr) -> Pair {
         let now = Instant::now();
         let mut rng = rng(seed);
-        let i = Sa::initiate(ic, I, R, now, &mut rng);
+        let i = Sa::initiate(ic, i_addr, r_addr, now, &mut rng);
         Pair {
             now,
             i,
@@ -473,4 +477,24 @@ fn inbound_traffic_postpones_dpd() {
     assert!(due > p.now + Duration::from_secs(28) && due <= p.now + Duration::from_secs(30), "{due:?}");
     p.i.note_inbound_traffic(due - Duration::from_secs(1));
     assert_eq!(p.i.poll_timeout(), Some(due + Duration::from_secs(29)));
+}
+
+#[test]
+fn ipv6_gateways_and_subnets() {
+    let (mut ic, mut rc) = configs(Mode::Main);
+    ic.local_subnets = vec![net("2001:db8:1::/48")];
+    ic.remote_subnets = vec![net("2001:db8:2::/48")];
+    rc.local_subnets = vec![net("2001:db8:2::/48")];
+    rc.remote_subnets = vec![net("2001:db8:1::/48")];
+    let i: SocketAddr = "[2001:db8:ffff::1]:500".parse().unwrap();
+    let r: SocketAddr = "[2001:db8:ffff::2]:500".parse().unwrap();
+    let mut p = Pair::with_addrs(ic, rc, 17, i, r);
+    p.run(Duration::from_secs(60));
+    p.assert_up(1);
+    let c = Pair::children(&p.i_events)[0];
+    assert_eq!(
+        format!("{:?}", c.local_ts()[0].range),
+        format!("{:?}", super::sa::subnet_ts(net("2001:db8:1::/48")).range)
+    );
+    assert_eq!((c.local, c.remote), (i, r));
 }
