@@ -141,6 +141,19 @@ fn cases() -> Vec<Case> {
             esp: EspProposal { encr: EncrAlg::AES128_GCM16, integ: None },
             pfs: None,
         },
+        Case {
+            name: "aggressive aes192-sha512-ecp256 / esp 3des-md5-modp2048 (PFS), 24 h ISAKMP lifetime (TLV)",
+            mode: Mode::Aggressive,
+            swan_ike: "aes192-sha512-ecp256",
+            swan_esp: "3des-md5-modp2048",
+            ike: Phase1Proposal {
+                encr: EncrAlg::AesCbc { key_bits: 192 },
+                hash: HashAlg::Sha512,
+                group: DhGroup::Ecp256,
+            },
+            esp: EspProposal { encr: EncrAlg::TripleDes, integ: Some(IntegAlg::HmacMd5_96) },
+            pfs: Some(DhGroup::Modp2048),
+        },
     ]
 }
 
@@ -197,6 +210,8 @@ fn our_config(c: &Case) -> Config {
     cfg.local_subnets = vec![Subnet::new("192.0.2.0".parse().unwrap(), 24)];
     cfg.remote_subnets = vec![Subnet::new("198.51.100.0".parse().unwrap(), 24)];
     cfg.retransmit_initial = Duration::from_secs(1);
+    // Longer than 65535 s: the life duration goes out as a variable-length attribute.
+    cfg.ike_lifetime = Duration::from_secs(24 * 3600);
     cfg
 }
 
@@ -554,6 +569,9 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = charon.log();
+    if std::env::var_os("V1_VERBOSE").is_some() {
+        eprintln!("our log:\n{ours_log}\ncharon:\n{log}");
+    }
     assert!(log.contains("received DELETE for IKE_SA") || log.contains("deleting IKE_SA"), "{}", log);
     eprintln!(
         "{} ({role}): ESTABLISHED + INSTALLED, {compared} keys equal strongSwan's, {}, {}, rekeyed by charon and by us, DELETE honoured ({:.1} s)",

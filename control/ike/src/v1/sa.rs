@@ -69,6 +69,11 @@ pub const VID_DPD: [u8; 16] =
 
 const NONCE_LEN: usize = 32;
 
+/// After aggressive mode as initiator our last message (HASH_I) and the first quick mode would
+/// leave back to back, and a multi-threaded peer may process the quick mode first and drop it
+/// ("phase 1 incomplete": strongSwan does), costing a retransmission interval. Wait this long.
+const QUICK_AFTER_AGGRESSIVE: Duration = Duration::from_millis(100);
+
 /// Phase-1 attribute types (RFC 2409 Appendix A).
 mod p1attr {
     pub const ENCR: u16 = 1;
@@ -312,6 +317,8 @@ pub struct Sa {
     last_inbound: Instant,
     /// An unanswered R-U-THERE: (first sent, when to send another).
     dpd_probe: Option<(Instant, Instant)>,
+    /// No quick mode of ours starts before this (see [`QUICK_AFTER_AGGRESSIVE`]).
+    quick_hold: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -604,6 +611,7 @@ impl Sa {
             dpd_acked: None,
             last_inbound: now,
             dpd_probe: None,
+            quick_hold: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -692,6 +700,7 @@ impl Sa {
             .chain(half_open)
             .chain(child_timers)
             .chain(self.dpd_timer())
+            .chain(self.quick_hold.filter(|_| !self.queued.is_empty()))
             .min()
     }
 
@@ -859,6 +868,9 @@ impl Sa {
             remote: self.remote,
         });
         if self.initiator {
+            if self.config.mode == Mode::Aggressive {
+                self.quick_hold = Some(self.now + QUICK_AFTER_AGGRESSIVE);
+            }
             self.start_next_quick(rng);
         }
     }
@@ -1297,6 +1309,12 @@ impl Sa {
     // Quick mode
 
     fn start_next_quick<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) {
+        if let Some(t) = self.quick_hold {
+            if t > self.now {
+                return;
+            }
+            self.quick_hold = None;
+        }
         if self.quick.iter().any(|q| q.initiator) {
             return;
         }

@@ -498,3 +498,20 @@ fn ipv6_gateways_and_subnets() {
     );
     assert_eq!((c.local, c.remote), (i, r));
 }
+
+#[test]
+fn several_subnet_pairs_one_quick_mode_each_and_no_busy_timer() {
+    for mode in [Mode::Main, Mode::Aggressive] {
+        let (mut ic, mut rc) = configs(mode);
+        ic.local_subnets = vec![net("192.0.2.0/25"), net("192.0.2.128/25")];
+        ic.remote_subnets = vec![net("198.51.100.0/24"), net("203.0.113.0/24")];
+        rc.local_subnets = vec![net("198.51.100.0/24"), net("203.0.113.0/24")];
+        let mut p = Pair::with(ic, rc, 18);
+        // Every step of the run must move time forward or deliver something: a timer that is
+        // always due would spin here.
+        p.run(Duration::from_secs(60));
+        p.assert_up(4);
+        let now = p.now;
+        assert!(p.i.poll_timeout().is_none_or(|t| t > now + Duration::from_secs(60)), "{:?}", p.i.poll_timeout());
+    }
+}
