@@ -143,12 +143,26 @@ impl Phase1Keys {
     /// # Errors
     /// [`CryptoError::KeyLength`] if `encr` is not a CBC cipher.
     pub fn derive_psk(hash: HashAlg, encr: EncrAlg, psk: &[u8], i: &Phase1Input<'_>) -> Result<Self, CryptoError> {
+        let skeyid = prf(hash.prf(), psk, &[i.ni, i.nr]);
+        Phase1Keys::from_skeyid(hash, encr, skeyid, i)
+    }
+
+    /// Derives the keys from an SKEYID computed elsewhere (the part of RFC 2409 §5 that does not
+    /// depend on the authentication method; `i.ni`/`i.nr` are not used).
+    ///
+    /// # Errors
+    /// [`CryptoError::KeyLength`] if `encr` is not a CBC cipher.
+    pub fn from_skeyid(
+        hash: HashAlg,
+        encr: EncrAlg,
+        skeyid: SecretBytes,
+        i: &Phase1Input<'_>,
+    ) -> Result<Self, CryptoError> {
         if encr.is_aead() {
             return Err(CryptoError::KeyLength);
         }
         let p = hash.prf();
         let (ci, cr) = (i.cky_i.to_be_bytes(), i.cky_r.to_be_bytes());
-        let skeyid = prf(p, psk, &[i.ni, i.nr]);
         let skeyid_d = prf(p, skeyid.expose(), &[i.g_xy, &ci, &cr, &[0]]);
         let skeyid_a = prf(p, skeyid.expose(), &[skeyid_d.expose(), i.g_xy, &ci, &cr, &[1]]);
         let skeyid_e = prf(p, skeyid.expose(), &[skeyid_a.expose(), i.g_xy, &ci, &cr, &[2]]);
@@ -403,6 +417,114 @@ mod tests {
                 assert_eq!(last, last2);
                 assert_ne!(k.phase2_iv(&last, 1), k.phase2_iv(&last, 2));
             }
+        }
+    }
+}
+
+/// A vector taken from strongSwan 5.9.8 (charon, `ike = 4`, `chd = 4`) in the `ikev1_strongswan`
+/// test: main mode, AES-128-CBC / SHA2-256 / MODP-2048, PSK `ikev1-psk-5f0a1c2e`, we initiated.
+/// charon's dumps give g^xy, the HASH_I/HASH_R inputs (g^xi | g^xr | CKY-I | CKY-R | SAi_b |
+/// IDii_b), the KEYMAT seeds (protocol | SPI | Ni_b | Nr_b) and every derived value; we recompute
+/// the derived values from the inputs.
+#[cfg(test)]
+mod strongswan_vector {
+    use super::*;
+    use crate::test_util::hex;
+
+    const G_XY: &str = concat!(
+        "2c6eca4925ae8efe04a8600dd8a14d396c121937831715846aad38c40173d04587cbc187a6f610725730e8c7857697f5",
+        "cbc33c01d1cd7c7f1d8bb2492067e8dae2e88a09c411450a6c7bc61fec81d8f524a50d0e34efedaff2fe8f94a1ac0a8a",
+        "b9beebbaa79167a4ad8e9908502f6086f85e63aad2fd2f1f32346881b3970075cfe06826005076fe04a4414446afa3be",
+        "7b1b1ffe5a9ea323f1fae82302f366681eda97689ed3c6bc2914056c93d8fd357b80efc30d16e993ab4bba8d0b022e73",
+        "a752a9e1b1f00d73477492fd953b1c74a3c20cf14b46deea622b44c2d3ee8610a1d435503eb802efa37a0a811b0b9416",
+        "ad7c93a2bc938bc596b74b3b3b682c53",
+    );
+    const HASH_I_DATA: &str = concat!(
+        "9b827f364f08b90176b5961123019dba7c54bb498c367e83ec792c0d54ead769d3f4601f72436c0d064cec0916abf17c",
+        "e8bed12d6f428eef1c99613a6d455b3a9f26a452e553524a147dee9c9ba44bfa3701ad4841013cc8e4455cdab06033c2",
+        "a25bab4401d2372504cdd2792db1b12c96eb4d522872209ecda9c0b917d1a824c96fb58c4eaeb9b3907d0cb7156a9e59",
+        "cc2a4690556e50d852500b0982c1a4ae20ca22b9a94c6c2324ef938c48bed06632e229c60bd3b17fa74b6c4f80538f5a",
+        "3f0b42ef6f2e967e299115ddd937fdd7ee805055a7111ffd996f42a3c9643099cc4b51c591c00b3ed5b1d241d60ce7aa",
+        "d3435f7fc72aa883e61a0cf3df6545a76b2a4f33daf51ebf1f7df3f2f62a6fb627f2bf2a4a8c321b1e7139810e93e579",
+        "7e63ec36149cafb5324fad2768720a72d60ff9b07907a476464e419080e4c71ae1786f163d493d35bab0c3b649ff795a",
+        "dd3cb9910d52545b2e4f1699a3e1ab64710700eaf89585ae824ecd61a2d4182ebb6cd886d99b386d08c820b04463f1e5",
+        "00fc4a20a2b300ddcfc31388d3de98b4785a6d8d9f20a04dc20e989b697685361a5e179c797a5caccc25b2f2f5c11e28",
+        "01d3b6a6ec8d7f840471850489c13ec179ba85e5c725a895c23f1af7736ccf9c98f0fc82b57933b50d96d0e9ff4572fb",
+        "ca36966e6e77aa5012ee30d7ab24ffeb740a1018b0dde5aeb5adb4f0c39ca27b821ced1de273f3b05185c696b67fbb72",
+        "00000001000000010000003001010001000000280101000080010007800e008080020004800300018004000e800b0001",
+        "000c00040001518001000000c6120001",
+    );
+    const HASH_I: &str = "16209a3f830685520b32f831cfe8eb5dca2024c4640cedbc1ae59e0cf83bbf7d";
+    const HASH_R_DATA: &str = concat!(
+        "6b2a4f33daf51ebf1f7df3f2f62a6fb627f2bf2a4a8c321b1e7139810e93e5797e63ec36149cafb5324fad2768720a72",
+        "d60ff9b07907a476464e419080e4c71ae1786f163d493d35bab0c3b649ff795add3cb9910d52545b2e4f1699a3e1ab64",
+        "710700eaf89585ae824ecd61a2d4182ebb6cd886d99b386d08c820b04463f1e500fc4a20a2b300ddcfc31388d3de98b4",
+        "785a6d8d9f20a04dc20e989b697685361a5e179c797a5caccc25b2f2f5c11e2801d3b6a6ec8d7f840471850489c13ec1",
+        "79ba85e5c725a895c23f1af7736ccf9c98f0fc82b57933b50d96d0e9ff4572fbca36966e6e77aa5012ee30d7ab24ffeb",
+        "740a1018b0dde5aeb5adb4f0c39ca27b9b827f364f08b90176b5961123019dba7c54bb498c367e83ec792c0d54ead769",
+        "d3f4601f72436c0d064cec0916abf17ce8bed12d6f428eef1c99613a6d455b3a9f26a452e553524a147dee9c9ba44bfa",
+        "3701ad4841013cc8e4455cdab06033c2a25bab4401d2372504cdd2792db1b12c96eb4d522872209ecda9c0b917d1a824",
+        "c96fb58c4eaeb9b3907d0cb7156a9e59cc2a4690556e50d852500b0982c1a4ae20ca22b9a94c6c2324ef938c48bed066",
+        "32e229c60bd3b17fa74b6c4f80538f5a3f0b42ef6f2e967e299115ddd937fdd7ee805055a7111ffd996f42a3c9643099",
+        "cc4b51c591c00b3ed5b1d241d60ce7aad3435f7fc72aa883e61a0cf3df6545a75185c696b67fbb72821ced1de273f3b0",
+        "00000001000000010000003001010001000000280101000080010007800e008080020004800300018004000e800b0001",
+        "000c00040001518001000000c6120002",
+    );
+    const HASH_R: &str = "0e6db15b3701e00bfd8d1b0e1d3f885be0ba8fbe8cb9d081f57d561f37d3008d";
+    const SKEYID: &str = "237573c03a1132470d61a2779e137c94acf6a1b28a23b741b982ddcad2850d28";
+    const SKEYID_D: &str = "0aebc00e58de78e7f117fa842de98aaf9199916a2d8af66da65f23e36a8c6229";
+    const SKEYID_A: &str = "2a96b6dbf951267368ca0d358be2326bf005659a4224ded69c59c6524dc00dfc";
+    const SKEYID_E: &str = "bb676b1f96a7627a328d1586f6d8f4e7a432a0d6c2793a5006c69ba82ae8585a";
+    const KA: &str = "bb676b1f96a7627a328d1586f6d8f4e7";
+    const IV: &str = "2f8c9e50f5fab015b17e3c657db9e058";
+    const I_SEED: &str = concat!(
+        "0373174a07c77d8730681118ec266992ad984647c372f926644c5614f2e964886d2f8aa6f0577f2d6d82588650cbddaf",
+        "be608c1fe8be5a97861257f3d137bb2688807ddd82",
+    );
+    const ENCR_I: &str = "7ffa9e8dfbfeb9f71bbb073cc249aa4c";
+    const INTEG_I: &str = "48298c54d5b410c568b88306c144bfc00aecbc29500d360a929caddf20350023";
+    const R_SEED: &str = concat!(
+        "034349a125c77d8730681118ec266992ad984647c372f926644c5614f2e964886d2f8aa6f0577f2d6d82588650cbddaf",
+        "be608c1fe8be5a97861257f3d137bb2688807ddd82",
+    );
+    const ENCR_R: &str = "982541f5e0dce9651f2def372541c171";
+    const INTEG_R: &str = "69825f7357731f99337767309a47e2c9bc1d52fddd68915a5be1d2fc27a7f624";
+
+    #[test]
+    fn phase1_and_keymat_equal_strongswans() {
+        let (g_xy, hi_data, hr_data) = (hex(G_XY), hex(HASH_I_DATA), hex(HASH_R_DATA));
+        let (i_seed, r_seed) = (hex(I_SEED), hex(R_SEED));
+        // g^xi | g^xr | CKY-I | CKY-R | SAi_b | IDii_b.
+        let (g_xi, rest) = hi_data.split_at(256);
+        let (g_xr, rest) = rest.split_at(256);
+        let cky_i = u64::from_be_bytes(rest[..8].try_into().unwrap());
+        let cky_r = u64::from_be_bytes(rest[8..16].try_into().unwrap());
+        let sa_and_id = &rest[16..];
+        // protocol | SPI | Ni_b | Nr_b of the quick mode.
+        let (ni, nr) = (&i_seed[5..37], &i_seed[37..69]);
+        assert_eq!(&r_seed[5..], &i_seed[5..]);
+        // charon does not dump the phase-1 nonces, so SKEYID = prf(PSK, Ni_b | Nr_b) is taken
+        // from its dump (the interop test compares ours); everything after it is recomputed.
+        let input = Phase1Input { ni, nr, g_xy: &g_xy, g_xi, g_xr, cky_i, cky_r };
+        let skeyid = SecretBytes::new(hex(SKEYID));
+        let k = Phase1Keys::from_skeyid(HashAlg::Sha256, EncrAlg::AES128_CBC, skeyid, &input).unwrap();
+        assert_eq!(k.skeyid_d.expose(), &hex(SKEYID_D)[..]);
+        assert_eq!(k.skeyid_a.expose(), &hex(SKEYID_A)[..]);
+        assert_eq!(k.skeyid_e.expose(), &hex(SKEYID_E)[..]);
+        assert_eq!(k.enc_key.expose(), &hex(KA)[..]);
+        assert_eq!(k.iv, hex(IV));
+        // SAi_b and the ID body go in as one slice: HASH_I covers their concatenation.
+        assert_eq!(k.hash_i(&input, sa_and_id, &[]).expose(), &hex(HASH_I)[..]);
+        // HASH_R data: g^xr | g^xi | CKY-R | CKY-I | SAi_b | IDir_b.
+        assert_eq!(&hr_data[..256], g_xr);
+        assert_eq!(k.hash_r(&input, &hr_data[528..], &[]).expose(), &hex(HASH_R)[..]);
+        // KEYMAT of each direction: encryption key, then integrity key.
+        for (seed, encr, integ) in [(&i_seed, ENCR_I, INTEG_I), (&r_seed, ENCR_R, INTEG_R)] {
+            assert_eq!(seed[0], 3, "PROTO_IPSEC_ESP");
+            let spi = u32::from_be_bytes(seed[1..5].try_into().unwrap());
+            let km = k.keymat(3, spi, None, ni, nr, 16 + 32);
+            assert_eq!(&km.expose()[..16], &hex(encr)[..]);
+            assert_eq!(&km.expose()[16..], &hex(integ)[..]);
         }
     }
 }
