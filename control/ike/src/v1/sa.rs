@@ -857,7 +857,9 @@ impl Sa {
         Some(self.keys.as_ref()?.hash_r(&self.input(), &self.sai_b, idir_b))
     }
 
-    fn established(&mut self, rng: &mut (impl CryptoRng + ?Sized)) {
+    /// Phase 1 is complete; the phase-1 initiator then starts its quick modes
+    /// ([`Sa::start_next_quick`], called by the caller, which has the RNG).
+    fn established(&mut self) {
         self.last_inbound = self.now;
         self.state = P1::Established;
         self.pending = None;
@@ -867,11 +869,8 @@ impl Sa {
             local: self.local,
             remote: self.remote,
         });
-        if self.initiator {
-            if self.config.mode == Mode::Aggressive {
-                self.quick_hold = Some(self.now + QUICK_AFTER_AGGRESSIVE);
-            }
-            self.start_next_quick(rng);
+        if self.initiator && self.config.mode == Mode::Aggressive {
+            self.quick_hold = Some(self.now + QUICK_AFTER_AGGRESSIVE);
         }
     }
 
@@ -912,7 +911,7 @@ impl Sa {
             (ExchangeType::MAIN, P1::MainExpect2) if h.message_id == 0 => self.main_i2(&m, rng),
             (ExchangeType::MAIN, P1::MainExpect3) if h.message_id == 0 => self.main_r3(msg, &m, rng),
             (ExchangeType::MAIN, P1::MainExpect4) if h.message_id == 0 => self.main_i4(&m),
-            (ExchangeType::MAIN, P1::MainExpect5) if h.message_id == 0 => self.main_r5(local, remote, msg, &h),
+            (ExchangeType::MAIN, P1::MainExpect5) if h.message_id == 0 => self.main_r5(local, remote, msg, &h, rng),
             (ExchangeType::MAIN, P1::MainExpect6) if h.message_id == 0 => self.main_i6(msg, &h, rng),
             (ExchangeType::AGGRESSIVE, P1::AggrExpect1) if h.message_id == 0 => {
                 self.aggr_r1(local, remote, msg, &m, rng);
@@ -1040,7 +1039,14 @@ impl Sa {
         }
     }
 
-    fn main_r5(&mut self, local: SocketAddr, remote: SocketAddr, raw: &[u8], h: &Header) {
+    fn main_r5<R: CryptoRng + ?Sized>(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        raw: &[u8],
+        h: &Header,
+        rng: &mut R,
+    ) {
         if h.flags & FLAG_ENCRYPTION == 0 {
             return;
         }
@@ -1072,13 +1078,8 @@ impl Sa {
         if let Ok((b, last)) = k.encrypt(&hdr, &out, &self.iv) {
             self.iv = last;
             self.send_reply(raw, b);
-            self.state = P1::Established;
-            self.events.push_back(Event::IkeSaEstablished {
-                spi_i: self.cookie_i,
-                spi_r: self.cookie_r,
-                local: self.local,
-                remote: self.remote,
-            });
+            self.established();
+            self.start_next_quick(rng);
         }
     }
 
@@ -1153,7 +1154,8 @@ impl Sa {
             return self.fail(Failure::LocalError(crate::message::NotifyType::AUTHENTICATION_FAILED));
         }
         self.iv = last;
-        self.established(rng);
+        self.established();
+        self.start_next_quick(rng);
     }
 
     // Aggressive mode
@@ -1259,7 +1261,8 @@ impl Sa {
         if let Ok(b) = (Message { header: h, body: Body::Plain(out) }).emit() {
             self.pending = None;
             self.send_reply(raw, b);
-            self.established(rng);
+            self.established();
+            self.start_next_quick(rng);
         }
     }
 
@@ -1293,7 +1296,8 @@ impl Sa {
         self.local = local;
         self.remote = remote;
         self.process_natd(d.hash, &payloads);
-        self.established(rng);
+        self.established();
+        self.start_next_quick(rng);
     }
 
     fn peer_error(&self, p: &[Payload]) -> Option<Failure> {

@@ -515,3 +515,21 @@ fn several_subnet_pairs_one_quick_mode_each_and_no_busy_timer() {
         assert!(p.i.poll_timeout().is_none_or(|t| t > now + Duration::from_secs(60)), "{:?}", p.i.poll_timeout());
     }
 }
+
+#[test]
+fn phase1_responder_starts_a_quick_mode_too() {
+    let mut p = Pair::new(Mode::Main, 19);
+    p.run(Duration::from_secs(10));
+    p.assert_up(1);
+    let now = p.now;
+    let r = p.r.as_mut().unwrap();
+    r.create_child(now, net("198.51.100.0/25"), net("192.0.2.0/25"), &mut p.rng);
+    p.run(Duration::from_secs(10));
+    let (ic, rc) = (Pair::children(&p.i_events), Pair::children(&p.r_events));
+    assert_eq!((ic.len(), rc.len()), (2, 2));
+    // This time the phase-1 responder is the quick mode initiator.
+    assert!(rc[1].initiator && !ic[1].initiator);
+    assert_eq!((rc[1].spi_i, rc[1].spi_r), (ic[1].spi_i, ic[1].spi_r));
+    assert_eq!(rc[1].keys.encr_i, ic[1].keys.encr_i);
+    assert_eq!(rc[1].local_ts(), ic[1].remote_ts());
+}
