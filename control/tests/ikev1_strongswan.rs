@@ -23,10 +23,11 @@ use support::{text, Charon};
 
 use ipsec_ike::crypto::dh::DhGroup;
 use ipsec_ike::ike_sa::Event;
+use ipsec_ike::message::Identification;
 use ipsec_ike::nat::{classify, Received};
 use ipsec_ike::transforms::{EncrAlg, IntegAlg};
 use ipsec_ike::v1::keys::HashAlg;
-use ipsec_ike::v1::message::Subnet;
+use ipsec_ike::v1::message::{IdPayload, Subnet};
 use ipsec_ike::v1::sa::{Config, EspProposal, Mode, Phase1Proposal, Sa};
 use rand_core::SeedableRng;
 
@@ -110,6 +111,8 @@ struct Case {
     ike: Phase1Proposal,
     esp: EspProposal,
     pfs: Option<DhGroup>,
+    /// Our identity as an FQDN instead of our address.
+    our_fqdn: Option<&'static str>,
 }
 
 fn cases() -> Vec<Case> {
@@ -122,6 +125,7 @@ fn cases() -> Vec<Case> {
             ike: Phase1Proposal { encr: EncrAlg::AES128_CBC, hash: HashAlg::Sha256, group: DhGroup::Modp2048 },
             esp: EspProposal { encr: EncrAlg::AES128_CBC, integ: Some(IntegAlg::HmacSha256_128) },
             pfs: None,
+            our_fqdn: None,
         },
         Case {
             name: "aggressive 3des-sha1-modp1024 / esp aes256-sha1-modp1024 (PFS)",
@@ -131,6 +135,7 @@ fn cases() -> Vec<Case> {
             ike: Phase1Proposal { encr: EncrAlg::TripleDes, hash: HashAlg::Sha1, group: DhGroup::Modp1024 },
             esp: EspProposal { encr: EncrAlg::AES256_CBC, integ: Some(IntegAlg::HmacSha1_96) },
             pfs: Some(DhGroup::Modp1024),
+            our_fqdn: None,
         },
         Case {
             name: "main aes256-sha384-ecp384 / esp aes128gcm16",
@@ -140,9 +145,10 @@ fn cases() -> Vec<Case> {
             ike: Phase1Proposal { encr: EncrAlg::AES256_CBC, hash: HashAlg::Sha384, group: DhGroup::Ecp384 },
             esp: EspProposal { encr: EncrAlg::AES128_GCM16, integ: None },
             pfs: None,
+            our_fqdn: None,
         },
         Case {
-            name: "aggressive aes192-sha512-ecp256 / esp 3des-md5-modp2048 (PFS), 24 h ISAKMP lifetime (TLV)",
+            name: "aggressive aes192-sha512-ecp256 / esp 3des-md5-modp2048 (PFS), 24 h ISAKMP lifetime (TLV), FQDN ID",
             mode: Mode::Aggressive,
             swan_ike: "aes192-sha512-ecp256",
             swan_esp: "3des-md5-modp2048",
@@ -153,12 +159,14 @@ fn cases() -> Vec<Case> {
             },
             esp: EspProposal { encr: EncrAlg::TripleDes, integ: Some(IntegAlg::HmacMd5_96) },
             pfs: Some(DhGroup::Modp2048),
+            our_fqdn: Some("gw1.example"),
         },
     ]
 }
 
 fn swanctl_conf(c: &Case) -> String {
     let aggressive = if c.mode == Mode::Aggressive { "yes" } else { "no" };
+    let us = c.our_fqdn.unwrap_or(US);
     format!(
         "connections {{
   t {{
@@ -175,7 +183,7 @@ fn swanctl_conf(c: &Case) -> String {
     }}
     remote {{
       auth = psk
-      id = {US}
+      id = {us}
     }}
     children {{
       t {{
@@ -190,7 +198,7 @@ fn swanctl_conf(c: &Case) -> String {
 }}
 secrets {{
   ike-t {{
-    id-a = {US}
+    id-a = {us}
     id-b = {CHARON_IP}
     secret = \"{PSK}\"
   }}
@@ -207,6 +215,7 @@ fn our_config(c: &Case) -> Config {
     cfg.ike_proposals = vec![c.ike];
     cfg.esp_proposals = vec![c.esp];
     cfg.pfs = c.pfs;
+    cfg.local_id = c.our_fqdn.map(|f| IdPayload::from_identification(&Identification::Fqdn(f.as_bytes().to_vec())));
     cfg.local_subnets = vec![Subnet::new("192.0.2.0".parse().unwrap(), 24)];
     cfg.remote_subnets = vec![Subnet::new("198.51.100.0".parse().unwrap(), 24)];
     cfg.retransmit_initial = Duration::from_secs(1);
@@ -474,6 +483,9 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
     let sas = charon.list_sas();
     assert!(sas.contains("IKEv1") && sas.contains("ESTABLISHED"), "{} ({role}): {sas}\n{charon_log}", c.name);
     assert!(sas.contains("INSTALLED"), "{} ({role}): {sas}\n{charon_log}", c.name);
+    if let Some(f) = c.our_fqdn {
+        assert!(sas.contains(&format!("remote '{f}'")), "{} ({role}): our ID {f} not in {sas}", c.name);
+    }
     for spi in ["spi_i", "spi_r"] {
         assert!(sas.contains(&ours[spi]), "{} ({role}): SPI {} not in\n{sas}", c.name, ours[spi]);
     }

@@ -406,6 +406,25 @@ impl IdPayload {
         }
     }
 
+    /// The phase-1 identity for an IKEv2-style [`crate::message::Identification`] (as the
+    /// daemon's configuration parses `LocalId`/`RemoteId`): the IPsec DOI numbers ID_IPV4_ADDR,
+    /// ID_FQDN, ID_USER_FQDN, ID_IPV6_ADDR, ID_DER_ASN1_DN/GN and ID_KEY_ID as IKEv2 does.
+    #[must_use]
+    pub fn from_identification(id: &crate::message::Identification) -> Self {
+        use crate::message::Identification as I;
+        let (id_type, data) = match id {
+            I::Ipv4(a) => (id_type::IPV4_ADDR, a.octets().to_vec()),
+            I::Ipv6(a) => (id_type::IPV6_ADDR, a.octets().to_vec()),
+            I::Fqdn(d) => (id_type::FQDN, d.clone()),
+            I::Rfc822(d) => (id_type::USER_FQDN, d.clone()),
+            I::KeyId(d) => (id_type::KEY_ID, d.clone()),
+            I::DerAsn1Dn(d) => (9, d.clone()),
+            I::DerAsn1Gn(d) => (10, d.clone()),
+            I::Other { id_type, data } => (*id_type, data.clone()),
+        };
+        IdPayload { id_type, protocol: 0, port: 0, data }
+    }
+
     /// A subnet identity for quick mode (ID_IPV4_ADDR_SUBNET / ID_IPV6_ADDR_SUBNET).
     #[must_use]
     pub fn subnet(net: Subnet) -> Self {
@@ -1000,6 +1019,18 @@ mod tests {
         want.header.length = u32::try_from(b.len()).unwrap();
         assert_eq!(p, want);
         assert_eq!(p.emit().unwrap(), b);
+    }
+
+    #[test]
+    fn identities_from_ikev2_form() {
+        use crate::message::Identification as I;
+        let id = IdPayload::from_identification(&I::Fqdn(b"vpn.example".to_vec()));
+        assert_eq!((id.id_type, &id.data[..]), (id_type::FQDN, &b"vpn.example"[..]));
+        let id = IdPayload::from_identification(&I::Rfc822(b"a@b.example".to_vec()));
+        assert_eq!(id.id_type, id_type::USER_FQDN);
+        let ip = "198.18.0.1".parse().unwrap();
+        assert_eq!(IdPayload::from_identification(&I::Ipv4(ip)), IdPayload::address(IpAddr::V4(ip)));
+        assert_eq!(IdPayload::from_identification(&I::KeyId(vec![1, 2])).id_type, id_type::KEY_ID);
     }
 
     #[test]
