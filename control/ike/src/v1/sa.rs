@@ -16,6 +16,10 @@
 //!   initiated phase 1) and as responder, with optional PFS ([`Config::pfs`]); the responder
 //!   narrows the proposed subnets to what it has configured. The result is published as
 //!   [`Event::ChildSaInstalled`] with the same [`ChildSa`] type as IKEv2.
+//! * Lifetimes (life type seconds; variable-length durations above 65535 s): the initiator's
+//!   proposal, capped by the responder's configuration. The ISAKMP SA deletes itself at the
+//!   end of its lifetime ([`Sa::expires_at`]; [`Sa::reauth_at`] tells the daemon when to
+//!   replace it).
 //! * IPsec SA lifetimes: SAs whose quick mode we initiated are rekeyed `rekey_margin_percent`
 //!   before their lifetime (a new quick mode for the same subnets, then DELETE of the old SA:
 //!   make before break; also on demand, [`Sa::rekey_child`]); every SA is deleted at the end of
@@ -32,8 +36,10 @@
 //!
 //! # Not yet
 //!
-//! ISAKMP SA rekeying/reauthentication (its lifetime is proposed but not enforced; the peer's
-//! lifetime proposals are accepted as they are), INITIAL-CONTACT handling (ignored), NAT
+//! Phase-1 reauthentication inside the SA (IKEv1 has no in-place rekey: the daemon starts a
+//! new SA at [`Sa::reauth_at`]; this one closes itself at [`Sa::expires_at`]), RESPONDER-LIFETIME
+//! (a responder uses the smaller of the proposed and its own lifetime without telling),
+//! kilobyte lifetimes, INITIAL-CONTACT handling (ignored), NAT
 //! keepalives, pre-RFC NAT-T drafts, commit bit, XAUTH/mode config, certificates, AH, IPComp,
 //! transport mode, several subnets or ranges in one quick mode, choosing the configuration by
 //! the peer's ID, and a dispatcher routing datagrams by cookie (the daemon's job, see
@@ -319,6 +325,10 @@ pub struct Sa {
     dpd_probe: Option<(Instant, Instant)>,
     /// No quick mode of ours starts before this (see [`QUICK_AFTER_AGGRESSIVE`]).
     quick_hold: Option<Instant>,
+    /// Negotiated ISAKMP SA lifetime.
+    p1_lifetime: Duration,
+    /// When phase 1 completed.
+    established_at: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -394,6 +404,21 @@ fn decode_p1(t: &Transform) -> Option<Phase1Proposal> {
         return None;
     }
     Some(Phase1Proposal { encr, hash, group })
+}
+
+/// The lifetime in seconds a transform proposes (life type seconds), if any. Kilobyte
+/// lifetimes are ignored.
+fn proposed_lifetime(t: &Transform, life_type: u16, duration: u16) -> Option<Duration> {
+    let mut seconds = None;
+    let mut kind = None;
+    for a in &t.attributes {
+        if a.kind == life_type {
+            kind = a.as_u64();
+        } else if a.kind == duration && kind == Some(1) {
+            seconds = a.as_u64();
+        }
+    }
+    seconds.filter(|s| *s > 0).map(Duration::from_secs)
 }
 
 fn integ_id(i: IntegAlg) -> u16 {
@@ -612,6 +637,8 @@ impl Sa {
             last_inbound: now,
             dpd_probe: None,
             quick_hold: None,
+            p1_lifetime: Duration::ZERO,
+            established_at: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -700,6 +727,7 @@ impl Sa {
             .chain(half_open)
             .chain(child_timers)
             .chain(self.dpd_timer())
+            .chain(self.expires_at())
             .chain(self.quick_hold.filter(|_| !self.queued.is_empty()))
             .min()
     }
@@ -860,6 +888,7 @@ impl Sa {
     /// Phase 1 is complete; the phase-1 initiator then starts its quick modes
     /// ([`Sa::start_next_quick`], called by the caller, which has the RNG).
     fn established(&mut self) {
+        self.established_at = Some(self.now);
         self.last_inbound = self.now;
         self.state = P1::Established;
         self.pending = None;
@@ -961,6 +990,12 @@ impl Sa {
         ours.proposals.first()?.transforms.iter().any(|o| decode_p1(o) == Some(d)).then_some(d)
     }
 
+    /// The ISAKMP SA lifetime: what the chosen transform says, at most ours.
+    fn negotiated(&self, t: Option<&Transform>) -> Duration {
+        let ours = self.config.ike_lifetime;
+        t.and_then(|t| proposed_lifetime(t, p1attr::LIFE_TYPE, p1attr::LIFE_DURATION)).map_or(ours, |l| l.min(ours))
+    }
+
     fn note_vids(&mut self, payloads: &[Payload]) {
         self.peer_natt |= payloads.iter().any(|p| matches!(p, Payload::VendorId(v) if v[..] == VID_NATT_RFC3947));
     }
@@ -1001,6 +1036,7 @@ impl Sa {
         let Some((chosen, d)) = self.select_p1(sa) else {
             return self.reject_p1(raw, NotifyType::NO_PROPOSAL_CHOSEN);
         };
+        self.p1_lifetime = self.negotiated(chosen.transforms.first());
         self.chosen = Some(d);
         let mut out = vec![Payload::Sa(SaPayload { situation: sa.situation, proposals: vec![chosen] })];
         out.extend(self.vendor_ids());
@@ -1095,6 +1131,7 @@ impl Sa {
         let Some(d) = self.accept_p1(&ours, theirs) else {
             return self.fail(Failure::LocalError(crate::message::NotifyType::NO_PROPOSAL_CHOSEN));
         };
+        self.p1_lifetime = self.negotiated(theirs.proposals.first().and_then(|p| p.transforms.first()));
         self.chosen = Some(d);
         self.cookie_r = m.header.cookie_r;
         self.note_vids(p);
@@ -1186,6 +1223,7 @@ impl Sa {
         let Some((chosen, d)) = self.select_p1(sa) else {
             return self.reject_p1(raw, NotifyType::NO_PROPOSAL_CHOSEN);
         };
+        self.p1_lifetime = self.negotiated(chosen.transforms.first());
         if !self.remote_identity_ok(idii) {
             return self.reject_p1(raw, NotifyType::INVALID_ID_INFORMATION);
         }
@@ -1235,6 +1273,7 @@ impl Sa {
         let Some(d) = self.accept_p1(&ours, theirs) else {
             return self.fail(Failure::LocalError(crate::message::NotifyType::NO_PROPOSAL_CHOSEN));
         };
+        self.p1_lifetime = self.negotiated(theirs.proposals.first().and_then(|p| p.transforms.first()));
         if !valid_nonce(nr) {
             return;
         }
@@ -1474,7 +1513,7 @@ impl Sa {
     }
 
     fn install(&mut self, c: ChildSa, local: Subnet, remote: Subnet) {
-        let life = self.config.child_lifetime;
+        let life = c.lifetime;
         let keep = u32::from(100u8.saturating_sub(self.config.rekey_margin_percent.min(100)));
         let life = life.min(Duration::from_secs(10 * 365 * 24 * 3600));
         let rekey_at = c.initiator.then(|| self.now + life * keep / 100);
@@ -1569,6 +1608,7 @@ impl Sa {
         let Some((prop, t, esp, group)) = choice else {
             return self.quick_reject(NotifyType::NO_PROPOSAL_CHOSEN, rng);
         };
+        let t_chosen = t.clone();
         let spi_i = u32::from_be_bytes([prop.spi[0], prop.spi[1], prop.spi[2], prop.spi[3]]);
         let spi_r = self.new_spi(rng);
         let nr = nonce(rng);
@@ -1600,7 +1640,9 @@ impl Sa {
         if emit_chain(&rest, &mut rest_b).is_err() {
             return;
         }
-        let Some(child) = self.child(false, spi_i, spi_r, esp, g_qm.as_ref(), ni, &nr, ts_i, ts_r) else { return };
+        let Some(mut child) = self.child(false, spi_i, spi_r, esp, g_qm.as_ref(), ni, &nr, ts_i, ts_r) else { return };
+        child.lifetime = proposed_lifetime(&t_chosen, p2attr::LIFE_TYPE, p2attr::LIFE_DURATION)
+            .map_or(child.lifetime, |l| l.min(child.lifetime));
         let Some(k) = self.keys.as_ref() else { return };
         let hash2 = k.qm_hash2(h.message_id, ni, &rest_b);
         let mut payloads = vec![Payload::Hash(hash2.expose().to_vec())];
@@ -1657,6 +1699,11 @@ impl Sa {
             return;
         };
         let Some((esp, group, _)) = prop.transforms.first().and_then(decode_esp) else { return };
+        let life = prop
+            .transforms
+            .first()
+            .and_then(|t| proposed_lifetime(t, p2attr::LIFE_TYPE, p2attr::LIFE_DURATION))
+            .map_or(self.config.child_lifetime, |l| l.min(self.config.child_lifetime));
         if !q.offered.contains(&esp) || group != self.config.pfs || !valid_nonce(nr) {
             return;
         }
@@ -1684,7 +1731,8 @@ impl Sa {
             return;
         };
         let (spi_i, ni) = (q.spi_in, q.ni.clone());
-        let Some(child) = self.child(true, spi_i, spi_r, esp, g_qm.as_ref(), &ni, nr, ts_i, ts_r) else { return };
+        let Some(mut child) = self.child(true, spi_i, spi_r, esp, g_qm.as_ref(), &ni, nr, ts_i, ts_r) else { return };
+        child.lifetime = life;
         self.send_reply(raw, b);
         let q = self.quick.remove(i);
         self.install(child, q.local, q.remote);
@@ -1855,6 +1903,30 @@ impl Sa {
         self.dpd_seq
     }
 
+    /// When the ISAKMP SA should be replaced: `rekey_margin_percent` before the end of its
+    /// negotiated lifetime, for the phase-1 initiator only (`None` otherwise or before phase 1
+    /// completes). IKEv1 has no in-place phase-1 rekey: the daemon starts a new [`Sa::initiate`]
+    /// for the connection at this time and [`Sa::close`]s this one once the new one has its IPsec
+    /// SAs (strongSwan's IKEv1 reauthentication does the same).
+    #[must_use]
+    pub fn reauth_at(&self) -> Option<Instant> {
+        let keep = u32::from(100u8.saturating_sub(self.config.rekey_margin_percent.min(100)));
+        let at = self.established_at?;
+        (self.initiator && self.state == P1::Established).then(|| at + self.lifetime_clamped() * keep / 100)
+    }
+
+    /// When the ISAKMP SA ends: then it deletes itself ([`Sa::close`]: DELETEs, then
+    /// [`Event::Closed`]).
+    #[must_use]
+    pub fn expires_at(&self) -> Option<Instant> {
+        let at = self.established_at?;
+        (self.state == P1::Established).then(|| at + self.lifetime_clamped())
+    }
+
+    fn lifetime_clamped(&self) -> Duration {
+        self.p1_lifetime.min(Duration::from_secs(10 * 365 * 24 * 3600))
+    }
+
     /// Tells the SA that ESP traffic arrived from the peer (postpones DPD).
     pub fn note_inbound_traffic(&mut self, now: Instant) {
         self.last_inbound = self.last_inbound.max(now);
@@ -1953,6 +2025,9 @@ impl Sa {
                     c.rekey_at = Some(now + self.config.retransmit_max_interval);
                 }
             }
+        }
+        if self.expires_at().is_some_and(|t| t <= now) {
+            return self.close(now, rng);
         }
         if self.state == P1::Established {
             let expired: Vec<u32> =

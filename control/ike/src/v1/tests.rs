@@ -533,3 +533,27 @@ fn phase1_responder_starts_a_quick_mode_too() {
     assert_eq!(rc[1].keys.encr_i, ic[1].keys.encr_i);
     assert_eq!(rc[1].local_ts(), ic[1].remote_ts());
 }
+
+#[test]
+fn lifetimes_follow_the_initiators_proposal_up_to_ours() {
+    let (mut ic, mut rc) = configs(Mode::Aggressive);
+    ic.child_lifetime = Duration::from_secs(500);
+    rc.child_lifetime = Duration::from_secs(1000);
+    ic.ike_lifetime = Duration::from_secs(300);
+    rc.ike_lifetime = Duration::from_secs(100_000);
+    let mut p = Pair::with(ic, rc, 20);
+    p.run(Duration::from_secs(5));
+    p.assert_up(1);
+    assert_eq!(Pair::children(&p.i_events)[0].lifetime, Duration::from_secs(500));
+    assert_eq!(Pair::children(&p.r_events)[0].lifetime, Duration::from_secs(500));
+    let r = p.r.as_ref().unwrap();
+    let (ie, re) = (p.i.expires_at().unwrap(), r.expires_at().unwrap());
+    assert!(ie.max(re) - ie.min(re) < Duration::from_millis(100), "both end at the negotiated 300 s");
+    assert_eq!(r.reauth_at(), None, "reauthentication is the initiator's job");
+    assert_eq!(p.i.reauth_at(), Some(ie - Duration::from_secs(30)));
+    // The IPsec SA is rekeyed at 450 s, but the ISAKMP SA ends at 300 s and takes it along.
+    p.run(Duration::from_secs(400));
+    assert_eq!(p.i_events.last(), Some(&Event::Closed));
+    assert_eq!(p.r_events.last(), Some(&Event::Closed));
+    assert_eq!(Pair::children(&p.i_events).len(), 1);
+}
