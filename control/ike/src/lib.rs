@@ -1,4 +1,5 @@
-//! Sans-IO core of the IKEv2 control plane (RFC 7296).
+//! Sans-IO core of the IKE control plane: IKEv2 (RFC 7296) and IKEv1 with pre-shared keys
+//! (RFC 2409, in [`v1`]).
 //!
 //! # Contract
 //!
@@ -37,6 +38,13 @@
 //! * [`config`]: the connection configuration (the seed's IkeConfig/IpsecConfig).
 //! * [`nat`]: NAT detection hashes and NAT-T datagram framing (non-ESP marker, keepalives).
 //! * [`ts`]: traffic selector intersection and narrowing.
+//! * [`v1`]: IKEv1 with pre-shared keys, in the same style: the ISAKMP codec ([`v1::message`],
+//!   fuzzed by the `ikev1_message` target), RFC 2409 key material and CBC message protection
+//!   ([`v1::keys`]), and one ISAKMP SA with its quick modes ([`v1::sa::Sa`]: main and aggressive
+//!   mode, initiator and responder, RFC 3947 NAT-T, PFS, DELETE, DPD). It reuses [`crypto`]'s
+//!   PRFs, DH groups and CBC ciphers and reports through the IKEv2 types ([`ike_sa::Event`],
+//!   [`ike_sa::ChildSa`], [`ike_sa::Transmit`]), so the daemon publishes its Child SAs the same
+//!   way. Not wired into [`endpoint`] yet.
 //!
 //! # What the daemon does
 //!
@@ -85,6 +93,7 @@ pub mod message;
 pub mod nat;
 pub mod transforms;
 pub mod ts;
+pub mod v1;
 
 #[cfg(test)]
 mod sim;

@@ -97,8 +97,20 @@ impl Charon {
     /// Starts charon in `ns` with `swanctl_conf` and `log_levels` (strongswan.conf `filelog`
     /// lines), waits for its VICI socket and loads the configuration.
     pub fn start(ns: &str, dir: PathBuf, swanctl_conf: &str, log_levels: &str) -> Charon {
+        Charon::start_with(ns, dir, swanctl_conf, log_levels, "")
+    }
+
+    /// [`Charon::start`] with `extra` appended to strongswan.conf (sections merge, so
+    /// `charon { i_dont_care_about_security_and_use_aggressive_mode_psk = yes }` adds a setting).
+    pub fn start_with(ns: &str, dir: PathBuf, swanctl_conf: &str, log_levels: &str, extra: &str) -> Charon {
         let mut cmd = ipsec_control::lab::charon_command_logging(ns, &dir, swanctl_conf, log_levels)
             .unwrap_or_else(|e| panic!("charon files: {e}"));
+        if !extra.is_empty() {
+            let path = dir.join("strongswan.conf");
+            let mut conf = std::fs::read_to_string(&path).expect("strongswan.conf");
+            conf.push_str(extra);
+            std::fs::write(&path, conf).expect("strongswan.conf");
+        }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("charon");
         let c = Charon { dir, child };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -143,4 +155,57 @@ impl Drop for Charon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// charon's `label => N bytes @ ...` hex dumps (log levels `ike = 4`, `chd = 4`) for each label
+/// found in `log`: the first dump of each label.
+pub fn charon_dumps(log: &str, labels: &[&str]) -> std::collections::HashMap<String, Vec<u8>> {
+    charon_dumps_all(log, labels)
+        .into_iter()
+        .filter_map(|(k, mut v)| (!v.is_empty()).then(|| (k, v.remove(0))))
+        .collect()
+}
+
+/// Every dump of each label, in log order.
+pub fn charon_dumps_all(log: &str, labels: &[&str]) -> std::collections::HashMap<String, Vec<Vec<u8>>> {
+    let body = |line: &str| -> String {
+        // "12:00:00 09[IKE] <t|1> rest": drop the time, thread/group and connection name.
+        let rest = line.split_once("] ").map_or(line, |(_, r)| r);
+        let rest = if rest.starts_with('<') { rest.split_once("> ").map_or(rest, |(_, r)| r) } else { rest };
+        rest.to_string()
+    };
+    let mut out: std::collections::HashMap<String, Vec<Vec<u8>>> = std::collections::HashMap::new();
+    let lines: Vec<&str> = log.lines().collect();
+    for label in labels {
+        let head = format!("{label} => ");
+        for (pos, l) in lines.iter().enumerate() {
+            let b = body(l);
+            if !b.starts_with(&head) {
+                continue;
+            }
+            let Some(n) = b[head.len()..].split_whitespace().next().and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            for l in &lines[pos + 1..] {
+                if bytes.len() >= n {
+                    break;
+                }
+                let b = body(l);
+                let Some((off, rest)) = b.trim_start().split_once(": ") else {
+                    break;
+                };
+                if off.parse::<usize>() != Ok(bytes.len()) {
+                    break;
+                }
+                let hexpart = rest.split("  ").next().unwrap_or("");
+                for t in hexpart.split_whitespace() {
+                    bytes.push(u8::from_str_radix(t, 16).unwrap_or_else(|_| panic!("bad hex {t:?} in {l:?}")));
+                }
+            }
+            assert_eq!(bytes.len(), n, "{label}: dump of {n} bytes not parsed");
+            out.entry((*label).to_string()).or_default().push(bytes);
+        }
+    }
+    out
 }

@@ -337,3 +337,42 @@ where
     let tag = Array::<u8, U16>::try_from(tag).map_err(|_| CryptoError::Integrity)?;
     c.decrypt_inout_detached(&Array::from(*nonce), aad, buf.into(), &tag).map_err(|_| CryptoError::Integrity)
 }
+
+/// Raw CBC encryption in place with `encr` (DES, 3DES, AES-CBC; no padding: `buf` must be a
+/// multiple of the block size). Used by IKEv1, whose messages are CBC-encrypted without an SK
+/// payload (`crate::v1`).
+///
+/// # Errors
+/// [`CryptoError::KeyLength`] for a wrong key/IV length or an AEAD cipher,
+/// [`CryptoError::BadCiphertext`] if `buf` is not a block multiple.
+pub fn cbc_encrypt_raw(encr: EncrAlg, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), CryptoError> {
+    if !buf.len().is_multiple_of(encr.block_size()) {
+        return Err(CryptoError::BadCiphertext);
+    }
+    match encr {
+        EncrAlg::Des => cbc_encrypt::<des::Des>(key, iv, buf),
+        EncrAlg::TripleDes => cbc_encrypt::<des::TdesEde3>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 128 } => cbc_encrypt::<aes::Aes128>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 192 } => cbc_encrypt::<aes::Aes192>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 256 } => cbc_encrypt::<aes::Aes256>(key, iv, buf),
+        _ => Err(CryptoError::KeyLength),
+    }
+}
+
+/// Raw CBC decryption in place, the inverse of [`cbc_encrypt_raw`].
+///
+/// # Errors
+/// As [`cbc_encrypt_raw`].
+pub fn cbc_decrypt_raw(encr: EncrAlg, key: &[u8], iv: &[u8], buf: &mut [u8]) -> Result<(), CryptoError> {
+    if !buf.len().is_multiple_of(encr.block_size()) {
+        return Err(CryptoError::BadCiphertext);
+    }
+    match encr {
+        EncrAlg::Des => cbc_decrypt::<des::Des>(key, iv, buf),
+        EncrAlg::TripleDes => cbc_decrypt::<des::TdesEde3>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 128 } => cbc_decrypt::<aes::Aes128>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 192 } => cbc_decrypt::<aes::Aes192>(key, iv, buf),
+        EncrAlg::AesCbc { key_bits: 256 } => cbc_decrypt::<aes::Aes256>(key, iv, buf),
+        _ => Err(CryptoError::KeyLength),
+    }
+}
