@@ -31,7 +31,10 @@ pub struct Config {
     pub ike_lifetime: Duration,
     /// Child SA lifetime: rekeyed before, deleted at the end if not rekeyed by then.
     pub child_lifetime: Duration,
-    /// Rekey this many percent before the end of a lifetime (strongSwan: `rekey_time` = 90%).
+    /// Rekey this many percent before the end of a lifetime (strongSwan: `rekey_time` = 90%), but
+    /// never later than the retransmission budget before the end (capped at a third of the
+    /// lifetime): a rekey that has to wait behind another exchange and then be retransmitted
+    /// still completes before the hard lifetime. 0: rekey exactly at the end (tests).
     pub rekey_margin_percent: u8,
     /// Plus a random extra 0..=this many percent earlier, so both ends rarely rekey at once.
     pub rekey_jitter_percent: u8,
@@ -127,15 +130,19 @@ impl Config {
         total
     }
 
-    /// The time after which an SA with `lifetime` is rekeyed: `lifetime` minus the margin minus a
-    /// random jitter drawn from `random` (any value; reduced modulo the jitter range).
+    /// The time after which an SA with `lifetime` is rekeyed: `lifetime` minus the margin (the
+    /// larger of `rekey_margin_percent` and the retransmission budget, the latter capped at a
+    /// third of the lifetime) minus a random jitter drawn from `random` (any value; reduced
+    /// modulo the jitter range).
     #[must_use]
     pub fn rekey_after(&self, lifetime: Duration, random: u32) -> Duration {
         let jitter = u32::from(self.rekey_jitter_percent);
         let extra = if jitter == 0 { 0 } else { random % (jitter * 100 + 1) };
-        let margin = u32::from(self.rekey_margin_percent.min(100)) * 100 + extra;
-        let keep = 10_000u32.saturating_sub(margin);
-        lifetime.mul_f64(f64::from(keep) / 10_000.0)
+        let percent = lifetime.mul_f64(f64::from(self.rekey_margin_percent.min(100)) / 100.0);
+        let floor =
+            if self.rekey_margin_percent == 0 { Duration::ZERO } else { self.retransmit_budget().min(lifetime / 3) };
+        let margin = percent.max(floor);
+        lifetime.saturating_sub(margin).saturating_sub(lifetime.mul_f64(f64::from(extra) / 10_000.0))
     }
 }
 
@@ -156,6 +163,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("107"), "PSK bytes never printed");
         // 0.5 + 1 + 2 + 4 + 8 + 16 s.
         assert_eq!(c.retransmit_budget(), Duration::from_millis(31_500));
+        // Short lifetimes keep room for a retransmitted rekey: 31.5 s rather than 10%.
+        assert_eq!(c.rekey_after(Duration::from_secs(120), 0), Duration::from_millis(88_500));
+        // ... but at most a third of the lifetime.
+        assert_eq!(c.rekey_after(Duration::from_secs(60), 0), Duration::from_secs(40));
         assert!(format!("{c:?}").contains("REDACTED"));
     }
 }

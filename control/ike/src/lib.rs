@@ -6,7 +6,9 @@
 //! * **No I/O, no threads, no clock.** Nothing in this crate opens a socket, spawns a thread,
 //!   sleeps or reads the time. Bytes come in as slices and go out as `Vec<u8>`; randomness is
 //!   drawn only from a [`rand_core::CryptoRng`] the caller passes in (so tests are deterministic
-//!   and the daemon chooses its entropy source). The state machine ([`ike_sa`]) takes
+//!   and the daemon chooses its entropy source) — with one measured exception: P-256/P-384
+//!   ephemeral keys in the `aws-lc` provider come from aws-lc's own DRBG (see [`crypto::dh`]).
+//!   The state machine ([`ike_sa`]) takes
 //!   `now: Instant` in every entry point, quinn-proto style.
 //! * **Untrusted input never panics.** [`message::Message::parse`] and everything under it are
 //!   bounds-checked and return errors that map to the notification RFC 7296 prescribes

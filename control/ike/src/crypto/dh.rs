@@ -19,8 +19,14 @@
 //!   P-256 and P-384 come from `aws-lc-rs` (its assembly field arithmetic: 4-5x less CPU per IKE
 //!   SA than the portable crates, measured with `perf-lab ike`); otherwise, and for P-521 always,
 //!   from RustCrypto (`p256`, `p384`, `p521`, base-point multiplication with precomputed tables).
-//!   The private scalar is drawn from the caller's RNG either way (rejection-sampled into
-//!   `[1, n-1]`), so tests stay deterministic; aws-lc wipes key memory when it frees it. The KE payload carries `x | y`, each coordinate left-padded to the field size, without
+//!   With aws-lc the private scalar comes from aws-lc's own DRBG (seeded from the OS, fork-safe):
+//!   importing a scalar drawn from the caller's RNG makes aws-lc run a pairwise-consistency test
+//!   (a second base-point multiplication, plus checks) it offers no way to skip, which cost 8% of
+//!   the responder's CPU per IKE SA in `perf-lab ike`. This is the one exception to the crate's
+//!   "randomness only from the caller" rule: the protocol flow stays deterministic under a seeded
+//!   RNG (nonces, SPIs, timers), only these key bytes do not. With RustCrypto (P-521 always) the
+//!   scalar is drawn from the caller's RNG. aws-lc wipes key memory when it frees it. The KE
+//!   payload carries `x | y`, each coordinate left-padded to the field size, without
 //!   SEC1's 0x04 prefix. The peer's point is decoded with full on-curve validation (the curves have
 //!   cofactor 1) and must not be the identity. The shared secret is the x coordinate only.
 //! * Curve25519, group 31 (RFC 8031): X25519 from `x25519-dalek`. Public values are 32 octets;
@@ -184,16 +190,20 @@ impl DhGroup {
     pub fn generate<R: CryptoRng + ?Sized>(self, rng: &mut R) -> (DhPrivate, Vec<u8>) {
         let key = match self {
             #[cfg(feature = "aws-lc")]
-            DhGroup::Ecp256 | DhGroup::Ecp384 => {
-                let mut buf = Zeroizing::new([0u8; 48]);
-                let scalar = &mut buf[..self.public_len() / 2];
-                loop {
-                    rng.fill_bytes(scalar);
-                    if let Some(k) = awslc_private(self, scalar) {
-                        break k;
+            DhGroup::Ecp256 | DhGroup::Ecp384 => match awslc_generate(self) {
+                Some(k) => k,
+                // Not expected (aws-lc failing to draw randomness); the slower import path.
+                None => {
+                    let mut buf = Zeroizing::new([0u8; 48]);
+                    let scalar = &mut buf[..self.public_len() / 2];
+                    loop {
+                        rng.fill_bytes(scalar);
+                        if let Some(k) = awslc_private(self, scalar) {
+                            break k;
+                        }
                     }
                 }
-            }
+            },
             #[cfg(not(feature = "aws-lc"))]
             DhGroup::Ecp256 => PrivKey::P256(<p256::SecretKey as Generate>::generate_from_rng(rng)),
             #[cfg(not(feature = "aws-lc"))]
@@ -378,6 +388,18 @@ impl DhPrivate {
             PrivKey::X25519(sk) => x25519_dalek::PublicKey::from(sk).to_bytes().to_vec(),
         }
     }
+}
+
+/// A fresh aws-lc private key for P-256 / P-384, drawn from aws-lc's own DRBG (see the module
+/// documentation for why not from the caller's RNG).
+#[cfg(feature = "aws-lc")]
+fn awslc_generate(group: DhGroup) -> Option<PrivKey> {
+    let alg = match group {
+        DhGroup::Ecp256 => &aws_lc_rs::agreement::ECDH_P256,
+        DhGroup::Ecp384 => &aws_lc_rs::agreement::ECDH_P384,
+        _ => return None,
+    };
+    aws_lc_rs::agreement::PrivateKey::generate(alg).ok().map(PrivKey::AwsLc)
 }
 
 /// An aws-lc private key for P-256 / P-384 from its big-endian scalar; `None` if the scalar is
