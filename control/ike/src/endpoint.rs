@@ -752,13 +752,18 @@ impl Endpoint {
             self.check_at = Some(self.check_at.map_or(at, |t| t.min(at)));
         }
         let spis = if finished { Vec::new() } else { sa.local_spis() };
-        for old in self.spis_of.remove(&h).unwrap_or_default() {
-            if self.by_spi.get(&old) == Some(&h) {
-                self.by_spi.remove(&old);
+        // Most calls change nothing (the SPIs change at set-up, IKE rekeys and the end): then
+        // the routing table is left alone.
+        let unchanged = !finished && self.spis_of.get(&h).is_some_and(|old| *old == spis);
+        if !unchanged {
+            for old in self.spis_of.remove(&h).unwrap_or_default() {
+                if self.by_spi.get(&old) == Some(&h) {
+                    self.by_spi.remove(&old);
+                }
             }
-        }
-        for s in &spis {
-            self.by_spi.insert(*s, h);
+            for s in &spis {
+                self.by_spi.insert(*s, h);
+            }
         }
         if half_open {
             self.half_open.insert(h);
@@ -771,7 +776,7 @@ impl Endpoint {
                 self.by_init.remove(&k);
             }
             self.forget_peer(h);
-        } else {
+        } else if !unchanged {
             self.spis_of.insert(h, spis);
         }
     }
