@@ -11,6 +11,11 @@
 //!   addresses; inside, IP packets to the protected remote subnets. A packet socket never reads
 //!   what it (or its fanout group) sent; `PACKET_IGNORE_OUTGOING` (Linux ≥ 4.20) also keeps out
 //!   what the kernel and other programs transmit on the interface.
+//! - With the control channel, the inside sockets' filters follow the tunnels it installs
+//!   ([`PacketProtected`], the channel's steering hook): a new filter is attached to every inside
+//!   socket (`SO_ATTACH_FILTER` replaces the old one atomically) whenever a protected subnet comes
+//!   or goes. Beyond what one classic BPF program holds ([`MAX_FILTER_INSNS`]) the inside filter
+//!   passes every IP packet and the worker drops what no tunnel claims.
 //! - AF_PACKET gets a *copy*: the kernel still sees every packet. The operator must stop it from
 //!   forwarding or answering what the engine handles (forwarding off, ESP / UDP 4500 input dropped
 //!   by a firewall rule; see `engine/README.md`). [`kernel_forwarding`] reports the forwarding
@@ -231,9 +236,7 @@ fn open_port(spec: &PortSpec<'_>, opts: &AfPacketOptions, groups: &mut FanoutGro
     let s = fd.as_raw_fd();
     let ctx = |what: &'static str| move |e: std::io::Error| AfPacketError(format!("{name}: {what}: {e}"));
 
-    let mut filter = steering_filter(spec.steering);
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
-    setsockopt(s, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog).map_err(ctx("SO_ATTACH_FILTER"))?;
+    attach_filter(s, spec.steering).map_err(ctx("SO_ATTACH_FILTER"))?;
     let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
     setsockopt(s, libc::SOL_PACKET, libc::PACKET_VERSION, &version).map_err(ctx("TPACKET_V3"))?;
     let one: libc::c_int = 1;
@@ -581,6 +584,93 @@ fn mask_words(len: u8) -> [u32; 4] {
     })
 }
 
+/// The largest classic BPF program the kernel accepts (`BPF_MAXINSNS`).
+pub const MAX_FILTER_INSNS: usize = 4096;
+
+/// Attaches `cfg`'s steering filter to socket `fd`, replacing its current one.
+fn attach_filter(fd: RawFd, cfg: &SteeringConfig) -> std::io::Result<()> {
+    let mut filter = steering_filter(cfg);
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+}
+
+/// The inside sockets' filters as the control channel's steering hook
+/// ([`crate::channel::Steering`]): the configured protected subnets plus those the channel adds
+/// (it reference-counts them and calls this once per prefix that comes or goes).
+pub struct PacketProtected {
+    /// Duplicates of every worker's inside socket (so a socket outlives its worker here).
+    socks: Vec<OwnedFd>,
+    base: SteeringConfig,
+    added: Vec<Prefix>,
+    /// Whether the last filter had to pass every IP packet (too many prefixes).
+    all_ip: bool,
+}
+
+impl PacketProtected {
+    /// The hook for `ios`' inside sockets, whose filters were built from `base` (inside role).
+    pub fn new(ios: &[AfPacketIo], inside: usize, base: SteeringConfig) -> Result<Self, String> {
+        let mut socks = Vec::new();
+        for io in ios {
+            // SAFETY: dup(2) of a descriptor the worker's socket owns; the copy is owned here.
+            let raw = unsafe { libc::dup(io.fd(inside)) };
+            if raw < 0 {
+                return Err(format!("dup of an inside AF_PACKET socket: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: `raw` is a new descriptor owned by nobody else.
+            socks.push(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+        Ok(PacketProtected { socks, base, added: Vec::new(), all_ip: false })
+    }
+
+    /// A hook without sockets (unit tests).
+    #[cfg(test)]
+    fn detached(base: SteeringConfig) -> Self {
+        PacketProtected { socks: Vec::new(), base, added: Vec::new(), all_ip: false }
+    }
+
+    /// The inside configuration the filters are built from now (for tests and logs).
+    pub fn config(&self) -> SteeringConfig {
+        let mut cfg = self.base.clone();
+        cfg.protected.extend(self.added.iter().copied());
+        if steering_filter(&cfg).len() > MAX_FILTER_INSNS {
+            cfg.protected = vec![Prefix::new(IpAddr::V4(0.into()), 0), Prefix::new(IpAddr::V6(0.into()), 0)];
+        }
+        cfg
+    }
+
+    fn apply(&mut self) -> Result<(), String> {
+        let cfg = self.config();
+        let all_ip = cfg.protected.iter().any(|p| p.len == 0);
+        if all_ip && !self.all_ip {
+            tracing::warn!(
+                prefixes = self.base.protected.len() + self.added.len(),
+                "too many protected subnets for an AF_PACKET socket filter: the inside sockets now see every IP packet"
+            );
+        }
+        self.all_ip = all_ip;
+        for s in &self.socks {
+            attach_filter(s.as_raw_fd(), &cfg).map_err(|e| format!("inside AF_PACKET filter: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::channel::Steering for PacketProtected {
+    fn add_protected(&mut self, net: ipnet::IpNet) -> Result<(), String> {
+        let p = Prefix::new(net.network(), net.prefix_len());
+        if !self.added.contains(&p) {
+            self.added.push(p);
+        }
+        self.apply()
+    }
+
+    fn remove_protected(&mut self, net: ipnet::IpNet) -> Result<(), String> {
+        let p = Prefix::new(net.network(), net.prefix_len());
+        self.added.retain(|x| *x != p);
+        self.apply()
+    }
+}
+
 /// The classic BPF program (offsets from the Ethernet header; untagged frames, as the kernel
 /// delivers them with VLAN offload) that passes what the XDP program would steer for `cfg`:
 /// - outside: IPv4/IPv6 to one of `local_addrs`, protocol ESP, or UDP to port 4500 or 500 (IPv4:
@@ -842,5 +932,32 @@ mod tests {
         let o = AfPacketOptions::sized(8, 16);
         assert_eq!(o.frames, 2 * BURST as u32);
         assert_eq!(o.ring_blocks, 4);
+    }
+
+    #[test]
+    fn the_inside_filter_follows_the_channel_and_passes_every_ip_packet_beyond_its_size() {
+        use crate::channel::Steering;
+        let mut base = SteeringConfig::new(Role::Inside);
+        base.protected = vec![Prefix::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)), 24)];
+        let mut h = PacketProtected::detached(base);
+        let to = |a: [u8; 4]| v4(17, Ipv4Addr::from(a), 0, 5001, 5);
+        let passes = |h: &PacketProtected, pkt: &[u8]| run_filter(&steering_filter(&h.config()), pkt) != 0;
+        assert!(passes(&h, &to([198, 51, 100, 7])) && !passes(&h, &to([203, 0, 113, 7])));
+        h.add_protected("203.0.113.0/24".parse().unwrap()).unwrap();
+        h.add_protected("203.0.113.0/24".parse().unwrap()).unwrap();
+        assert!(passes(&h, &to([203, 0, 113, 7])) && !passes(&h, &to([192, 0, 2, 7])));
+        assert_eq!(h.config().protected.len(), 2);
+        h.remove_protected("203.0.113.0/24".parse().unwrap()).unwrap();
+        assert!(!passes(&h, &to([203, 0, 113, 7])) && passes(&h, &to([198, 51, 100, 7])));
+        // More prefixes than one program holds: every IP packet.
+        for k in 0..1100u32 {
+            let net = ipnet::IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (k << 8))), 24).unwrap();
+            h.add_protected(net).unwrap();
+        }
+        let mut exact = h.config();
+        exact.protected = h.base.protected.iter().chain(h.added.iter()).copied().collect();
+        assert!(steering_filter(&exact).len() > MAX_FILTER_INSNS);
+        assert!(passes(&h, &to([192, 0, 2, 7])), "too many prefixes: every IP packet passes");
+        assert!(steering_filter(&h.config()).len() <= MAX_FILTER_INSNS);
     }
 }

@@ -532,18 +532,9 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
     in_cfg.protected = cfg.protected_prefixes().iter().map(prefix_of).collect();
     let ifs = [(out_if.name.as_str(), &out_cfg), (in_if.name.as_str(), &in_cfg)];
 
-    // AF_PACKET's socket filters are fixed at start, while the control channel adds protected
-    // subnets at run time: with a channel the inside filter passes every IP packet and the worker
-    // drops what no tunnel claims (`no_route` / the ESP core's counters).
-    let mut in_all = in_cfg.clone();
-    if opts.control_socket.is_some() {
-        in_all.protected = vec![
-            Prefix::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-            Prefix::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
-        ];
-    }
-    let packet_ifs = [(out_if.name.as_str(), &out_cfg), (in_if.name.as_str(), &in_all)];
-    let open_packet = || -> Result<Vec<AfPacketIo>, String> { open_afpacket(&packet_ifs, queues, &opts) };
+    // AF_PACKET: the inside sockets start with the configured protected subnets; the control
+    // channel's tunnels are added to their filters as they come (`afpacket::PacketProtected`).
+    let open_packet = || -> Result<Vec<AfPacketIo>, String> { open_afpacket(&ifs, queues, &opts) };
     let backend = match opts.io {
         // --zero-copy asks for AF_XDP explicitly: its refusal is the answer, not a fallback.
         IoChoice::AfXdp => Backend::AfXdp(open_afxdp(&ifs, queues, &opts)?),
@@ -569,8 +560,11 @@ pub fn run(opts: RunOptions) -> Result<(), String> {
         listener,
     };
     match backend {
-        Backend::AfXdp((steering, ios)) => serve(ios, steering, env),
-        Backend::AfPacket(ios) => serve(ios, Vec::new(), env),
+        Backend::AfXdp((steering, ios)) => serve(ios, steering, None, env),
+        Backend::AfPacket(ios) => {
+            let hook = crate::afpacket::PacketProtected::new(&ios, INSIDE, in_cfg.clone())?;
+            serve(ios, Vec::new(), Some(Box::new(hook)), env)
+        }
     }
 }
 
@@ -691,7 +685,13 @@ struct WorkerEnv<'a> {
 
 /// Builds one worker per opened I/O, serves the statistics, runs the workers until stopped and
 /// prints the final counters.
-fn serve<Io: FrameIo + 'static>(ios: Vec<Io>, steering: Steering, env: WorkerEnv<'_>) -> Result<(), String> {
+/// `packet_steering`: the control channel's steering hook when there is no XDP program (AF_PACKET).
+fn serve<Io: FrameIo + 'static>(
+    ios: Vec<Io>,
+    steering: Steering,
+    packet_steering: Option<Box<dyn crate::channel::Steering>>,
+    env: WorkerEnv<'_>,
+) -> Result<(), String> {
     let WorkerEnv { opts, cfg, tables, resolver, devs, stop, listener } = env;
     let cores = if opts.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
     if opts.pin && cores.is_empty() {
@@ -729,7 +729,7 @@ fn serve<Io: FrameIo + 'static>(ios: Vec<Io>, steering: Steering, env: WorkerEnv
         tables.clone(),
         default_provider(),
         cfg,
-        Box::new(XdpProtected::new(steering.clone(), INSIDE)),
+        packet_steering.unwrap_or_else(|| Box::new(XdpProtected::new(steering.clone(), INSIDE))),
         Instant::now(),
     );
     let control_sas = control.published();

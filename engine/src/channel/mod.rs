@@ -69,7 +69,7 @@ impl XdpProtected {
     fn with(&self, f: impl FnOnce(&mut XdpSteering) -> Result<(), String>) -> Result<(), String> {
         let mut g = self.steering.lock().map_err(|_| "steering lock poisoned".to_string())?;
         if g.is_empty() {
-            // The AF_PACKET backend: no XDP program; its inside filter passes every IP packet.
+            // No XDP program (the AF_PACKET backend has its own hook, `afpacket::PacketProtected`).
             return Ok(());
         }
         let (_, s) = g.get_mut(self.index).ok_or("no inside XDP program")?;
