@@ -4,7 +4,7 @@
 //! apt if missing.
 //!
 //! The cells: {main, aggressive} mode × {we initiate, charon initiates} on the userspace ESP
-//! forwarder (`run --forwarder`), and main mode × both roles through the AF_XDP engine (`run
+//! forwarder (`run --forwarder`), and the same four cells through the AF_XDP engine (`run
 //! --engine`; skipped when no `ipsec-engine` binary with `--control-socket` sits next to ours).
 //! In each: the ISAKMP SA and the IPsec SA come up, `swanctl --list-sas` shows the IKEv1 SA with
 //! our cookies and the IPsec SA INSTALLED with our SPIs, a ping from 192.0.2.1 to 198.51.100.1
@@ -499,5 +499,5 @@ fn ikev1_daemon_strongswan_engine() {
         eprintln!("SKIPPED: ikev1_daemon_strongswan_engine: no ipsec-engine next to ipsec-control");
         return;
     }
-    matrix(true, &[false]);
+    matrix(true, &[false, true]);
 }
