@@ -191,7 +191,9 @@ pub fn next_backoff(prev: Duration) -> Duration {
 /// Whether anything the peers negotiate differs (a change re-negotiates).
 fn negotiation_changed(a: &Connection, b: &Connection) -> bool {
     let (x, y) = (&a.ike, &b.ike);
-    a.local != b.local
+    // The IKEv1 configuration is derived from `ike` but for the version and the mode.
+    a.v1.as_ref().map(|v| v.mode) != b.v1.as_ref().map(|v| v.mode)
+        || a.local != b.local
         || a.remote != b.remote
         || a.remote_port != b.remote_port
         || a.local_subnets != b.local_subnets

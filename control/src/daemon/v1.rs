@@ -181,6 +181,34 @@ impl Daemon {
         self.conns.iter().position(|c| c.spec.name == name)
     }
 
+    /// One line to the daemon log and the connection's log (management API).
+    fn v1_say(&mut self, name: &str, line: String) {
+        match self.v1_index(name) {
+            Some(i) => self.note(i, line, true),
+            None => logln!(self.log, "conn {name}: {line}"),
+        }
+    }
+
+    /// An IKEv1 message to or from the peer, for the connection's log.
+    fn v1_observe(&mut self, name: &str, msg: &[u8], sent: bool, peer: SocketAddr) {
+        let Some(i) = self.v1_index(name) else {
+            return;
+        };
+        if self.observer.is_none() || msg.len() < 28 {
+            return;
+        }
+        let what = match msg[18] {
+            EXCHANGE_MAIN => "Main Mode",
+            EXCHANGE_AGGRESSIVE => "Aggressive Mode",
+            5 => "Informational",
+            32 => "Quick Mode",
+            _ => "unknown exchange",
+        };
+        let mid = u32::from_be_bytes([msg[20], msg[21], msg[22], msg[23]]);
+        let dir = if sent { "sent to" } else { "received from" };
+        self.note(i, format!("IKEv1 {what} message {dir} {peer} (message id {mid:08x})"), false);
+    }
+
     /// Starts an IKEv1 SA for connection `i` (IKEv1), unless one is up or connecting.
     pub(super) fn v1_initiate(&mut self, i: usize, now: Instant) -> Result<String, String> {
         let c = &self.conns[i];
@@ -207,7 +235,7 @@ impl Daemon {
         self.v1.insert(name.clone(), sa, replaces);
         self.conns[i].rt.initiated();
         let why = if replaces.is_some() { " (reauthentication)" } else { "" };
-        logln!(self.log, "conn {name}: initiating IKEv1 {mode:?} mode {local} -> {remote}{why}");
+        self.v1_say(&name, format!("initiating IKEv1 {mode:?} mode {local} -> {remote}{why}"));
         Ok(())
     }
 
@@ -268,15 +296,13 @@ impl Daemon {
                     return;
                 };
                 let name = self.conns[i].spec.name.clone();
-                logln!(self.log, "conn {name}: IKEv1 {mode:?} mode from {remote}: responding");
+                self.v1_say(&name, format!("IKEv1 {mode:?} mode from {remote}: responding"));
                 let sa = Sa::respond(cfg, local, remote, now);
                 self.v1.insert(name, sa, None);
                 self.v1.entries.len() - 1
             }
         };
-        if let Some(i) = self.v1_index(&self.v1.entries[idx].conn.clone()) {
-            self.observe_received(i, remote, msg);
-        }
+        self.v1_observe(&self.v1.entries[idx].conn.clone(), msg, false, remote);
         self.v1.entries[idx].sa.handle(now, local, remote, msg, &mut self.rng);
     }
 
@@ -322,9 +348,7 @@ impl Daemon {
             }
             while let Some(t) = self.v1.entries[k].sa.poll_transmit(now) {
                 any = true;
-                if let Some(i) = self.v1_index(&self.v1.entries[k].conn.clone()) {
-                    self.observe_transmit(i, &t);
-                }
+                self.v1_observe(&self.v1.entries[k].conn.clone(), &t.payload, true, t.remote);
                 if self.settings.log_messages {
                     let x = t.payload.get(18).copied().unwrap_or(0);
                     logln!(self.log, "send IKEv1 exchange {x} ({} B) to {}", t.payload.len(), t.remote);
@@ -350,18 +374,17 @@ impl Daemon {
         let i = self.v1_index(&name);
         match ev {
             Event::IkeSaEstablished { spi_i, spi_r, local, remote } => {
-                logln!(self.log, "conn {name}: IKEv1 ISAKMP SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}");
+                let line = format!("IKEv1 ISAKMP SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}");
+                self.v1_say(&name, line);
                 if let Some(i) = i {
                     self.conns[i].rt.established();
-                    self.note(i, "IKEv1 ISAKMP SA established".into(), false);
                 }
             }
             Event::ChildSaInstalled(sa) => {
-                logln!(self.log, "conn {name}: CHILD_SA installed {}", describe(&sa));
+                self.v1_say(&name, format!("CHILD_SA installed {}", describe(&sa)));
                 self.v1.spi_owner.insert(sa.inbound_spi(), id);
                 if let Some(i) = i {
                     self.conns[i].rt.child_changed(sa.inbound_spi(), true);
-                    self.note(i, format!("CHILD_SA installed {}", describe(&sa)), false);
                 }
                 self.sink.install(&name, sa);
                 let e = &mut self.v1.entries[k];
@@ -372,7 +395,8 @@ impl Daemon {
                 });
                 if e.installed == pairs {
                     if let Some(old) = e.replaces.take() {
-                        logln!(self.log, "conn {name}: IKEv1 reauthenticated: closing the old ISAKMP SA");
+                        let line = "IKEv1 reauthenticated: closing the old ISAKMP SA".to_string();
+                        self.v1_say(&name, line);
                         if let Some(o) = self.v1.get(old) {
                             o.sa.close(now, &mut self.rng);
                         }
@@ -380,14 +404,14 @@ impl Daemon {
                 }
             }
             Event::ChildSaDeleted { spi_in, spi_out } => {
-                logln!(self.log, "conn {name}: CHILD_SA deleted spi_in={spi_in:08x} spi_out={spi_out:08x}");
+                self.v1_say(&name, format!("CHILD_SA deleted spi_in={spi_in:08x} spi_out={spi_out:08x}"));
                 self.v1.spi_owner.remove(&spi_in);
                 if let Some(i) = i {
                     self.conns[i].rt.child_changed(spi_in, false);
                 }
                 self.sink.delete(&name, spi_in, spi_out);
             }
-            Event::ChildSaFailed(f) => logln!(self.log, "conn {name}: CHILD_SA negotiation failed: {f:?}"),
+            Event::ChildSaFailed(f) => self.v1_say(&name, format!("CHILD_SA (quick mode) failed: {f:?}")),
             Event::EndpointsChanged { local, remote, encap } => {
                 logln!(self.log, "conn {name}: endpoints changed {local} <-> {remote} encap {encap:?}");
                 self.sink.update_endpoints(&name, local, remote, encap);
@@ -399,7 +423,7 @@ impl Daemon {
                     Event::Failed(f) => format!("IKEv1 SA failed: {f:?}"),
                     _ => "IKEv1 ISAKMP SA closed".to_string(),
                 };
-                logln!(self.log, "conn {name}: {what}");
+                self.v1_say(&name, what.clone());
                 let replaced = self.v1.entries.iter().any(|e| e.replaces == Some(id));
                 if let Some(i) = i {
                     if !matches!(ev, Event::Closed) && !replaced && self.v1_others_live(&name, id) == 0 {
