@@ -746,6 +746,63 @@ pfs_group = 14
     }
 
     #[test]
+    fn ikev1_is_accepted_and_mapped() {
+        use ipsec_ike::v1::keys::HashAlg;
+        let v1 = BASIC
+            .replace("psk =", "ike_version = 1\npsk =")
+            .replace("[connection.ike]", "[connection.ike]\nmode = \"aggressive\"");
+        let c = &DaemonConfig::parse(&v1, None).unwrap().connections[0];
+        let v = c.v1.as_ref().expect("an IKEv1 configuration");
+        assert_eq!(v.mode, Mode::Aggressive);
+        assert_eq!(
+            v.ike_proposals,
+            vec![Phase1Proposal { encr: EncrAlg::TripleDes, hash: HashAlg::Md5, group: DhGroup::Modp1024 }]
+        );
+        let aes192 = EncrAlg::AesCbc { key_bits: 192 };
+        assert_eq!(v.esp_proposals, vec![EspProposal { encr: aes192, integ: Some(IntegAlg::HmacSha384_192) }]);
+        assert_eq!(v.pfs, Some(DhGroup::Modp2048));
+        assert_eq!(v.remote_subnets.len(), 2);
+        assert_eq!(v.remote_id, Some(IdPayload::from_identification(&Identification::Ipv4([198, 18, 0, 2].into()))));
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug shows the PSK");
+        // Main mode by default; IKEv2 has none.
+        let main = BASIC.replace("psk =", "ike_version = 1\npsk =");
+        assert_eq!(DaemonConfig::parse(&main, None).unwrap().connections[0].v1.as_ref().unwrap().mode, Mode::Main);
+        assert!(DaemonConfig::parse(BASIC, None).unwrap().connections[0].v1.is_none());
+    }
+
+    #[test]
+    fn ikev1_bad_combinations_are_clear() {
+        let v1 = BASIC.replace("psk =", "ike_version = 1\npsk =");
+        let cases = [
+            (
+                BASIC.replace("[connection.ike]", "[connection.ike]\nmode = \"main\""),
+                "for IKEv1 (ike_version = 1) only",
+            ),
+            (v1.replace("[connection.ike]", "[connection.ike]\nmode = \"quick\""), "main or aggressive"),
+            (v1.replace("psk =", "force_encap = true\npsk ="), "force_encap is not supported with IKEv1"),
+            (
+                v1.replace(
+                    "enc = \"3des\"\nauth = \"md5\"\ndh_group = 2",
+                    "proposals = [\"aes128gcm16-prfsha256-ecp256\"]",
+                ),
+                "no AEAD",
+            ),
+            (
+                v1.replace("[connection.ike]", "[connection.ike]\nmode = \"aggressive\"").replace(
+                    "enc = \"3des\"\nauth = \"md5\"\ndh_group = 2",
+                    "proposals = [\"aes128-sha1-modp2048-ecp256\"]",
+                ),
+                "one DH group",
+            ),
+        ];
+        for (doc, want) in cases {
+            let e = DaemonConfig::parse(&doc, None).unwrap_err();
+            assert!(e.0.contains(want), "{e} (want {want:?})");
+            assert!(!e.0.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
     fn psk_file_and_any_peer() {
         let dir = std::env::temp_dir().join(format!("ipsec-control-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -489,7 +489,9 @@ impl Daemon {
                 .iter()
                 .position(|c| c.spec.remote == Some(remote.ip()) && !c.rt.is_removing() && c.spec.v1.is_none())
                 .or_else(|| {
-                    self.conns.iter().position(|c| c.spec.remote.is_none() && !c.rt.is_removing() && c.spec.v1.is_none())
+                    self.conns
+                        .iter()
+                        .position(|c| c.spec.remote.is_none() && !c.rt.is_removing() && c.spec.v1.is_none())
                 })
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };

@@ -49,9 +49,7 @@ use ipsec_mgmt::model::{
     AuthAlg, ConnectionStatus, DhGroup, EncAlg, IkeMode, IkeVersion, LiveStatus, TrafficCounters, VpnConnection,
 };
 
-use crate::config::{
-    identification, ip_id, selector, v1_config, Connection, DaemonConfig, DaemonSettings, Mode,
-};
+use crate::config::{identification, ip_id, selector, v1_config, Connection, DaemonConfig, DaemonSettings, Mode};
 use crate::daemon::{ConnObserver, ConnStatus, Daemon, IkeState};
 use crate::log::Logger;
 use crate::logln;

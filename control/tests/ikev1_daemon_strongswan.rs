@@ -434,7 +434,11 @@ fn cell(lab: &mut Lab, aggressive: bool, we_initiate: bool) -> Result<String, St
         return Err("the PSK appears in our log".into());
     }
     r.map_err(|e| {
-        format!("{e}\n--- our log (tail) ---\n{}\n--- charon log (tail) ---\n{}", tail(&log, 40), tail(&charon.log(), 40))
+        format!(
+            "{e}\n--- our log (tail) ---\n{}\n--- charon log (tail) ---\n{}",
+            tail(&log, 40),
+            tail(&charon.log(), 40)
+        )
     })
 }
 

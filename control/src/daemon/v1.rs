@@ -36,8 +36,8 @@ use ipsec_ike::v1::sa::{Mode, Sa};
 
 use super::runtime::{encr_name, integ_name};
 use super::{describe, ChildStatus, ConnStatus, Daemon, IkeState};
-use crate::sink::SaCounters;
 use crate::logln;
+use crate::sink::SaCounters;
 
 const EXCHANGE_MAIN: u8 = 2;
 const EXCHANGE_AGGRESSIVE: u8 = 4;
@@ -280,9 +280,7 @@ impl Daemon {
                     return;
                 }
                 let mode = if exchange == EXCHANGE_MAIN { Mode::Main } else { Mode::Aggressive };
-                let fits = |c: &super::Conn| {
-                    !c.rt.is_removing() && c.spec.v1.as_ref().is_some_and(|v| v.mode == mode)
-                };
+                let fits = |c: &super::Conn| !c.rt.is_removing() && c.spec.v1.as_ref().is_some_and(|v| v.mode == mode);
                 let i = self
                     .conns
                     .iter()
@@ -374,7 +372,8 @@ impl Daemon {
         let i = self.v1_index(&name);
         match ev {
             Event::IkeSaEstablished { spi_i, spi_r, local, remote } => {
-                let line = format!("IKEv1 ISAKMP SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}");
+                let line =
+                    format!("IKEv1 ISAKMP SA established spi_i={spi_i:016x} spi_r={spi_r:016x} {local} <-> {remote}");
                 self.v1_say(&name, line);
                 if let Some(i) = i {
                     self.conns[i].rt.established();
