@@ -35,6 +35,16 @@
 //! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
 //! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
 //!
+//! # IKEv1
+//!
+//! The versions split at datagram classification: an IKE message whose ISAKMP version octet
+//! (offset 17) is 0x10 goes to the `v1` submodule (`daemon/v1.rs`: cookie routing, responders
+//! chosen by peer address and mode, timers, reauthentication), everything else to the IKEv2
+//! endpoints above. A connection
+//! with [`Connection::v1`] set is IKEv1 only: IKEv2 dispatch skips it, and `initiate`,
+//! `terminate`, `status`, removal, re-initiation and the data plane's requests go to `v1`. Both
+//! versions publish to the same [`SaSink`].
+//!
 //! # Both ends initiating at once
 //!
 //! When both gateways initiate the same connection at the same time (EffectImmediately on both, or
@@ -660,6 +670,11 @@ impl Daemon {
                 logln!(self.log, "data plane: {ev:?} for an unknown connection: ignored");
                 continue;
             };
+            if self.conns[i].spec.v1.is_some() {
+                self.v1_dataplane_event(ev, now);
+                self.flush(now);
+                continue;
+            }
             let live = self.live(i);
             let rng = &mut self.rng;
             match (ev, live) {
@@ -749,6 +764,11 @@ impl Daemon {
             self.conns[i].handle = self.other_live(i, h);
         }
         self.spi_owner.retain(|_, v| *v != (i, h));
+    }
+
+    /// Whether connection `i` has an IKE SA (IKEv2 or IKEv1) that is up or being set up.
+    fn is_connected(&self, i: usize) -> bool {
+        self.live(i).is_some() || self.v1.is_live(&self.conns[i].spec.name)
     }
 
     fn live(&self, i: usize) -> Option<SaHandle> {

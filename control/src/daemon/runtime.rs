@@ -425,7 +425,7 @@ impl Daemon {
             ));
         }
         let renegotiate = negotiation_changed(&self.conns[i].spec, &spec);
-        let was_up = self.live(i).is_some();
+        let was_up = self.is_connected(i);
         let now_immediate = spec.effect_immediately && !self.conns[i].spec.effect_immediately;
         self.conns[i].endpoint.set_responder(Some(spec.ike.clone()));
         self.conns[i].spec = spec;
@@ -492,7 +492,7 @@ impl Daemon {
     /// No such connection, or it cannot initiate (no remote address).
     pub fn acquire(&mut self, name: &str, now: Instant) -> Result<String, String> {
         let i = self.index_of(name).ok_or_else(|| format!("no connection named {name:?}"))?;
-        if self.live(i).is_none() {
+        if !self.is_connected(i) {
             self.note(i, "acquire: traffic needs an SA, initiating".into(), true);
         }
         let r = self.initiate(i, now);
@@ -619,7 +619,7 @@ impl Daemon {
             let rt = &self.conns[i].rt;
             if rt.removing.is_none() && rt.retry_at.is_some_and(|t| t <= now) {
                 self.conns[i].rt.retry_at = None;
-                if self.live(i).is_none() {
+                if !self.is_connected(i) {
                     let backoff = self.conns[i].rt.backoff.as_secs_f32();
                     self.note(i, format!("re-initiating (after {backoff:.0} s back-off)"), true);
                     if let Err(e) = self.initiate(i, now) {

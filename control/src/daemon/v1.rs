@@ -37,7 +37,7 @@ use ipsec_ike::v1::sa::{Mode, Sa};
 use super::runtime::{encr_name, integ_name};
 use super::{describe, ChildStatus, ConnStatus, Daemon, IkeState};
 use crate::logln;
-use crate::sink::SaCounters;
+use crate::sink::{DataplaneEvent, SaCounters};
 
 const EXCHANGE_MAIN: u8 = 2;
 const EXCHANGE_AGGRESSIVE: u8 = 4;
@@ -311,6 +311,33 @@ impl Daemon {
                 e.sa.note_inbound_traffic(now);
             }
         }
+    }
+
+    /// A data-plane request for an IKEv1 connection: acquire (initiates unless up), rekey or
+    /// expiry of an IPsec SA (a new quick mode / its DELETE).
+    pub(super) fn v1_dataplane_event(&mut self, ev: DataplaneEvent, now: Instant) {
+        let (conn, spi_in, rekey) = match ev {
+            DataplaneEvent::Acquire { conn } => {
+                if let Err(e) = self.acquire(&conn, now) {
+                    logln!(self.log, "acquire for {conn}: {e}");
+                }
+                return;
+            }
+            DataplaneEvent::Rekey { conn, spi_in } => (conn, spi_in, true),
+            DataplaneEvent::Expired { conn, spi_in } => (conn, spi_in, false),
+        };
+        let owner = self.v1.spi_owner.get(&spi_in).copied();
+        let Some(e) = owner.and_then(|id| self.v1.get(id)) else {
+            logln!(self.log, "conn {conn}: data plane asks about IPsec SA spi_in={spi_in:08x}, unknown: ignored");
+            return;
+        };
+        if rekey {
+            e.sa.rekey_child(now, spi_in, &mut self.rng);
+        } else {
+            e.sa.delete_child(now, spi_in, &mut self.rng);
+        }
+        let what = if rekey { "rekeying it (quick mode)" } else { "expired: deleting it" };
+        self.v1_say(&conn, format!("data plane: IPsec SA spi_in={spi_in:08x} {what}"));
     }
 
     /// Fires due timers: retransmissions, DPD, lifetimes, reauthentication.
