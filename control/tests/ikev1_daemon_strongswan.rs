@@ -9,7 +9,10 @@
 //! In each: the ISAKMP SA and the IPsec SA come up, `swanctl --list-sas` shows the IKEv1 SA with
 //! our cookies and the IPsec SA INSTALLED with our SPIs, a ping from 192.0.2.1 to 198.51.100.1
 //! crosses the tunnel (through the engine: also counted on the negotiated SPIs), SIGTERM makes our
-//! daemon send its DELETEs and charon drops the SA; the PSK never appears in our log.
+//! daemon send its DELETEs and charon drops the SA; the PSK never appears in our log. On the
+//! forwarder also: reauthentication at 90 % of a 10 s ISAKMP lifetime under a running ping (at
+//! most one lost packet, charon ends with only the new SAs), and charon killed → our DPD declares
+//! it dead, removes the SAs and schedules a re-initiation.
 //!
 //! ```text
 //!  netns <p>a: ipsec-control (--forwarder)          netns <p>b: charon (libipsec, TUN ipsec0)
@@ -259,6 +262,11 @@ struct Ours {
 
 impl Ours {
     fn start(lab: &mut Lab, tag: &str, aggressive: bool, initiate: bool) -> Ours {
+        Ours::start_with(lab, tag, aggressive, initiate, "dpd_interval = 5\ndpd_timeout = 15", "")
+    }
+
+    /// With `conn` (DPD settings) and `ike` (more `[connection.ike]` lines).
+    fn start_with(lab: &mut Lab, tag: &str, aggressive: bool, initiate: bool, conn: &str, ike: &str) -> Ours {
         let dir = lab.dir.join(format!("ours-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
@@ -275,14 +283,14 @@ remote_subnets = [\"198.51.100.0/24\"]
 psk = \"{PSK}\"
 ike_version = 1
 effect_immediately = {initiate}
-dpd_interval = 5
-dpd_timeout = 15
+{conn}
 
 [connection.ike]
 mode = \"{mode}\"
 enc = \"aes256\"
 auth = \"sha256\"
 dh_group = 14
+{ike}
 
 [connection.ipsec]
 enc = \"aes\"
@@ -319,14 +327,18 @@ pfs_group = 14
     }
 
     fn wait_log(&self, what: &str, t: Duration) -> Result<String, String> {
+        self.wait_count(what, 1, t)
+    }
+
+    fn wait_count(&self, what: &str, n: usize, t: Duration) -> Result<String, String> {
         let deadline = Instant::now() + t;
         loop {
             let l = self.log();
-            if l.contains(what) {
+            if l.matches(what).count() >= n {
                 return Ok(l);
             }
             if Instant::now() > deadline {
-                return Err(format!("no {what:?} in our log within {t:?}"));
+                return Err(format!("no {what:?} (x{n}) in our log within {t:?}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -442,6 +454,108 @@ fn cell(lab: &mut Lab, aggressive: bool, we_initiate: bool) -> Result<String, St
     })
 }
 
+/// Main mode, we initiate with a 10 s ISAKMP lifetime: at 9 s we reauthenticate (new ISAKMP SA
+/// and IPsec SA, then DELETE of the old ones) under a running ping (at most one packet lost);
+/// charon ends with one ISAKMP SA, the new one.
+fn reauth(lab: &mut Lab) -> Result<String, String> {
+    let extra = "charon {\n  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n}\n";
+    let charon = Charon::start_with(
+        &lab.b,
+        lab.dir.join("charon-reauth"),
+        &swanctl_conf(false),
+        ipsec_control::lab::CHARON_LOG_LEVELS,
+        extra,
+    );
+    let ours = Ours::start_with(lab, "reauth", false, true, "dpd_interval = 5\ndpd_timeout = 15", "lifetime = 10");
+    let r = (|| {
+        ours.wait_log("CHILD_SA installed", Duration::from_secs(10))?;
+        let ci = ours.field("ISAKMP SA established", "spi_i=").ok_or("no cookies in our log")?;
+        let mut args = vec!["netns", "exec", &lab.src];
+        args.extend(["ping", "-n", "-q", "-c", "44", "-i", "0.25", "-W", "1", "-I", "192.0.2.1", "198.51.100.1"]);
+        let pinger = Command::new("ip").args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+        let pinger = pinger.map_err(|e| format!("ping: {e}"))?;
+        ours.wait_log("IKEv1 reauthenticated: closing the old", Duration::from_secs(15))?;
+        ours.wait_count("CHILD_SA deleted", 1, Duration::from_secs(3))?;
+        let out = pinger.wait_with_output().map_err(|e| e.to_string())?;
+        let t = text(&out);
+        let stats = t.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
+        let nums: Vec<u32> = stats.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+        let (tx, rx) = (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0));
+        if tx == 0 || rx + 1 < tx {
+            return Err(format!("ping across the reauthentication: {rx}/{tx}\n{t}"));
+        }
+        let ci2 = ours.field("ISAKMP SA established", "spi_i=").ok_or("no cookies in our log")?;
+        if ci2 == ci {
+            return Err("no new ISAKMP SA".into());
+        }
+        let (spi_in, spi_out) = (
+            ours.field("CHILD_SA installed", "spi_in=").unwrap_or_default(),
+            ours.field("CHILD_SA installed", "spi_out=").unwrap_or_default(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let l = charon.list_sas();
+            let one = l.matches("ESTABLISHED").count() == 1 && l.matches("INSTALLED").count() == 1;
+            if one && l.contains(&format!("{ci2}_i")) && l.contains(&format!("out {spi_in}")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("charon does not hold just the new SAs ({ci2}, out {spi_in}):\n{l}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(format!("reauthenticated {ci} -> {ci2} (esp {spi_in}/{spi_out}), ping {rx}/{tx} across it"))
+    })();
+    charon.kill("-TERM");
+    let log = ours.log();
+    lab.stop_cell();
+    if log.contains(PSK) {
+        return Err("the PSK appears in our log".into());
+    }
+    r.map_err(|e| {
+        format!(
+            "{e}\n--- our log (tail) ---\n{}\n--- charon log (tail) ---\n{}",
+            tail(&log, 40),
+            tail(&charon.log(), 40)
+        )
+    })
+}
+
+/// Main mode, we respond (charon initiates): charon is killed, our DPD (2 s / 6 s) declares it
+/// dead, removes the SAs, and (our connection has an address to initiate to) schedules a
+/// re-initiation.
+fn dpd(lab: &mut Lab) -> Result<String, String> {
+    let charon =
+        Charon::start(&lab.b, lab.dir.join("charon-dpd"), &swanctl_conf(false), ipsec_control::lab::CHARON_LOG_LEVELS);
+    let ours = Ours::start_with(lab, "dpd", false, false, "dpd_interval = 2\ndpd_timeout = 6", "");
+    let r = (|| {
+        let o = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+        if !o.status.success() {
+            return Err(format!("swanctl --initiate failed: {}", text(&o)));
+        }
+        ours.wait_log("CHILD_SA installed", Duration::from_secs(10))?;
+        charon.kill("-KILL");
+        let t0 = Instant::now();
+        ours.wait_log("peer dead (DPD)", Duration::from_secs(15))?;
+        let dead = t0.elapsed().as_secs_f32();
+        ours.wait_log("CHILD_SA deleted", Duration::from_secs(1))?;
+        ours.wait_log("re-initiating in", Duration::from_secs(2))?;
+        Ok(format!("charon killed -> peer dead after {dead:.1} s, IPsec SA removed, re-initiation scheduled"))
+    })();
+    let log = ours.log();
+    lab.stop_cell();
+    if log.contains(PSK) {
+        return Err("the PSK appears in our log".into());
+    }
+    r.map_err(|e| {
+        format!(
+            "{e}\n--- our log (tail) ---\n{}\n--- charon log (tail) ---\n{}",
+            tail(&log, 40),
+            tail(&charon.log(), 40)
+        )
+    })
+}
+
 fn skip(name: &str) -> bool {
     if is_root() {
         return false;
@@ -474,6 +588,24 @@ fn matrix(engine: bool, modes: &[bool]) {
                 Err(e) => {
                     failures += 1;
                     let _ = writeln!(report, "  FAIL  {mode} {role} ({secs:.1} s): {e}");
+                }
+            }
+        }
+    }
+    if !engine {
+        type Extra = fn(&mut Lab) -> Result<String, String>;
+        let extras: [(&str, Extra); 2] = [("reauth main we initiate", reauth), ("DPD    main we respond ", dpd)];
+        for (name, f) in extras {
+            let t = Instant::now();
+            let r = f(&mut lab);
+            let secs = t.elapsed().as_secs_f32();
+            match &r {
+                Ok(d) => {
+                    let _ = writeln!(report, "  PASS  {name} ({secs:.1} s): {d}");
+                }
+                Err(e) => {
+                    failures += 1;
+                    let _ = writeln!(report, "  FAIL  {name} ({secs:.1} s): {e}");
                 }
             }
         }
