@@ -311,7 +311,7 @@ fn two_daemons_ikev1_main_mode_and_reauthentication() {
     let first_delete = recs.iter().position(|r| matches!(r, SinkRecord::Delete { .. })).unwrap();
     let installs_before = recs[..first_delete].iter().filter(|r| matches!(r, SinkRecord::Install { .. })).count();
     assert_eq!(installs_before, 4, "{recs:?}");
-    assert!(lb.text().contains("IKEv1 ISAKMP SA closed"), "{}", lb.text());
+    step_both(&mut a, &mut b, || lb.text().contains("IKEv1 ISAKMP SA closed"), "the old ISAKMP SA's DELETE");
 
     let s = sock_b.clone();
     let client = std::thread::spawn(move || control_request(&s, "terminate v1"));
