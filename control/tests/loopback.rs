@@ -275,6 +275,15 @@ fn two_daemons_ikev1_main_mode_and_reauthentication() {
     let mut b = Daemon::new(cb, Box::new(rb.clone()), Logger::new(Box::new(lb.clone()))).unwrap();
     a.start();
     b.start();
+    // An unusable main-mode message 1 (header only) leaves no responder state behind.
+    let bogus = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut hdr = [0u8; 28];
+    hdr[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes());
+    (hdr[17], hdr[18], hdr[27]) = (0x10, 2, 28);
+    bogus.send_to(&hdr, ("127.0.0.2", port)).unwrap();
+    step_both(&mut a, &mut b, || lb.text().contains("unusable: dropped"), "the bogus message 1");
+    let st = b.command("status", Instant::now()).unwrap();
+    assert_eq!(st, "conn v1: down\n", "{}", lb.text());
     let s = sock_a.clone();
     let client = std::thread::spawn(move || control_request(&s, "initiate v1"));
     step_both(&mut a, &mut b, || client.is_finished(), "the control reply");

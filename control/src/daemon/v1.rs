@@ -14,7 +14,14 @@
 //! whose initiator cookie it carries (and whose responder cookie, once both are known, matches);
 //! an unknown initiator cookie with responder cookie 0, message ID 0 and exchange main (2) or
 //! aggressive (4) creates a responder with the IKEv1 connection whose `remote_addr` is the
-//! sender's address, else the first `%any` one, whose mode is that exchange.
+//! sender's address, else the first `%any` one, whose mode is that exchange. The responder is
+//! kept only if the message was usable (it took the initiator cookie); at most
+//! [`MAX_HALF_OPEN`] IKEv1 SAs may be unestablished at once.
+//!
+//! Not yet: a duplicate rule when both ends initiate at once (two ISAKMP SAs and two IPsec SA
+//! pairs stay up side by side), choosing the responder's connection by the peer's ID (several
+//! IKEv1 connections to one peer address: the first one answers), and the `rekey-child` /
+//! `rekey-ike` control commands (IPsec SAs we initiated are rekeyed by the core itself).
 //!
 //! # Events, traffic, reauthentication
 //!
@@ -38,6 +45,10 @@ use super::runtime::{encr_name, integ_name};
 use super::{describe, ChildStatus, ConnStatus, Daemon, IkeState};
 use crate::logln;
 use crate::sink::{DataplaneEvent, SaCounters};
+
+/// At most this many IKEv1 SAs that are not established yet (half-open responders included): a
+/// message 1 beyond it is dropped (IKEv1 has no cookie exchange to defend the responder).
+pub(super) const MAX_HALF_OPEN: usize = 1024;
 
 const EXCHANGE_MAIN: u8 = 2;
 const EXCHANGE_AGGRESSIVE: u8 = 4;
@@ -293,11 +304,22 @@ impl Daemon {
                 let Some(cfg) = self.conns[i].spec.v1.clone() else {
                     return;
                 };
+                if self.v1.entries.iter().filter(|e| !e.sa.is_established()).count() >= MAX_HALF_OPEN {
+                    logln!(self.log, "  {MAX_HALF_OPEN} IKEv1 SAs half-open: message 1 from {remote} dropped");
+                    return;
+                }
                 let name = self.conns[i].spec.name.clone();
+                let mut sa = Sa::respond(cfg, local, remote, now);
+                sa.handle(now, local, remote, msg, &mut self.rng);
+                if sa.cookies().0 == 0 {
+                    // Not a usable message 1 (no SA payload, unparsable): no state kept for it.
+                    logln!(self.log, "  IKEv1 {mode:?} mode message 1 from {remote} unusable: dropped");
+                    return;
+                }
                 self.v1_say(&name, format!("IKEv1 {mode:?} mode from {remote}: responding"));
-                let sa = Sa::respond(cfg, local, remote, now);
+                self.v1_observe(&name, msg, false, remote);
                 self.v1.insert(name, sa, None);
-                self.v1.entries.len() - 1
+                return;
             }
         };
         self.v1_observe(&self.v1.entries[idx].conn.clone(), msg, false, remote);
