@@ -820,7 +820,7 @@ impl Daemon {
                 _ => Ok(format!("conn {name}: terminate started")),
             },
             "rekey-child" | "rekey-ike" if self.conns[i].spec.v1.is_some() => {
-                Err(format!("conn {name}: {verb} is not supported for IKEv1 connections"))
+                self.v1_rekey(i, verb == "rekey-ike", now)
             }
             "rekey-child" | "rekey-ike" | "terminate" => {
                 let h = self.live(i).ok_or_else(|| format!("conn {name}: not up"))?;

@@ -258,8 +258,9 @@ proposals = ["aes128gcm16-ecp256", "aes256-sha512"]
 
 /// Two daemons negotiate IKEv1 (main mode, two subnet pairs: two quick modes), then the ISAKMP
 /// SA's 10 s lifetime makes the initiator reauthenticate: a new ISAKMP SA with new IPsec SAs,
-/// then the old one is deleted (make before break in the sink); `status` and `terminate` work
-/// through the control socket.
+/// then the old one is deleted (make before break in the sink); an unusable message 1 leaves no
+/// state; `status`, `rekey-child`, `rekey-ike` (a reauthentication, here started by the
+/// responder) and `terminate` work through the control socket.
 #[test]
 fn two_daemons_ikev1_main_mode_and_reauthentication() {
     let port = free_ports();
@@ -321,6 +322,22 @@ fn two_daemons_ikev1_main_mode_and_reauthentication() {
     let installs_before = recs[..first_delete].iter().filter(|r| matches!(r, SinkRecord::Install { .. })).count();
     assert_eq!(installs_before, 4, "{recs:?}");
     step_both(&mut a, &mut b, || lb.text().contains("IKEv1 ISAKMP SA closed"), "the old ISAKMP SA's DELETE");
+
+    // rekey-child from the responder's side: new quick modes, then the old IPsec SAs go.
+    let second = ra.installed();
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-child v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("rekey-child started (2 IPsec SA(s))"));
+    step_both(&mut a, &mut b, || fresh(&ra, &second), "the IPsec SA rekeys");
+    // rekey-ike from the responder's side: a reauthentication it initiates.
+    let (third, third_b) = (ra.installed(), rb.installed());
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-ike v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("reauthentication"));
+    step_both(&mut a, &mut b, || fresh(&ra, &third) && fresh(&rb, &third_b), "the reauthentication");
+    step_both(&mut a, &mut b, || lb.text().matches("IKEv1 reauthenticated").count() == 1, "b's reauthentication");
 
     let s = sock_b.clone();
     let client = std::thread::spawn(move || control_request(&s, "terminate v1"));

@@ -20,8 +20,10 @@
 //!
 //! Not yet: a duplicate rule when both ends initiate at once (two ISAKMP SAs and two IPsec SA
 //! pairs stay up side by side), choosing the responder's connection by the peer's ID (several
-//! IKEv1 connections to one peer address: the first one answers), and the `rekey-child` /
-//! `rekey-ike` control commands (IPsec SAs we initiated are rekeyed by the core itself).
+//! IKEv1 connections to one peer address: the first one answers).
+//!
+//! The control commands `rekey-child` and `rekey-ike` map to a new quick mode per IPsec SA and
+//! to a reauthentication ([`Daemon::v1_rekey`]).
 //!
 //! # Events, traffic, reauthentication
 //!
@@ -38,7 +40,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use ipsec_ike::ike_sa::Event;
+use ipsec_ike::ike_sa::{ChildSa, Event};
 use ipsec_ike::v1::sa::{Mode, Sa};
 
 use super::runtime::{encr_name, integ_name};
@@ -248,6 +250,35 @@ impl Daemon {
         let why = if replaces.is_some() { " (reauthentication)" } else { "" };
         self.v1_say(&name, format!("initiating IKEv1 {mode:?} mode {local} -> {remote}{why}"));
         Ok(())
+    }
+
+    /// `rekey-child` (a new quick mode for each IPsec SA, then DELETE of the old one) or
+    /// `rekey-ike` (reauthentication: a new ISAKMP SA with its IPsec SAs, then the old one is
+    /// closed; IKEv1 has no in-place phase-1 rekey) for IKEv1 connection `i`.
+    pub(super) fn v1_rekey(&mut self, i: usize, ike: bool, now: Instant) -> Result<String, String> {
+        let name = self.conns[i].spec.name.clone();
+        let up = |e: &&mut Entry| e.conn == name && e.sa.is_established();
+        if ike {
+            let Some(e) = self.v1.entries.iter_mut().filter(up).find(|e| !e.reauth_started) else {
+                return Err(format!("conn {name}: no established IKEv1 SA to reauthenticate"));
+            };
+            e.reauth_started = true;
+            let id = e.id;
+            self.v1_start(i, now, Some(id))?;
+            return Ok(format!("conn {name}: rekey-ike (reauthentication) started"));
+        }
+        let mut n = 0;
+        for e in self.v1.entries.iter_mut().filter(up) {
+            let spis: Vec<u32> = e.sa.child_sas().map(ChildSa::inbound_spi).collect();
+            for spi in spis {
+                e.sa.rekey_child(now, spi, &mut self.rng);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(format!("conn {name}: no IPsec SA to rekey"));
+        }
+        Ok(format!("conn {name}: rekey-child started ({n} IPsec SA(s))"))
     }
 
     /// Closes every IKEv1 SA of connection `name` (DELETEs to the peer).
