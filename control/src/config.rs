@@ -16,7 +16,7 @@
 //! local_subnets = ["192.0.2.0/24"]
 //! remote_subnets = ["198.51.100.0/24", "203.0.113.0/24"]
 //! psk = "secret"                 # or psk_file = "/path" (first line, trailing newline stripped)
-//! ike_version = 2                # 1 is refused
+//! ike_version = 2                # or 1: IKEv1 (main or aggressive mode, PSK; see below)
 //! effect_immediately = true      # initiate at start; false: wait for `ipsec-control initiate`
 //!                                # or, with --engine, for traffic (the engine's acquire)
 //! enable_dpd = true
@@ -26,6 +26,7 @@
 //! force_encap = false
 //!
 //! [connection.ike]               # the seed's IkeConfig ...
+//! mode = "main"                  # IKEv1 only: main | aggressive (IkeConfig.IkeMode)
 //! enc = "aes256"                 # aes | aes192 | aes256 | des | 3des
 //! auth = "sha256"                # md5 | sha1 | sha256 | sha384 | sha512 (PRF and integrity)
 //! dh_group = 14
@@ -42,6 +43,12 @@
 //! # proposals = ["aes128gcm16-ecp256"]
 //! ```
 //!
+//! With `ike_version = 1` the same fields are mapped to the IKEv1 core ([`v1_config`]): each IKE
+//! proposal's cipher × PRF × DH group becomes a phase-1 transform (CBC ciphers only), each ESP
+//! proposal's cipher × integrity an ESP transform, the first ESP DH group the PFS group; the
+//! identities and subnets are the same (one quick mode per local × remote subnet pair);
+//! `force_encap` is IKEv2 only.
+//!
 //! Either the seed's single algorithm fields or `proposals` (strongSwan syntax: `-`-separated
 //! tokens; a DH group in an ESP proposal means PFS) are given; `proposals` wins. Nothing here ever
 //! prints the PSK: the raw document type has no `Debug`, and [`Connection`]'s `Debug` goes through
@@ -57,6 +64,10 @@ use ipsec_ike::config::{Config, IKE_PORT, NATT_PORT};
 use ipsec_ike::crypto::dh::DhGroup;
 use ipsec_ike::message::{AddressRange, Identification, ProtocolId, TrafficSelector};
 use ipsec_ike::transforms::{EncrAlg, Esn, IntegAlg, PrfAlg, ProposalSpec};
+use ipsec_ike::v1::keys::HashAlg;
+use ipsec_ike::v1::message::{IdPayload, Subnet};
+pub use ipsec_ike::v1::sa::{Config as V1Config, Mode};
+use ipsec_ike::v1::sa::{EspProposal, Phase1Proposal};
 use serde::Deserialize;
 
 /// A config error, with the connection and field it concerns.
@@ -145,6 +156,7 @@ struct IkeDoc {
     local_id: Option<String>,
     remote_id: Option<String>,
     proposals: Option<Vec<String>>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +212,9 @@ pub struct Connection {
     pub remote_subnets: Vec<IpNet>,
     /// The IKE core's configuration (PSK inside, redacted in `Debug`).
     pub ike: Config,
+    /// IKEv1 (`ike_version = 1`): the IKEv1 core's configuration, derived from `ike` by
+    /// [`v1_config`] (PSK redacted in `Debug`); `None`: IKEv2.
+    pub v1: Option<V1Config>,
 }
 
 /// A parsed config file.
@@ -268,14 +283,16 @@ impl DaemonConfig {
 fn connection(c: ConnDoc, natt_port: u16, base: Option<&Path>) -> Result<Connection, ConfigError> {
     let name = c.name.clone();
     let ctx = |m: String| ConfigError(format!("connection {name}: {m}"));
-    match c.ike_version {
-        2 => {}
-        1 => {
-            return Err(ctx(
-                "ike_version = 1: IKEv1 is not supported by this daemon, only IKEv2 (ike_version = 2)".into()
-            ))
-        }
-        v => return Err(ctx(format!("ike_version = {v}: only 2 is supported"))),
+    let mode = match (c.ike_version, c.ike.mode.as_deref()) {
+        (2, None) => None,
+        (2, Some(_)) => return Err(ctx("ike.mode (main|aggressive) is for IKEv1 (ike_version = 1) only".into())),
+        (1, None | Some("main")) => Some(Mode::Main),
+        (1, Some("aggressive")) => Some(Mode::Aggressive),
+        (1, Some(m)) => return Err(ctx(format!("ike.mode {m:?}: main or aggressive"))),
+        (v, _) => return Err(ctx(format!("ike_version = {v}: 1 or 2"))),
+    };
+    if mode.is_some() && c.force_encap {
+        return Err(ctx("force_encap is not supported with IKEv1".into()));
     }
     if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
         return Err(ctx("the name must be non-empty without spaces".into()));
@@ -341,6 +358,10 @@ fn connection(c: ConnDoc, natt_port: u16, base: Option<&Path>) -> Result<Connect
     }
     ike.force_encap = c.force_encap;
     ike.natt_port = natt_port;
+    let v1 = match mode {
+        Some(m) => Some(v1_config(&ike, m, &local_subnets, &remote_subnets).map_err(ctx)?),
+        None => None,
+    };
     Ok(Connection {
         name,
         local: c.local_addr,
@@ -350,7 +371,70 @@ fn connection(c: ConnDoc, natt_port: u16, base: Option<&Path>) -> Result<Connect
         local_subnets,
         remote_subnets,
         ike,
+        v1,
     })
+}
+
+/// The IKEv1 core's configuration equivalent to the IKEv2 configuration `ike` (see the module
+/// documentation): proposals, lifetimes, PSK, identities, DPD, NAT-T.
+///
+/// # Errors
+/// An AEAD cipher in an IKE proposal (IKEv1 phase 1 is CBC only), or no usable transform.
+pub fn v1_config(ike: &Config, mode: Mode, local: &[IpNet], remote: &[IpNet]) -> Result<V1Config, String> {
+    let mut v = V1Config::new(ike.psk.expose());
+    v.mode = mode;
+    v.ike_proposals.clear();
+    for p in &ike.ike_proposals {
+        for &encr in &p.encr {
+            if encr.is_aead() {
+                return Err(format!("IKEv1 phase 1 has no AEAD cipher ({encr:?}): use a CBC cipher"));
+            }
+            for prf in &p.prf {
+                let hash = match prf {
+                    PrfAlg::HmacMd5 => HashAlg::Md5,
+                    PrfAlg::HmacSha1 => HashAlg::Sha1,
+                    PrfAlg::HmacSha256 => HashAlg::Sha256,
+                    PrfAlg::HmacSha384 => HashAlg::Sha384,
+                    PrfAlg::HmacSha512 => HashAlg::Sha512,
+                };
+                for &group in &p.dh {
+                    v.ike_proposals.push(Phase1Proposal { encr, hash, group });
+                }
+            }
+        }
+    }
+    if mode == Mode::Aggressive {
+        if let Some(g) = v.ike_proposals.first().map(|p| p.group) {
+            if v.ike_proposals.iter().any(|p| p.group != g) {
+                return Err("IKEv1 aggressive mode offers one DH group only: give one ike.dh_group".into());
+            }
+        }
+    }
+    v.esp_proposals.clear();
+    for p in &ike.esp_proposals {
+        for &encr in &p.encr {
+            if encr.is_aead() {
+                v.esp_proposals.push(EspProposal { encr, integ: None });
+            } else {
+                v.esp_proposals.extend(p.integ.iter().map(|&i| EspProposal { encr, integ: Some(i) }));
+            }
+        }
+    }
+    if v.ike_proposals.is_empty() || v.esp_proposals.is_empty() {
+        return Err("no IKEv1 proposal left".into());
+    }
+    v.pfs = ike.esp_proposals.first().and_then(|p| p.dh.first().copied());
+    v.ike_lifetime = ike.ike_lifetime;
+    v.child_lifetime = ike.child_lifetime;
+    v.local_id = ike.local_id.as_ref().map(IdPayload::from_identification);
+    v.remote_id = ike.remote_id.as_ref().map(IdPayload::from_identification);
+    v.local_subnets = local.iter().map(|n| Subnet::new(n.addr(), n.prefix_len())).collect();
+    v.remote_subnets = remote.iter().map(|n| Subnet::new(n.addr(), n.prefix_len())).collect();
+    v.nat_traversal = ike.nat_traversal;
+    v.natt_port = ike.natt_port;
+    v.dpd_interval = ike.dpd_interval;
+    v.dpd_timeout = ike.dpd_timeout;
+    Ok(v)
 }
 
 fn secs(s: u64) -> Result<Duration, String> {
@@ -650,15 +734,72 @@ pfs_group = 14
 
     #[test]
     fn refusals_are_clear_and_never_show_the_psk() {
-        let v1 = BASIC.replace("psk =", "ike_version = 1\npsk =");
-        let e = DaemonConfig::parse(&v1, None).unwrap_err();
-        assert!(e.0.contains("IKEv1 is not supported"), "{e}");
+        let v3 = BASIC.replace("psk =", "ike_version = 3\npsk =");
+        let e = DaemonConfig::parse(&v3, None).unwrap_err();
+        assert!(e.0.contains("ike_version = 3"), "{e}");
         // A syntax error on the PSK's line must not echo the line.
         let bad = BASIC.replace("psk = \"hunter2-very-secret\"", "psk = \"hunter2-very-secret");
         let e = DaemonConfig::parse(&bad, None).unwrap_err();
         assert!(!e.0.contains("hunter2"), "{e}");
         let e = DaemonConfig::parse(&BASIC.replace("dh_group = 2", "dh_group = 99"), None).unwrap_err();
         assert!(e.0.contains("DH group 99"), "{e}");
+    }
+
+    #[test]
+    fn ikev1_is_accepted_and_mapped() {
+        use ipsec_ike::v1::keys::HashAlg;
+        let v1 = BASIC
+            .replace("psk =", "ike_version = 1\npsk =")
+            .replace("[connection.ike]", "[connection.ike]\nmode = \"aggressive\"");
+        let c = &DaemonConfig::parse(&v1, None).unwrap().connections[0];
+        let v = c.v1.as_ref().expect("an IKEv1 configuration");
+        assert_eq!(v.mode, Mode::Aggressive);
+        assert_eq!(
+            v.ike_proposals,
+            vec![Phase1Proposal { encr: EncrAlg::TripleDes, hash: HashAlg::Md5, group: DhGroup::Modp1024 }]
+        );
+        let aes192 = EncrAlg::AesCbc { key_bits: 192 };
+        assert_eq!(v.esp_proposals, vec![EspProposal { encr: aes192, integ: Some(IntegAlg::HmacSha384_192) }]);
+        assert_eq!(v.pfs, Some(DhGroup::Modp2048));
+        assert_eq!(v.remote_subnets.len(), 2);
+        assert_eq!(v.remote_id, Some(IdPayload::from_identification(&Identification::Ipv4([198, 18, 0, 2].into()))));
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug shows the PSK");
+        // Main mode by default; IKEv2 has none.
+        let main = BASIC.replace("psk =", "ike_version = 1\npsk =");
+        assert_eq!(DaemonConfig::parse(&main, None).unwrap().connections[0].v1.as_ref().unwrap().mode, Mode::Main);
+        assert!(DaemonConfig::parse(BASIC, None).unwrap().connections[0].v1.is_none());
+    }
+
+    #[test]
+    fn ikev1_bad_combinations_are_clear() {
+        let v1 = BASIC.replace("psk =", "ike_version = 1\npsk =");
+        let cases = [
+            (
+                BASIC.replace("[connection.ike]", "[connection.ike]\nmode = \"main\""),
+                "for IKEv1 (ike_version = 1) only",
+            ),
+            (v1.replace("[connection.ike]", "[connection.ike]\nmode = \"quick\""), "main or aggressive"),
+            (v1.replace("psk =", "force_encap = true\npsk ="), "force_encap is not supported with IKEv1"),
+            (
+                v1.replace(
+                    "enc = \"3des\"\nauth = \"md5\"\ndh_group = 2",
+                    "proposals = [\"aes128gcm16-prfsha256-ecp256\"]",
+                ),
+                "no AEAD",
+            ),
+            (
+                v1.replace("[connection.ike]", "[connection.ike]\nmode = \"aggressive\"").replace(
+                    "enc = \"3des\"\nauth = \"md5\"\ndh_group = 2",
+                    "proposals = [\"aes128-sha1-modp2048-ecp256\"]",
+                ),
+                "one DH group",
+            ),
+        ];
+        for (doc, want) in cases {
+            let e = DaemonConfig::parse(&doc, None).unwrap_err();
+            assert!(e.0.contains(want), "{e} (want {want:?})");
+            assert!(!e.0.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

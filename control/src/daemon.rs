@@ -35,6 +35,16 @@
 //! before `%any` IDs, in configuration order), as strongSwan does; the daemon moves the IKE SA
 //! into that connection's endpoint (`follow_switches`). No match: AUTHENTICATION_FAILED.
 //!
+//! # IKEv1
+//!
+//! The versions split at datagram classification: an IKE message whose ISAKMP version octet
+//! (offset 17) is 0x10 goes to the `v1` submodule (`daemon/v1.rs`: cookie routing, responders
+//! chosen by peer address and mode, timers, reauthentication), everything else to the IKEv2
+//! endpoints above. A connection
+//! with [`Connection::v1`] set is IKEv1 only: IKEv2 dispatch skips it, and `initiate`,
+//! `terminate`, `status`, removal, re-initiation and the data plane's requests go to `v1`. Both
+//! versions publish to the same [`SaSink`].
+//!
 //! # Both ends initiating at once
 //!
 //! When both gateways initiate the same connection at the same time (EffectImmediately on both, or
@@ -76,6 +86,7 @@ use crate::logln;
 use crate::sink::{DataplaneEvent, SaSink};
 
 mod runtime;
+mod v1;
 pub use runtime::{
     next_backoff, ChildStatus, ConnObserver, ConnStatus, IkeState, PUBLISH_EVERY, REMOVE_GRACE, RETRY_INITIAL,
     RETRY_MAX,
@@ -115,6 +126,8 @@ pub struct Daemon {
     observer: Option<Box<dyn ConnObserver>>,
     /// When statuses (with counters) are next published to the observer.
     next_publish: Option<Instant>,
+    /// The IKEv1 SAs (see [`v1`]).
+    v1: v1::V1Sas,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -273,6 +286,7 @@ impl Daemon {
             buf: vec![0u8; 65536],
             observer: None,
             next_publish: None,
+            v1: v1::V1Sas::default(),
         };
         d.register_sink()?;
         // Lines are queued and written once per loop iteration (`step`); see `log`.
@@ -373,6 +387,7 @@ impl Daemon {
             .filter_map(|c| c.endpoint.poll_timeout())
             .chain(self.sink.poll_timeout())
             .chain(self.runtime_timeout())
+            .chain(self.v1.poll_timeout())
             .min()
             .map_or(max_wait, |t| t.saturating_duration_since(now).min(max_wait));
         match self.poll.poll(&mut self.events, Some(wait)) {
@@ -408,6 +423,7 @@ impl Daemon {
                 c.endpoint.handle_timeout(now, &mut self.rng);
             }
         }
+        self.v1_timeouts(now);
         self.flush(now);
         self.runtime_tick(now);
         self.log.flush();
@@ -422,14 +438,17 @@ impl Daemon {
     pub fn shutdown(&mut self, grace: Duration) -> io::Result<()> {
         let now = Instant::now();
         let live: Vec<(usize, SaHandle)> = (0..self.conns.len()).filter_map(|i| self.live(i).map(|h| (i, h))).collect();
-        logln!(self.log, "shutting down: closing {} IKE SA(s)", live.len());
+        let v1 = self.v1_close_all(now);
+        logln!(self.log, "shutting down: closing {} IKE SA(s) and {v1} IKEv1 SA(s)", live.len());
         for &(i, h) in &live {
             let rng = &mut self.rng;
             self.conns[i].endpoint.with_sa(h, |sa| sa.close(now, rng));
         }
         self.flush(now);
         let deadline = now + grace;
-        while Instant::now() < deadline && (0..self.conns.len()).any(|i| self.live(i).is_some()) {
+        while Instant::now() < deadline
+            && ((0..self.conns.len()).any(|i| self.live(i).is_some()) || !self.v1.is_empty())
+        {
             self.step(Duration::from_millis(50))?;
         }
         self.log.flush();
@@ -441,11 +460,15 @@ impl Daemon {
         while let Some((local, from)) = self.transport.recv(&mut buf) {
             let on_natt = local.port() == self.settings.natt_port;
             match nat::classify(on_natt, &buf) {
+                // The version split: IKEv1 (ISAKMP version 0x10) goes to `v1`, the rest to IKEv2.
+                Received::Ike(msg) if v1::is_v1(msg) => self.v1_dispatch(now, local, from, msg),
                 Received::Ike(msg) => self.dispatch(now, local, from, msg),
                 Received::Esp(d) => {
                     if let Some(spi) = self.sink.esp_received(now, from, local, d) {
                         if let Some(&(i, h)) = self.spi_owner.get(&spi) {
                             self.conns[i].endpoint.with_sa(h, |sa| sa.note_inbound_traffic(now));
+                        } else {
+                            self.v1_note_inbound(spi, now);
                         }
                     }
                 }
@@ -474,8 +497,12 @@ impl Daemon {
         let idx = if h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response {
             self.conns
                 .iter()
-                .position(|c| c.spec.remote == Some(remote.ip()) && !c.rt.is_removing())
-                .or_else(|| self.conns.iter().position(|c| c.spec.remote.is_none() && !c.rt.is_removing()))
+                .position(|c| c.spec.remote == Some(remote.ip()) && !c.rt.is_removing() && c.spec.v1.is_none())
+                .or_else(|| {
+                    self.conns
+                        .iter()
+                        .position(|c| c.spec.remote.is_none() && !c.rt.is_removing() && c.spec.v1.is_none())
+                })
         } else {
             let ours = if h.flags.initiator { h.spi_r } else { h.spi_i };
             self.conns.iter().position(|c| c.endpoint.routes_spi(ours))
@@ -499,7 +526,7 @@ impl Daemon {
     /// The other connections that accept an IKE_SA_INIT from `remote` besides `i`: same
     /// `remote_addr` first, then `%any`, each in configuration order.
     fn alternatives_for(&self, i: usize, remote: SocketAddr) -> Vec<Alternative> {
-        let open = |k: usize, c: &Conn| k != i && !c.rt.is_removing();
+        let open = |k: usize, c: &Conn| k != i && !c.rt.is_removing() && c.spec.v1.is_none();
         let same = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote == Some(remote.ip()));
         let any = self.conns.iter().enumerate().filter(|(k, c)| open(*k, c) && c.spec.remote.is_none());
         same.chain(any).map(|(_, c)| Alternative { label: c.spec.name.clone(), config: c.spec.ike.clone() }).collect()
@@ -562,6 +589,7 @@ impl Daemon {
                     self.send(&t);
                 }
             }
+            any |= self.v1_flush(now);
             if !any {
                 break;
             }
@@ -642,6 +670,11 @@ impl Daemon {
                 logln!(self.log, "data plane: {ev:?} for an unknown connection: ignored");
                 continue;
             };
+            if self.conns[i].spec.v1.is_some() {
+                self.v1_dataplane_event(ev, now);
+                self.flush(now);
+                continue;
+            }
             let live = self.live(i);
             let rng = &mut self.rng;
             match (ev, live) {
@@ -733,12 +766,20 @@ impl Daemon {
         self.spi_owner.retain(|_, v| *v != (i, h));
     }
 
+    /// Whether connection `i` has an IKE SA (IKEv2 or IKEv1) that is up or being set up.
+    fn is_connected(&self, i: usize) -> bool {
+        self.live(i).is_some() || self.v1.is_live(&self.conns[i].spec.name)
+    }
+
     fn live(&self, i: usize) -> Option<SaHandle> {
         let c = &self.conns[i];
         c.handle.filter(|h| c.endpoint.ike_sa(*h).is_some_and(|sa| !sa.is_finished()))
     }
 
     fn initiate(&mut self, i: usize, now: Instant) -> Result<String, String> {
+        if self.conns[i].spec.v1.is_some() {
+            return self.v1_initiate(i, now);
+        }
         let c = &self.conns[i];
         let name = c.spec.name.clone();
         if self.live(i).is_some() {
@@ -774,6 +815,13 @@ impl Daemon {
         logln!(self.log, "control: {verb} {name}");
         let r = match verb {
             "initiate" => self.initiate(i, now),
+            "terminate" if self.conns[i].spec.v1.is_some() => match self.v1_close(name, now) {
+                0 => Err(format!("conn {name}: not up")),
+                _ => Ok(format!("conn {name}: terminate started")),
+            },
+            "rekey-child" | "rekey-ike" if self.conns[i].spec.v1.is_some() => {
+                self.v1_rekey(i, verb == "rekey-ike", now)
+            }
             "rekey-child" | "rekey-ike" | "terminate" => {
                 let h = self.live(i).ok_or_else(|| format!("conn {name}: not up"))?;
                 let rng = &mut self.rng;
@@ -799,6 +847,10 @@ impl Daemon {
         let mut s = String::new();
         for (i, c) in self.conns.iter().enumerate() {
             s.push_str(&format!("conn {}:", c.spec.name));
+            if c.spec.v1.is_some() {
+                s.push_str(&self.v1.status(&c.spec.name).unwrap_or_else(|| " down\n".into()));
+                continue;
+            }
             match self.live(i).and_then(|h| c.endpoint.ike_sa(h)) {
                 Some(sa) => {
                     let (a, b) = sa.spis();

@@ -1,5 +1,5 @@
-//! IPsec control plane: the `ipsec-control` daemon around the sans-IO IKEv2 core
-//! ([`ipsec_ike`]).
+//! IPsec control plane: the `ipsec-control` daemon around the sans-IO IKEv2 and IKEv1 cores
+//! ([`ipsec_ike`], [`ipsec_ike::v1`]).
 //!
 //! # Contract
 //!
@@ -32,8 +32,10 @@
 //! * **Configuration**: a TOML file ([`config`]) for `run`, or the management store and API for
 //!   `serve` ([`serve`]: one process with the `ipsec-mgmt` store, HTTP API and the IKE daemon on its
 //!   own thread; connections are added, re-negotiated and removed at run time as the API commits
-//!   changes, and replayed at start). IKEv1 is refused with a clear error (`run`) or stored but not
-//!   negotiated with a per-connection log line saying so (`serve`).
+//!   changes, and replayed at start). IKEv1 connections (`ike_version = 1` with `ike.mode`, or
+//!   `IkeVersion` ikev1 with `IkeMode`) are negotiated by the IKEv1 core: the versions split at
+//!   datagram classification (ISAKMP version octet), and the daemon's IKEv1 SAs live in
+//!   `daemon/v1.rs`, publishing to the same sink.
 //! * **Run-time connections** ([`daemon::Daemon::add_connection`], `replace_connection`,
 //!   `remove_connection`, `acquire`, `connection_status`): see the `daemon::runtime` module; after
 //!   DPD declares a peer dead (or an initiation fails) a connection with a remote address

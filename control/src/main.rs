@@ -1,4 +1,4 @@
-//! `ipsec-control`: the IKEv2 daemon (`run`) and its local control client (`initiate`, ...).
+//! `ipsec-control`: the IKEv2/IKEv1 daemon (`run`) and its local control client (`initiate`, ...).
 //! See the library documentation of `ipsec_control` for the contract.
 #![deny(unsafe_code)]
 

@@ -16,7 +16,8 @@
 //!   `IpsecPfs` is a group), `LocalSubnet`/`RemoteSubnet` the traffic selectors, `LocalId`/
 //!   `RemoteId` the identities, `EnableDpd` DPD every 30 s and dead after 30 s without an answer
 //!   (the seed's values), `EnableNatTraversal` NAT-T. A lifetime of 0 means "never rekey" (a
-//!   10-year lifetime). IKEv1 connections are stored but not negotiated: their log says so.
+//!   10-year lifetime). `IkeVersion` ikev1 connections are negotiated by the IKEv1 core in the
+//!   `IkeMode` (main or aggressive) with the same algorithms ([`crate::config::v1_config`]).
 //! * **Status and logs**: the daemon's [`ConnObserver`] publishes each connection's
 //!   [`ConnStatus`] to the status board (DescribeVpnConnection shows `Status`, `IkeSaState`,
 //!   `IpsecSaState`, the established times and, when the sink counts, bytes and packets) and
@@ -45,10 +46,10 @@ use ipsec_ike::transforms::{EncrAlg, Esn, IntegAlg, PrfAlg, ProposalSpec};
 use ipsec_mgmt::api::Service;
 use ipsec_mgmt::effects::{ChannelEffects, ConnectionChange, StatusBoard};
 use ipsec_mgmt::model::{
-    AuthAlg, ConnectionStatus, DhGroup, EncAlg, IkeVersion, LiveStatus, TrafficCounters, VpnConnection,
+    AuthAlg, ConnectionStatus, DhGroup, EncAlg, IkeMode, IkeVersion, LiveStatus, TrafficCounters, VpnConnection,
 };
 
-use crate::config::{identification, ip_id, selector, Connection, DaemonConfig, DaemonSettings};
+use crate::config::{identification, ip_id, selector, v1_config, Connection, DaemonConfig, DaemonSettings, Mode};
 use crate::daemon::{ConnObserver, ConnStatus, Daemon, IkeState};
 use crate::log::Logger;
 use crate::logln;
@@ -142,14 +143,9 @@ fn nets(list: &ipsec_mgmt::model::SubnetList) -> Result<Vec<IpNet>, String> {
 /// PublicIp) and `remote` (the customer gateway's IpAddress); see the module doc.
 ///
 /// # Errors
-/// IKEv1 (not supported by this build yet), or a subnet the IKE side cannot express.
+/// A subnet the IKE side cannot express, or algorithms IKEv1 cannot use (IkeVersion ikev1).
 pub fn translate(c: &VpnConnection, local: IpAddr, remote: IpAddr, o: &IkeOptions) -> Result<Connection, String> {
     let (i, s) = (&c.ike_config, &c.ipsec_config);
-    if i.ike_version == IkeVersion::Ikev1 {
-        return Err("IKEv1 is not supported by this build yet: the connection is stored but not negotiated \
-                    (set IkeConfig.IkeVersion to ikev2)"
-            .into());
-    }
     let (prf, integ) = hash(i.ike_auth_alg);
     let (_, esp_integ) = hash(s.ipsec_auth_alg);
     let mut ike = Config::new(i.psk.as_bytes());
@@ -183,6 +179,13 @@ pub fn translate(c: &VpnConnection, local: IpAddr, remote: IpAddr, o: &IkeOption
     ike.nat_traversal = c.enable_nat_traversal;
     ike.force_encap = o.force_encap && c.enable_nat_traversal;
     ike.natt_port = o.natt_port;
+    let v1 = if i.ike_version == IkeVersion::Ikev1 {
+        let mode = if i.ike_mode == IkeMode::Aggressive { Mode::Aggressive } else { Mode::Main };
+        ike.force_encap = false;
+        Some(v1_config(&ike, mode, &local_subnets, &remote_subnets).map_err(|e| format!("IKEv1: {e}"))?)
+    } else {
+        None
+    };
     Ok(Connection {
         name: c.vpn_connection_id.clone(),
         local,
@@ -192,6 +195,7 @@ pub fn translate(c: &VpnConnection, local: IpAddr, remote: IpAddr, o: &IkeOption
         local_subnets,
         remote_subnets,
         ike,
+        v1,
     })
 }
 

@@ -223,3 +223,131 @@ fn both_daemons_initiating_at_once_converge_on_one_sa() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn config_v1(me: &str, peer: &str, port: u16, ours: &[&str], theirs: &[&str], sock: &str) -> DaemonConfig {
+    let list = |v: &[&str]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let doc = format!(
+        r#"
+[daemon]
+ike_port = {port}
+natt_port = {natt}
+control_socket = "{sock}"
+[[connection]]
+name = "v1"
+local_addr = "{me}"
+remote_addr = "{peer}"
+remote_port = {port}
+local_subnets = [{ours}]
+remote_subnets = [{theirs}]
+psk = "{PSK}"
+ike_version = 1
+effect_immediately = false
+[connection.ike]
+mode = "main"
+proposals = ["aes128-sha256-modp2048", "aes256-sha1-ecp256"]
+lifetime = 10
+[connection.ipsec]
+proposals = ["aes128gcm16-ecp256", "aes256-sha512"]
+"#,
+        natt = port + 1,
+        ours = list(ours),
+        theirs = list(theirs),
+    );
+    DaemonConfig::parse(&doc, None).unwrap()
+}
+
+/// Two daemons negotiate IKEv1 (main mode, two subnet pairs: two quick modes), then the ISAKMP
+/// SA's 10 s lifetime makes the initiator reauthenticate: a new ISAKMP SA with new IPsec SAs,
+/// then the old one is deleted (make before break in the sink); an unusable message 1 leaves no
+/// state; `status`, `rekey-child`, `rekey-ike` (a reauthentication, here started by the
+/// responder) and `terminate` work through the control socket.
+#[test]
+fn two_daemons_ikev1_main_mode_and_reauthentication() {
+    let port = free_ports();
+    let dir = std::env::temp_dir().join(format!("ipsec-control-lo-v1-{}", std::process::id()));
+    let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (la, lb) = (Buf::default(), Buf::default());
+    let (ra, rb) = (RecordingSink::default(), RecordingSink::default());
+    let ours = ["192.0.2.0/24"];
+    let theirs = ["198.51.100.0/25", "198.51.100.128/25"];
+    let ca = config_v1("127.0.0.1", "127.0.0.2", port, &ours, &theirs, sock_a.to_str().unwrap());
+    let cb = config_v1("127.0.0.2", "127.0.0.1", port, &theirs, &ours, sock_b.to_str().unwrap());
+    let mut a = Daemon::new(ca, Box::new(ra.clone()), Logger::new(Box::new(la.clone()))).unwrap();
+    let mut b = Daemon::new(cb, Box::new(rb.clone()), Logger::new(Box::new(lb.clone()))).unwrap();
+    a.start();
+    b.start();
+    // An unusable main-mode message 1 (header only) leaves no responder state behind.
+    let bogus = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut hdr = [0u8; 28];
+    hdr[..8].copy_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes());
+    (hdr[17], hdr[18], hdr[27]) = (0x10, 2, 28);
+    bogus.send_to(&hdr, ("127.0.0.2", port)).unwrap();
+    step_both(&mut a, &mut b, || lb.text().contains("unusable: dropped"), "the bogus message 1");
+    let st = b.command("status", Instant::now()).unwrap();
+    assert_eq!(st, "conn v1: down\n", "{}", lb.text());
+    let s = sock_a.clone();
+    let client = std::thread::spawn(move || control_request(&s, "initiate v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("initiating"));
+    let two = |s: &RecordingSink| s.installed().len() == 2;
+    step_both(&mut a, &mut b, || two(&ra) && two(&rb), "two IPsec SAs on each end");
+    let first = ra.installed();
+    let mut mirrored: Vec<(u32, u32)> = rb.installed().iter().map(|&(i, o)| (o, i)).collect();
+    mirrored.sort_unstable();
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, mirrored, "both ends installed the same SAs");
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "status"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    let st = client.join().unwrap().unwrap();
+    assert!(st.contains("IKEv1 ESTABLISHED") && st.contains(&format!("spi_out={:08x}", first[0].0)), "{st}");
+
+    // Reauthentication at 90 % of the 10 s lifetime: new SAs, then the old ones go.
+    let t0 = Instant::now();
+    let fresh = |s: &RecordingSink, old: &[(u32, u32)]| two(s) && s.installed().iter().all(|x| !old.contains(x));
+    let b_first = rb.installed();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(fresh(&ra, &first) && fresh(&rb, &b_first)) {
+        assert!(Instant::now() < deadline, "no reauthentication: {}", la.text());
+        a.step(Duration::from_millis(20)).unwrap();
+        b.step(Duration::from_millis(20)).unwrap();
+    }
+    assert!(t0.elapsed() > Duration::from_secs(5), "reauthenticated too early");
+    let text = la.text();
+    assert!(text.contains("(reauthentication)") && text.contains("IKEv1 reauthenticated: closing the old"), "{text}");
+    // Make before break: both new SAs were installed before the first old one was deleted.
+    let recs = ra.snapshot();
+    let first_delete = recs.iter().position(|r| matches!(r, SinkRecord::Delete { .. })).unwrap();
+    let installs_before = recs[..first_delete].iter().filter(|r| matches!(r, SinkRecord::Install { .. })).count();
+    assert_eq!(installs_before, 4, "{recs:?}");
+    step_both(&mut a, &mut b, || lb.text().contains("IKEv1 ISAKMP SA closed"), "the old ISAKMP SA's DELETE");
+
+    // rekey-child from the responder's side: new quick modes, then the old IPsec SAs go.
+    let second = ra.installed();
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-child v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("rekey-child started (2 IPsec SA(s))"));
+    step_both(&mut a, &mut b, || fresh(&ra, &second), "the IPsec SA rekeys");
+    // rekey-ike from the responder's side: a reauthentication it initiates.
+    let (third, third_b) = (ra.installed(), rb.installed());
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "rekey-ike v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    assert!(client.join().unwrap().unwrap().contains("reauthentication"));
+    step_both(&mut a, &mut b, || fresh(&ra, &third) && fresh(&rb, &third_b), "the reauthentication");
+    step_both(&mut a, &mut b, || lb.text().matches("IKEv1 reauthenticated").count() == 1, "b's reauthentication");
+
+    let s = sock_b.clone();
+    let client = std::thread::spawn(move || control_request(&s, "terminate v1"));
+    step_both(&mut a, &mut b, || client.is_finished(), "the control reply");
+    client.join().unwrap().unwrap();
+    step_both(&mut a, &mut b, || ra.installed().is_empty() && rb.installed().is_empty(), "the deletes");
+    drop((a, b));
+    for (name, log) in [("a", la.text()), ("b", lb.text())] {
+        assert!(log.contains("IKEv1 ISAKMP SA established"), "{name}: {log}");
+        assert!(!log.contains(PSK), "{name}'s log shows the PSK");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

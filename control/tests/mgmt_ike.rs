@@ -10,8 +10,9 @@
 //! * the peer vanishes → DPD declares it dead → the connection re-initiates with back-off and comes
 //!   back once the peer is there again;
 //! * a restart of the IKE side replays the stored connections and re-establishes them;
-//! * IKEv1 connections are stored, not negotiated, and their log says why; EffectImmediately =
-//!   false connections wait;
+//! * IKEv1 connections (IkeVersion ikev1) are negotiated too: `api_drives_ikev1` brings one up in aggressive mode against a plain
+//!   `Daemon` peer configured for IKEv1, then deletes it; EffectImmediately = false connections
+//!   wait;
 //! * DeleteVpnConnection sends DELETE: the peer removes its SAs.
 
 use std::io::Write;
@@ -71,6 +72,11 @@ fn free_ports() -> u16 {
 }
 
 fn peer_config(port: u16) -> DaemonConfig {
+    peer_config_with(port, "", "")
+}
+
+/// The peer's configuration with `conn` added to its connection and `ike` to its `[connection.ike]`.
+fn peer_config_with(port: u16, conn: &str, ike: &str) -> DaemonConfig {
     let doc = format!(
         r#"
 [daemon]
@@ -86,8 +92,10 @@ remote_subnets = ["192.0.2.0/24"]
 psk = "{PSK}"
 effect_immediately = false
 enable_dpd = false
+{conn}
 [connection.ike]
 proposals = ["aes256-sha256-modp2048"]
+{ike}
 [connection.ipsec]
 proposals = ["aes256-sha256-modp2048", "aes128-sha256-modp2048"]
 "#,
@@ -103,10 +111,13 @@ struct Peer {
 }
 
 fn peer(port: u16) -> Peer {
+    peer_with(peer_config(port))
+}
+
+fn peer_with(cfg: DaemonConfig) -> Peer {
     let sink = RecordingSink::default();
     let log = Buf::default();
-    let mut daemon =
-        Daemon::new(peer_config(port), Box::new(sink.clone()), Logger::new(Box::new(log.clone()))).unwrap();
+    let mut daemon = Daemon::new(cfg, Box::new(sink.clone()), Logger::new(Box::new(log.clone()))).unwrap();
     daemon.start();
     Peer { daemon, sink, log }
 }
@@ -333,7 +344,7 @@ fn api_drives_ike() {
     wait(&mut peer_slot, 40, "the connection to come back", |_| side.describe(&id)["Status"] == "ipsec_sa_established");
     wait_logs(&mut peer_slot, &side, &id, &["DPD: liveness check sent", "peer dead: re-initiating in 1 s"]);
 
-    // EffectImmediately = false waits; IKEv1 is stored but not negotiated, and says so.
+    // EffectImmediately = false waits, IKEv1 included (no "not supported" any more).
     let cgw3 = side.ok("CreateCustomerGateway", &[("IpAddress", "127.0.0.3")])["CustomerGatewayId"]
         .as_str()
         .unwrap()
@@ -369,9 +380,8 @@ fn api_drives_ike() {
         .as_str()
         .unwrap()
         .to_string();
-    wait(&mut peer_slot, 10, "the IKEv1 refusal in the log", |_| {
-        has(&side.logs(&v1), "IKEv1 is not supported by this build yet")
-    });
+    wait(&mut peer_slot, 10, "the IKEv1 connection's log", |_| has(&side.logs(&v1), "waiting for traffic"));
+    assert!(!has(&side.logs(&v1), "not supported"), "{:?}", side.logs(&v1));
     wait(&mut peer_slot, 10, "the lazy connection's log", |_| has(&side.logs(&lazy), "waiting for traffic"));
     assert_eq!(side.describe(&lazy)["IkeSaState"], "down");
     assert!(!has(&side.logs(&lazy), "IKE_SA_INIT request sent"));
@@ -410,6 +420,82 @@ fn api_drives_ike() {
     // No PSK anywhere: stored logs of every connection, both daemons' logs.
     assert!(!side.logs(&v1).iter().any(|l| l.contains(PSK)));
     for (name, text) in [("first", first_log), ("second", side.log.text()), ("peer", peer_log)] {
+        assert!(!text.contains(PSK), "{name} daemon log shows the PSK");
+    }
+    drop(side);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn api_drives_ikev1() {
+    let dir = std::env::temp_dir().join(format!("ipsec-control-mgmt-ikev1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_ports();
+    let side = Side::start(&dir.join("mgmt.db"), port);
+    let peer_cfg = peer_config_with(port, "ike_version = 1", "mode = \"aggressive\"");
+    let mut peer_slot = Some(peer_with(peer_cfg));
+    let gw = side.ok("CreateVpnGateway", &[("PublicIp", "127.0.0.1"), ("Name", "gw")])["VpnGatewayId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cgw = side.ok("CreateCustomerGateway", &[("IpAddress", "127.0.0.2")])["CustomerGatewayId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ike = format!(
+        r#"{{"IkeVersion":"ikev1","IkeMode":"aggressive","Psk":"{PSK}","IkeEncAlg":"aes256","IkeAuthAlg":"sha256","IkePfs":"group14"}}"#
+    );
+    let id = side.ok(
+        "CreateVpnConnection",
+        &[
+            ("VpnGatewayId", &gw),
+            ("CustomerGatewayId", &cgw),
+            ("LocalSubnet", "192.0.2.0/24"),
+            ("RemoteSubnet", "198.51.100.0/24"),
+            ("EffectImmediately", "true"),
+            ("IkeConfig", &ike),
+            ("IpsecConfig", r#"{"IpsecEncAlg":"aes256","IpsecAuthAlg":"sha256","IpsecPfs":"group14"}"#),
+        ],
+    )["VpnConnectionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait(&mut peer_slot, 30, "the IKEv1 connection to come up", |_| {
+        side.describe(&id)["Status"] == "ipsec_sa_established"
+    });
+    // The quick-mode responder installs at message 3, after the initiator.
+    wait(&mut peer_slot, 5, "the peer's IPsec SA", |p| p.as_ref().unwrap().sink.installed().len() == 1);
+    let p = peer_slot.as_ref().unwrap();
+    assert_eq!(side.sink.installed(), vec![(p.sink.installed()[0].1, p.sink.installed()[0].0)]);
+    assert!(p.log.text().contains("IKEv1 Aggressive mode from 127.0.0.1:"), "{}", p.log.text());
+    let d = side.describe(&id);
+    assert_eq!(d["IkeSaState"], "established", "{d}");
+    assert_eq!(d["IpsecSaState"], "established", "{d}");
+    assert!(d["IpsecSaEstablishedTime"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(installed_encr(p), vec![EncrAlg::AES256_CBC]);
+    wait_logs(
+        &mut peer_slot,
+        &side,
+        &id,
+        &[
+            "initiating IKEv1 Aggressive mode",
+            "IKEv1 Aggressive Mode message sent to 127.0.0.2",
+            "IKEv1 Quick Mode message received from 127.0.0.2",
+            "IKEv1 ISAKMP SA established",
+            "CHILD_SA installed spi_in=",
+        ],
+    );
+    assert!(!side.logs(&id).iter().any(|l| l.contains(PSK)), "a stored log line shows the PSK");
+    side.ok("DeleteVpnConnection", &[("VpnConnectionId", &id)]);
+    wait(&mut peer_slot, 15, "the peer to remove its SAs", |p| p.as_ref().unwrap().sink.installed().is_empty());
+    wait(&mut peer_slot, 15, "our SAs to go", |_| side.sink.installed().is_empty());
+    // The ISAKMP SA's DELETE is its own informational exchange, after the IPsec SA's.
+    wait(&mut peer_slot, 5, "the peer to close the ISAKMP SA", |p| {
+        p.as_ref().unwrap().log.text().contains("IKEv1 ISAKMP SA closed")
+    });
+    let peer_log = peer_slot.as_ref().unwrap().log.text();
+    for (name, text) in [("ours", side.log.text()), ("peer", peer_log)] {
         assert!(!text.contains(PSK), "{name} daemon log shows the PSK");
     }
     drop(side);

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Through the HTTP API: CreateVpnGateway (198.18.0.1), CreateCustomerGateway (198.18.0.2),
-//! CreateVpnConnection (IKEv2, aes256/sha256/group14, EffectImmediately = false), then
+//! CreateVpnConnection (IKEv2, then in a second round IKEv1 main mode; aes256/sha256/group14,
+//! EffectImmediately = false), then
 //! DownloadVpnConnectionConfig as swanctl.conf → written unchanged into charon's swanctl
 //! directory, `swanctl --load-all` (its `start_action = start` initiates) → DescribeVpnConnection
 //! shows `ipsec_sa_established`, a ping from 192.0.2.1 to 198.51.100.1 crosses our userspace
@@ -180,6 +181,19 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
         return;
     }
     ensure_strongswan();
+    for v1 in [false, true] {
+        let t = Instant::now();
+        scenario(v1);
+        eprintln!(
+            "mgmt_strongswan {}: ok in {:.1} s",
+            if v1 { "IKEv1 main" } else { "IKEv2" },
+            t.elapsed().as_secs_f32()
+        );
+    }
+}
+
+/// The scenario of the module documentation, with an IKEv2 or an IKEv1 (main mode) connection.
+fn scenario(v1: bool) {
     let mut lab = Lab::new();
 
     // Our side: one process with the API and IKE.
@@ -216,8 +230,9 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
         .as_str()
         .unwrap()
         .to_string();
+    let version = if v1 { r#""IkeVersion":"ikev1","IkeMode":"main""# } else { r#""IkeVersion":"ikev2""# };
     let ike = format!(
-        r#"{{"IkeVersion":"ikev2","Psk":"{PSK}","IkeEncAlg":"aes256","IkeAuthAlg":"sha256","IkePfs":"group14","IkeLifetime":3600}}"#
+        r#"{{{version},"Psk":"{PSK}","IkeEncAlg":"aes256","IkeAuthAlg":"sha256","IkePfs":"group14","IkeLifetime":3600}}"#
     );
     let id = api.call(
         "CreateVpnConnection",
@@ -268,6 +283,7 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
     });
     let sas = text(&swanctl(&cdir, &["--list-sas"]));
     assert!(sas.contains("INSTALLED"), "{sas}");
+    assert!(sas.contains(if v1 { "IKEv1" } else { "IKEv2" }), "{sas}");
 
     // Traffic through both data planes, then the counters in Describe.
     let o = lab.ns(&lab.a, &["ping", "-n", "-q", "-c", "5", "-i", "0.2", "-W", "2", "-I", "192.0.2.1", "198.51.100.1"]);
@@ -301,13 +317,24 @@ fn downloaded_swanctl_conf_brings_the_tunnel_up() {
         &[("VpnConnectionId", &id), ("From", &from), ("To", &to), ("PageSize", "50")],
     );
     let lines = logs["Data"]["Logs"].to_string();
-    for step in [
-        "IKE_SA_INIT request received from 198.18.0.2",
-        "peer offers: aes256-sha256-prfsha256-modp2048",
-        "IKE_SA_INIT response sent",
-        "AUTH ok",
-        "Child SA installed",
-    ] {
+    let steps: &[&str] = if v1 {
+        &[
+            "IKEv1 Main mode from 198.18.0.2:500: responding",
+            "IKEv1 Main Mode message received from 198.18.0.2",
+            "IKEv1 ISAKMP SA established",
+            "IKEv1 Quick Mode message sent to 198.18.0.2",
+            "CHILD_SA installed",
+        ]
+    } else {
+        &[
+            "IKE_SA_INIT request received from 198.18.0.2",
+            "peer offers: aes256-sha256-prfsha256-modp2048",
+            "IKE_SA_INIT response sent",
+            "AUTH ok",
+            "Child SA installed",
+        ]
+    };
+    for step in steps {
         assert!(lines.contains(step), "log lacks {step:?}: {lines}");
     }
     assert!(!lines.contains(PSK) && !ours().contains(PSK), "a log shows the PSK");

@@ -68,6 +68,42 @@ impl ConnRuntime {
         self.removing.is_some()
     }
 
+    /// An IKE SA of the connection came up: no re-initiation pending, back-off reset.
+    pub(super) fn established(&mut self) {
+        self.ike_up_at = Some(SystemTime::now());
+        self.wants_up = true;
+        self.backoff = Duration::ZERO;
+        self.retry_at = None;
+        self.dirty = true;
+    }
+
+    pub(super) fn ike_up_at(&self) -> Option<SystemTime> {
+        self.ike_up_at
+    }
+
+    pub(super) fn child_up_at(&self, spi_in: u32) -> Option<SystemTime> {
+        self.child_up_at.get(&spi_in).copied()
+    }
+
+    /// A Child SA was installed (`true`) or deleted.
+    pub(super) fn child_changed(&mut self, spi_in: u32, installed: bool) {
+        if installed {
+            self.child_up_at.insert(spi_in, SystemTime::now());
+        } else {
+            self.child_up_at.remove(&spi_in);
+        }
+        self.dirty = true;
+    }
+
+    pub(super) fn retry_scheduled(&self) -> bool {
+        self.retry_at.is_some()
+    }
+
+    /// Something changed: publish the status.
+    pub(super) fn touch(&mut self) {
+        self.dirty = true;
+    }
+
     pub(super) fn initiated(&mut self) {
         self.wants_up = true;
         self.retry_at = None;
@@ -155,7 +191,9 @@ pub fn next_backoff(prev: Duration) -> Duration {
 /// Whether anything the peers negotiate differs (a change re-negotiates).
 fn negotiation_changed(a: &Connection, b: &Connection) -> bool {
     let (x, y) = (&a.ike, &b.ike);
-    a.local != b.local
+    // The IKEv1 configuration is derived from `ike` but for the version and the mode.
+    a.v1.as_ref().map(|v| v.mode) != b.v1.as_ref().map(|v| v.mode)
+        || a.local != b.local
         || a.remote != b.remote
         || a.remote_port != b.remote_port
         || a.local_subnets != b.local_subnets
@@ -187,7 +225,7 @@ pub fn encr_name(e: EncrAlg) -> String {
     }
 }
 
-fn integ_name(i: IntegAlg) -> &'static str {
+pub(super) fn integ_name(i: IntegAlg) -> &'static str {
     match i {
         IntegAlg::HmacMd5_96 => "md5",
         IntegAlg::HmacSha1_96 => "sha1",
@@ -387,7 +425,7 @@ impl Daemon {
             ));
         }
         let renegotiate = negotiation_changed(&self.conns[i].spec, &spec);
-        let was_up = self.live(i).is_some();
+        let was_up = self.is_connected(i);
         let now_immediate = spec.effect_immediately && !self.conns[i].spec.effect_immediately;
         self.conns[i].endpoint.set_responder(Some(spec.ike.clone()));
         self.conns[i].spec = spec;
@@ -454,7 +492,7 @@ impl Daemon {
     /// No such connection, or it cannot initiate (no remote address).
     pub fn acquire(&mut self, name: &str, now: Instant) -> Result<String, String> {
         let i = self.index_of(name).ok_or_else(|| format!("no connection named {name:?}"))?;
-        if self.live(i).is_none() {
+        if !self.is_connected(i) {
             self.note(i, "acquire: traffic needs an SA, initiating".into(), true);
         }
         let r = self.initiate(i, now);
@@ -475,6 +513,9 @@ impl Daemon {
     }
 
     fn status_of(&self, i: usize) -> ConnStatus {
+        if self.conns[i].spec.v1.is_some() {
+            return self.v1_status_of(i);
+        }
         let c = &self.conns[i];
         let sa = self.live(i).and_then(|h| c.endpoint.ike_sa(h));
         let (ike, ike_state) = match sa {
@@ -527,6 +568,8 @@ impl Daemon {
 
     /// Closes every IKE SA of connection `i` (DELETE to the peer for established ones).
     fn close_all(&mut self, i: usize, now: Instant) {
+        let name = self.conns[i].spec.name.clone();
+        self.v1_close(&name, now);
         let handles: Vec<SaHandle> = self.conns[i].endpoint.handles().collect();
         for h in handles {
             let rng = &mut self.rng;
@@ -542,6 +585,15 @@ impl Daemon {
         }
         if let Some(o) = self.observer.as_mut() {
             o.log(name, &line);
+        }
+    }
+
+    /// Connection `i` lost its last SA (peer dead, failed initiation): re-initiates with back-off
+    /// if it should be up.
+    pub(super) fn lost(&mut self, i: usize, now: Instant, why: &str) {
+        let rt = &self.conns[i].rt;
+        if rt.wants_up && !rt.is_removing() && self.conns[i].spec.remote.is_some() {
+            self.schedule_retry(i, now, why);
         }
     }
 
@@ -567,7 +619,7 @@ impl Daemon {
             let rt = &self.conns[i].rt;
             if rt.removing.is_none() && rt.retry_at.is_some_and(|t| t <= now) {
                 self.conns[i].rt.retry_at = None;
-                if self.live(i).is_none() {
+                if !self.is_connected(i) {
                     let backoff = self.conns[i].rt.backoff.as_secs_f32();
                     self.note(i, format!("re-initiating (after {backoff:.0} s back-off)"), true);
                     if let Err(e) = self.initiate(i, now) {
@@ -585,11 +637,16 @@ impl Daemon {
             let Some(deadline) = self.conns[i].rt.removing else {
                 continue;
             };
-            if !self.conns[i].endpoint.is_empty() && now < deadline {
+            let v1_left = self.v1.is_live(&self.conns[i].spec.name);
+            if (!self.conns[i].endpoint.is_empty() || v1_left) && now < deadline {
                 continue;
             }
             let c = self.conns.remove(i);
             let name = c.spec.name.clone();
+            for (spi_in, spi_out) in self.v1.child_spis(&name) {
+                self.sink.delete(&name, spi_in, spi_out);
+            }
+            self.v1.forget(&name);
             for h in c.endpoint.handles() {
                 if let Some(sa) = c.endpoint.ike_sa(h) {
                     for ch in sa.child_sas() {
