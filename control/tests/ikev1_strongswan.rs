@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{text, Charon};
+use support::{text, Charon, PairLab};
 
 use ipsec_ike::crypto::dh::DhGroup;
 use ipsec_ike::ike_sa::Event;
@@ -39,68 +39,8 @@ fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-fn ok(cmd: &str, args: &[&str]) {
-    let o = run(cmd, args);
-    assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), text(&o));
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Two namespaces joined by a veth pair; removed on drop (also when a test panics).
-struct Lab {
-    a: String,
-    b: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let p = format!("ipv1{}{tag}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("{p}-v1"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab { a: format!("{p}a"), b: format!("{p}b"), dir, children: Vec::new() };
-        let (va, vb) = (format!("{p}va"), format!("{p}vb"));
-        ok("ip", &["netns", "add", &lab.a]);
-        ok("ip", &["netns", "add", &lab.b]);
-        ok("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ok("ip", &["link", "set", &va, "netns", &lab.a]);
-        ok("ip", &["link", "set", &vb, "netns", &lab.b]);
-        for (ns, dev, addr, inner) in
-            [(&lab.a, &va, "198.18.0.1/24", "192.0.2.1/32"), (&lab.b, &vb, "198.18.0.2/24", "198.51.100.1/32")]
-        {
-            lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"]);
-            lab.ns_ok(ns, &["ip", "addr", "add", addr, "dev", dev]);
-            lab.ns_ok(ns, &["ip", "link", "set", dev, "up"]);
-            lab.ns_ok(ns, &["ip", "addr", "add", inner, "dev", "lo"]);
-        }
-        lab
-    }
-
-    fn ns_ok(&self, ns: &str, args: &[&str]) {
-        let mut v = vec!["netns", "exec", ns];
-        v.extend_from_slice(args);
-        ok("ip", &v);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = run("ip", &["netns", "del", &self.a]);
-        let _ = run("ip", &["netns", "del", &self.b]);
-        if std::thread::panicking() && std::env::var_os("V1_KEEP").is_some() {
-            eprintln!("logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 struct Case {
@@ -420,7 +360,7 @@ fn one_run(case: usize, we_initiate: bool, tag: &str) {
     let c = &cases()[case];
     let role = if we_initiate { "we initiate" } else { "charon initiates" };
     let started = Instant::now();
-    let mut lab = Lab::new(tag);
+    let mut lab = PairLab::new("ipv1", tag, "V1_KEEP");
     let charon = Charon::start_with(
         &lab.b,
         lab.dir.join("charon"),

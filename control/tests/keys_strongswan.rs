@@ -18,12 +18,12 @@
 //! `<p>a` ↔ `<p>vb 198.18.0.2/24` in `<p>b`; selectors 192.0.2.0/24 ↔ 198.51.100.0/24.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{text, Charon};
+use support::{text, Charon, PairLab};
 
 use ipsec_control::config::DaemonConfig;
 use ipsec_control::log::Logger;
@@ -36,70 +36,8 @@ fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-fn ok(cmd: &str, args: &[&str]) {
-    let o = run(cmd, args);
-    assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), text(&o));
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// The namespaces and the temporary directory; torn down on drop (also when a test panics).
-struct Lab {
-    a: String,
-    b: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let p = format!("ipk{}{tag}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("{p}-keys"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab { a: format!("{p}a"), b: format!("{p}b"), dir, children: Vec::new() };
-        let (va, vb) = (format!("{p}va"), format!("{p}vb"));
-        ok("ip", &["netns", "add", &lab.a]);
-        ok("ip", &["netns", "add", &lab.b]);
-        ok("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ok("ip", &["link", "set", &va, "netns", &lab.a]);
-        ok("ip", &["link", "set", &vb, "netns", &lab.b]);
-        for (ns, dev, addr, inner) in
-            [(&lab.a, &va, "198.18.0.1/24", "192.0.2.1/32"), (&lab.b, &vb, "198.18.0.2/24", "198.51.100.1/32")]
-        {
-            lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"]);
-            lab.ns_ok(ns, &["ip", "addr", "add", addr, "dev", dev]);
-            lab.ns_ok(ns, &["ip", "link", "set", dev, "up"]);
-            // charon installs a route to the remote subnet from a local inner address.
-            lab.ns_ok(ns, &["ip", "addr", "add", inner, "dev", "lo"]);
-        }
-        lab
-    }
-
-    fn ns_ok(&self, ns: &str, args: &[&str]) {
-        let mut v = vec!["netns", "exec", ns];
-        v.extend_from_slice(args);
-        ok("ip", &v);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = run("ip", &["netns", "del", &self.a]);
-        let _ = run("ip", &["netns", "del", &self.b]);
-        if std::thread::panicking() && std::env::var_os("KEYS_KEEP").is_some() {
-            eprintln!("logs kept in {}", self.dir.display());
-        } else {
-            // The directory holds key dumps: never left behind unless asked for.
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 struct Suite {
@@ -135,50 +73,9 @@ const SUITES: &[Suite] = &[
 ];
 
 /// charon in netns b logging its keys (`ike = 4`, `chd = 4`).
-fn start_charon(lab: &Lab, s: &Suite) -> Charon {
+fn start_charon(lab: &PairLab, s: &Suite) -> Charon {
     let conf = support::psk_connection(s.swan_ike, s.swan_esp, &["198.51.100.0/24"], &["192.0.2.0/24"], PSK);
     Charon::start(&lab.b, lab.dir.join("charon"), &conf, "ike = 4\n      chd = 4\n      cfg = 2")
-}
-
-/// The first hex dump of every `label %B` line in a strongSwan log (`label => N bytes @ 0x...`
-/// followed by `   0: 7C 3B ...  ascii` lines, each with the logger's prefix).
-fn charon_dumps(log: &str, labels: &[&str]) -> HashMap<String, Vec<u8>> {
-    let body = |line: &str| -> String {
-        // "12:00:00 09[IKE] <t|1> rest": drop the time, thread/group and connection name.
-        let rest = line.split_once("] ").map_or(line, |(_, r)| r);
-        let rest = if rest.starts_with('<') { rest.split_once("> ").map_or(rest, |(_, r)| r) } else { rest };
-        rest.to_string()
-    };
-    let mut out = HashMap::new();
-    let lines: Vec<&str> = log.lines().collect();
-    for label in labels {
-        let head = format!("{label} => ");
-        let Some(pos) = lines.iter().position(|l| body(l).starts_with(&head)) else {
-            continue;
-        };
-        let b = body(lines[pos]);
-        let n: usize = b[head.len()..].split_whitespace().next().unwrap().parse().unwrap();
-        let mut bytes = Vec::new();
-        for l in &lines[pos + 1..] {
-            if bytes.len() >= n {
-                break;
-            }
-            let b = body(l);
-            let Some((off, rest)) = b.trim_start().split_once(": ") else {
-                break;
-            };
-            if off.parse::<usize>() != Ok(bytes.len()) {
-                break;
-            }
-            let hexpart = rest.split("  ").next().unwrap_or("");
-            for t in hexpart.split_whitespace() {
-                bytes.push(u8::from_str_radix(t, 16).unwrap_or_else(|_| panic!("bad hex {t:?} in {l:?}")));
-            }
-        }
-        assert_eq!(bytes.len(), n, "{label}: dump of {n} bytes not parsed");
-        out.insert((*label).to_string(), bytes);
-    }
-    out
 }
 
 /// Our side, run inside netns a by [`inner_daemon`]: brings the connection up and writes its keys.
@@ -241,7 +138,7 @@ fn inner_daemon() {
 }
 
 fn one_run(s: &Suite, we_initiate: bool, tag: &str) {
-    let mut lab = Lab::new(tag);
+    let mut lab = PairLab::new("ipk", tag, "KEYS_KEEP");
     let charon = start_charon(&lab, s);
     let cfg = lab.dir.join("ours.toml");
     std::fs::write(
@@ -310,7 +207,7 @@ effect_immediately = {we_initiate}
         .collect();
     let labels: Vec<&str> =
         ours.keys().map(String::as_str).chain(["SKEYSEED", "shared Diffie Hellman secret"]).collect();
-    let theirs = charon_dumps(&charon_log, &labels);
+    let theirs = support::charon_dumps(&charon_log, &labels);
     assert!(theirs.contains_key("SKEYSEED") && theirs.contains_key("shared Diffie Hellman secret"), "{charon_log}");
     let role = if we_initiate { "we initiate" } else { "charon initiates" };
     let mut compared = 0;

@@ -209,3 +209,68 @@ pub fn charon_dumps_all(log: &str, labels: &[&str]) -> std::collections::HashMap
     }
     out
 }
+
+fn ok(cmd: &str, args: &[&str]) {
+    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), text(&o));
+}
+
+/// Two namespaces joined by a veth pair: `<p>a` (us, `<p>va` 198.18.0.1/24, 192.0.2.1 on lo) and
+/// `<p>b` (charon, `<p>vb` 198.18.0.2/24, 198.51.100.1 on lo), with `<p>` = `prefix` + pid +
+/// `tag`, and a temporary directory. Dropping it kills `children`, deletes the namespaces and
+/// the directory — which may hold key dumps, so it is kept only when a test panics and
+/// `keep_env` is set.
+pub struct PairLab {
+    pub a: String,
+    pub b: String,
+    pub dir: PathBuf,
+    pub children: Vec<Child>,
+    keep_env: &'static str,
+}
+
+impl PairLab {
+    pub fn new(prefix: &str, tag: &str, keep_env: &'static str) -> PairLab {
+        let p = format!("{prefix}{}{tag}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("{p}-files"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = PairLab { a: format!("{p}a"), b: format!("{p}b"), dir, children: Vec::new(), keep_env };
+        let (va, vb) = (format!("{p}va"), format!("{p}vb"));
+        ok("ip", &["netns", "add", &lab.a]);
+        ok("ip", &["netns", "add", &lab.b]);
+        ok("ip", &["link", "add", &va, "netns", &lab.a, "type", "veth", "peer", "name", &vb, "netns", &lab.b]);
+        for (ns, dev, addr, inner) in
+            [(&lab.a, &va, "198.18.0.1/24", "192.0.2.1/32"), (&lab.b, &vb, "198.18.0.2/24", "198.51.100.1/32")]
+        {
+            lab.ns_ok(ns, &["ip", "link", "set", "lo", "up"]);
+            lab.ns_ok(ns, &["ip", "addr", "add", addr, "dev", dev]);
+            lab.ns_ok(ns, &["ip", "link", "set", dev, "up"]);
+            // charon installs a route to the remote subnet from a local inner address.
+            lab.ns_ok(ns, &["ip", "addr", "add", inner, "dev", "lo"]);
+        }
+        lab
+    }
+
+    pub fn ns_ok(&self, ns: &str, args: &[&str]) {
+        let mut v = vec!["netns", "exec", ns];
+        v.extend_from_slice(args);
+        ok("ip", &v);
+    }
+}
+
+impl Drop for PairLab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        if std::thread::panicking() && std::env::var_os(self.keep_env).is_some() {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
