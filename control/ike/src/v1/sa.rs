@@ -1015,6 +1015,34 @@ impl Sa {
         self.fail(Failure::LocalError(crate::message::NotifyType(exchange_kind.0)));
     }
 
+    /// The responder's part of the first message that both modes share: endpoints, cookies,
+    /// vendor IDs, SAi_b, and the proposal chosen with its lifetime (`None`: refused with
+    /// NO_PROPOSAL_CHOSEN).
+    #[allow(clippy::too_many_arguments)]
+    fn accept_offer<R: CryptoRng + ?Sized>(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        raw: &[u8],
+        m: &Message,
+        p: &[Payload],
+        sa: &SaPayload,
+        rng: &mut R,
+    ) -> Option<(Proposal, Phase1Proposal)> {
+        self.local = local;
+        self.remote = remote;
+        self.cookie_i = m.header.cookie_i;
+        self.cookie_r = nonzero_u64(rng);
+        self.note_vids(p);
+        self.sai_b = Payload::Sa(sa.clone()).body().unwrap_or_default();
+        let Some((chosen, d)) = self.select_p1(sa) else {
+            self.reject_p1(raw, NotifyType::NO_PROPOSAL_CHOSEN);
+            return None;
+        };
+        self.p1_lifetime = self.negotiated(chosen.transforms.first());
+        Some((chosen, d))
+    }
+
     // Main mode, responder
 
     fn main_r1<R: CryptoRng + ?Sized>(
@@ -1027,16 +1055,7 @@ impl Sa {
     ) {
         let Some(p) = Self::plain(m) else { return };
         let Some(Payload::Sa(sa)) = p.first() else { return };
-        self.local = local;
-        self.remote = remote;
-        self.cookie_i = m.header.cookie_i;
-        self.cookie_r = nonzero_u64(rng);
-        self.note_vids(p);
-        self.sai_b = Payload::Sa(sa.clone()).body().unwrap_or_default();
-        let Some((chosen, d)) = self.select_p1(sa) else {
-            return self.reject_p1(raw, NotifyType::NO_PROPOSAL_CHOSEN);
-        };
-        self.p1_lifetime = self.negotiated(chosen.transforms.first());
+        let Some((chosen, d)) = self.accept_offer(local, remote, raw, m, p, sa, rng) else { return };
         self.chosen = Some(d);
         let mut out = vec![Payload::Sa(SaPayload { situation: sa.situation, proposals: vec![chosen] })];
         out.extend(self.vendor_ids());
@@ -1214,16 +1233,7 @@ impl Sa {
         if !valid_nonce(ni) {
             return;
         }
-        self.local = local;
-        self.remote = remote;
-        self.cookie_i = m.header.cookie_i;
-        self.cookie_r = nonzero_u64(rng);
-        self.note_vids(p);
-        self.sai_b = Payload::Sa(sa.clone()).body().unwrap_or_default();
-        let Some((chosen, d)) = self.select_p1(sa) else {
-            return self.reject_p1(raw, NotifyType::NO_PROPOSAL_CHOSEN);
-        };
-        self.p1_lifetime = self.negotiated(chosen.transforms.first());
+        let Some((chosen, d)) = self.accept_offer(local, remote, raw, m, p, sa, rng) else { return };
         if !self.remote_identity_ok(idii) {
             return self.reject_p1(raw, NotifyType::INVALID_ID_INFORMATION);
         }
